@@ -1,0 +1,156 @@
+"""Frozen records that cross package lines.
+
+This module owns the shapes every other part of hpc-billing agrees on: what a parsed
+Slurm job looks like (``JobRecord``), the usage of one job step (``StepUsage``), a record
+that could not be parsed (``QuarantinedRecord``) and a collection window (``Window``).
+Everything here is pure data: stdlib only, no I/O, no clock.
+
+Conventions: units are in the names (``_s`` seconds, ``_bytes``, ``_j`` joules), every
+datetime is timezone-aware UTC, and counts are ints. Money never appears here as float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+# States after which Slurm will not change a job record again (slurm.conf(5) / sacct(1)
+# JOB STATE CODES). Anything not in NON_FINAL_STATES is final, so states added by newer
+# Slurm versions are treated as final rather than being silently kept open forever.
+NON_FINAL_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "RESIZING",
+                              "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED",
+                              "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"})
+
+UNTYPED_GPU = "untyped"
+
+
+def is_final_state(state: str) -> bool:
+    """True when a normalised State will not change any more."""
+    return state not in NON_FINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A half-open collection window [since, until), both aware UTC datetimes."""
+
+    since: datetime
+    until: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"Window.{name} must be timezone-aware, got {value!r}")
+        if self.until <= self.since:
+            raise ValueError(f"empty window: until {self.until} is not after since {self.since}")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One Slurm job allocation as accounting knows it, with its steps rolled up.
+
+    Identity is (cluster, job_id_raw, submit): JobID is not unique (requeues keep the id
+    with a later Submit; ids restart after a slurmctld state reset).
+    Allocation comes from the job line's AllocTRES (never multiplied by NNodes).
+    Usage fields are None until steps are rolled up (billing.rollup), and stay None when
+    Slurm recorded no usage for the job.
+    """
+
+    cluster: str
+    job_id: str                      # as Slurm prints it: "42", "6_3", "6_[1-5]", "14+1"
+    job_id_raw: int                  # JobIDRaw: the allocation's own id
+    submit: datetime                 # aware UTC
+    state: str                       # normalised: "CANCELLED by 0" -> "CANCELLED"
+    state_raw: str                   # exactly as printed
+    array_job_id: int | None = None
+    array_task_id: int | None = None
+    het_job_id: int | None = None
+    het_job_offset: int | None = None
+    name: str | None = None
+    user: str | None = None
+    uid: int | None = None
+    group: str | None = None
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    wckey: str | None = None
+    reservation: str | None = None
+    exit_code: str | None = None     # "3:0" (exit status:signal)
+    derived_exit_code: str | None = None
+    eligible: datetime | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    elapsed_s: int = 0
+    timelimit_min: int | None = None  # None = UNLIMITED / unknown
+    nodes: int = 0
+    cpus: int = 0
+    mem_bytes: int = 0
+    billing: int | None = None       # Slurm's own billing TRES (integer, truncated)
+    gpus: tuple[tuple[str, int], ...] = ()   # sorted ((type, count), ...); "untyped" = remainder
+    node_list: str | None = None
+    cpu_time_alloc_s: int | None = None      # CPUTimeRAW: elapsed x allocated CPUs
+    cpu_used_s: Decimal | None = None        # TotalCPU (user+system of all steps)
+    max_rss_bytes: int | None = None         # max MaxRSS over the steps
+    mem_used_byte_s: int | None = None       # sum over steps of TRESUsageInTot mem x step elapsed
+    energy_j: int | None = None              # ConsumedEnergyRaw
+    db_index: int | None = None              # DBIndex: slurmdbd's row id (not a key)
+    final: bool = False
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(count for _, count in self.gpus)
+
+    @property
+    def gpus_by_type(self) -> dict[str, int]:
+        return dict(self.gpus)
+
+
+@dataclass(frozen=True, slots=True)
+class StepUsage:
+    """What one job step (``.batch``, ``.extern``, ``.0`` ...) used.
+
+    Slurm records usage (TRESUsageInTot, MaxRSS) only on step lines. ``job_db_index`` is
+    the DBIndex printed on the step line, which equals the DBIndex of its job record and
+    so tells a requeued job's two records apart.
+    """
+
+    cluster: str | None
+    job_id_raw: int
+    step: str                        # "batch", "extern", "0", ...
+    job_db_index: int | None = None
+    state: str | None = None
+    elapsed_s: int = 0
+    cpu_used_s: Decimal | None = None        # TotalCPU of the step
+    max_rss_bytes: int | None = None         # MaxRSS
+    mem_total_bytes: int | None = None       # TRESUsageInTot mem= (sum over the step's tasks)
+    energy_j: int | None = None
+    line_no: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRecord:
+    """Input that could not become a record: kept verbatim with the reason."""
+
+    raw: str
+    reason: str
+    source: str                      # "sacct", "file:<name>", "slurmrestd", ...
+    line_no: int | None = None
+    job_id: str | None = None        # best effort, for people searching the quarantine
+
+
+def utc(dt: datetime) -> datetime:
+    """Return dt as an aware UTC datetime; refuses naive datetimes."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"naive datetime {dt!r}: times must be timezone-aware")
+    return dt.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchStats:
+    """Counters a source reports after a fetch (lines read, bytes, seconds in Slurm)."""
+
+    lines: int = 0
+    bytes: int = 0
+    slurm_seconds: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
