@@ -1,0 +1,154 @@
+"""Roll job-step usage up into its job record (pure, streaming, bounded memory).
+
+This module owns the rule that turns a stream of parsed items (JobRecord for job lines,
+StepUsage for step lines, QuarantinedRecord for what did not parse) into one JobRecord per
+job with its usage filled in. It does no I/O and imports only the stdlib.
+
+Where each used quantity comes from (sacct field names; Slurm 22.05, sacct(1)):
+
+* ``cpu_used_s``      the job line's TotalCPU (user + system CPU of all its steps; Slurm
+                      sums the steps itself). Only when the job line has no TotalCPU is it
+                      the sum of the steps' TotalCPU (or, for a step without TotalCPU, the
+                      ``cpu=`` of its TRESUsageInTot). From ``sacct --json``: the sum of
+                      ``steps[].time.total`` (the job-level ``time.total`` is 0 in 22.05).
+* ``max_rss_bytes``   the largest MaxRSS over the job's steps (MaxRSS is the peak resident
+                      set of the biggest task of one step; the job line has none).
+* ``mem_used_byte_s`` the sum over steps of TRESUsageInTot ``mem`` x the step's ElapsedRaw.
+                      TRESUsageInTot mem is the sum over the step's tasks of each task's
+                      peak RSS, so this is an upper bound of the memory-seconds actually
+                      held (peak, not average). Steps without a ``mem`` value (shorter than
+                      the accounting gather interval) add nothing.
+* ``energy_j``        the job line's ConsumedEnergyRaw when it has one, else the sum of the
+                      steps' ConsumedEnergyRaw; None when neither has a value.
+
+Allocation (cpus, memory, GPUs, nodes, billing) is never rolled up: it comes from the job
+line's AllocTRES, which is already the whole job's allocation.
+
+Matching a step to its job: same ``job_id_raw`` (JobIDRaw before the dot) and cluster (a
+step without a cluster matches any), and the same DBIndex when both have one. A requeued
+job has two records with one JobIDRaw (samples: job 16, DBIndex 20 and 29); each record's
+steps carry that record's DBIndex. Among candidates, an exact DBIndex match wins, else the
+most recently seen record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+
+from billing.records import JobRecord, QuarantinedRecord, StepUsage
+
+
+class _Pending:
+    """A buffered job line and the usage of the steps attached to it so far."""
+
+    __slots__ = ("job", "steps", "max_rss", "mem_byte_s", "cpu", "energy")
+
+    def __init__(self, job: JobRecord) -> None:
+        self.job = job
+        self.steps = 0
+        self.max_rss: int | None = None
+        self.mem_byte_s: int | None = None
+        self.cpu: Decimal | None = None
+        self.energy: int | None = None
+
+    def add(self, step: StepUsage) -> None:
+        self.steps += 1
+        if step.max_rss_bytes is not None:
+            if self.max_rss is None or step.max_rss_bytes > self.max_rss:
+                self.max_rss = step.max_rss_bytes
+        if step.mem_total_bytes is not None:
+            self.mem_byte_s = (self.mem_byte_s or 0) + step.mem_total_bytes * step.elapsed_s
+        if step.cpu_used_s is not None:
+            self.cpu = (self.cpu or Decimal(0)) + step.cpu_used_s
+        if step.energy_j is not None:
+            self.energy = (self.energy or 0) + step.energy_j
+
+    def record(self) -> JobRecord:
+        job = self.job
+        if not self.steps:
+            return job
+        return dataclasses.replace(
+            job,
+            max_rss_bytes=self.max_rss,
+            mem_used_byte_s=self.mem_byte_s,
+            cpu_used_s=job.cpu_used_s if job.cpu_used_s is not None else self.cpu,
+            energy_j=job.energy_j if job.energy_j is not None else self.energy,
+        )
+
+
+def _render_step(step: StepUsage) -> str:
+    """A readable rendering of an orphan step for the quarantine's ``raw`` text."""
+    return (f"step {step.job_id_raw}.{step.step} cluster={step.cluster} "
+            f"db_index={step.job_db_index} state={step.state} elapsed_s={step.elapsed_s} "
+            f"cpu_used_s={step.cpu_used_s} max_rss_bytes={step.max_rss_bytes} "
+            f"mem_total_bytes={step.mem_total_bytes} energy_j={step.energy_j}")
+
+
+def rollup_steps(items: Iterable[JobRecord | StepUsage | QuarantinedRecord], *,
+                 buffer_jobs: int = 4096,
+                 source: str = "rollup") -> Iterator[JobRecord | QuarantinedRecord]:
+    """Attach each StepUsage to its buffered JobRecord and yield rolled-up jobs.
+
+    At most ``buffer_jobs`` job records are held; when a new job line arrives with the
+    buffer full, the oldest is emitted (sacct prints a job's steps right after its job
+    line, so a small buffer is plenty). Jobs come out in the order of their job lines;
+    jobs without steps come out unchanged. QuarantinedRecords pass through as they arrive
+    (so they may come out before jobs read earlier that are still buffered). A step with
+    no buffered parent becomes a QuarantinedRecord "step line without its job line",
+    attributed to ``source`` (the source's name, so people find it with the rest).
+    """
+    if buffer_jobs < 1:
+        raise ValueError("buffer_jobs must be at least 1")
+    buffer: OrderedDict[int, _Pending] = OrderedDict()   # seq -> pending, oldest first
+    by_raw: dict[int, list[int]] = {}                     # job_id_raw -> seqs, oldest first
+    seq = 0
+
+    def pop_oldest() -> JobRecord:
+        key, pending = buffer.popitem(last=False)
+        raw = pending.job.job_id_raw
+        keys = by_raw[raw]
+        keys.remove(key)
+        if not keys:
+            del by_raw[raw]
+        return pending.record()
+
+    for item in items:
+        if isinstance(item, JobRecord):
+            if len(buffer) >= buffer_jobs:
+                yield pop_oldest()
+            seq += 1
+            buffer[seq] = _Pending(item)
+            by_raw.setdefault(item.job_id_raw, []).append(seq)
+        elif isinstance(item, StepUsage):
+            target: _Pending | None = None
+            fallback: _Pending | None = None
+            for key in reversed(by_raw.get(item.job_id_raw, ())):
+                pending = buffer[key]
+                job = pending.job
+                if item.cluster is not None and job.cluster != item.cluster:
+                    continue
+                if item.job_db_index is not None and job.db_index is not None:
+                    if job.db_index == item.job_db_index:
+                        target = pending
+                        break
+                    continue
+                if fallback is None:
+                    fallback = pending
+            target = target or fallback
+            if target is None:
+                yield QuarantinedRecord(
+                    raw=_render_step(item), reason="step line without its job line",
+                    source=source, line_no=item.line_no,
+                    job_id=f"{item.job_id_raw}.{item.step}")
+            else:
+                target.add(item)
+        elif isinstance(item, QuarantinedRecord):
+            yield item
+        else:
+            raise TypeError(f"rollup_steps got {type(item).__name__}, expected JobRecord, "
+                            f"StepUsage or QuarantinedRecord")
+    while buffer:
+        yield pop_oldest()

@@ -1,0 +1,142 @@
+"""The one function that runs Slurm commands (DESIGN §7.4).
+
+``slurm_command`` owns everything about running a Slurm client binary (sacct, sacctmgr,
+scontrol ...): an argv list and never a shell, the child's environment (``TZ=UTC`` so that
+times in arguments and output mean UTC; sacct(1) reads and prints local time), a hard
+deadline enforced by killing the child's whole process group, stderr captured to a
+temporary file so a chatty child can never dead-lock on a full pipe, and one error type
+(``SlurmCommandError`` / ``SlurmTimeout`` from ``collector.slurm.source``) carrying argv,
+exit code and stderr.
+
+Output is streamed: the function is a generator that yields stdout lines as they arrive,
+so a 100,000-job window never sits in memory as one string.
+
+* Lines are yielded WITHOUT their trailing ``"\\n"``. Only ``"\\n"`` ends a line; a ``"\\r"``
+  inside a field is kept as data. A last line without a newline is yielded as is.
+* Bytes are decoded as UTF-8 with ``errors="replace"``: an invalid byte (a job name typed in
+  Latin-1, say) becomes U+FFFD instead of crashing the poll. "replace" rather than
+  "surrogateescape" because the text ends up in PostgreSQL, which rejects lone surrogates.
+* Errors are raised only after stdout has been drained (or at the deadline), so a consumer
+  sees every line the command printed before its failure is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+
+from collector.slurm.source import SlurmCommandError, SlurmTimeout
+
+# Keep at most this much of stderr for the error message / log (the tail is what matters).
+_STDERR_LIMIT = 64 * 1024
+
+
+def _read_stderr(handle) -> str:
+    """Return (the tail of) what the child wrote to its stderr temp file."""
+    try:
+        handle.flush()
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - _STDERR_LIMIT))
+        return handle.read().decode("utf-8", errors="replace")
+    except (OSError, ValueError):
+        return ""
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the child's process group (it leads its own session: start_new_session)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def slurm_command(argv: Sequence[str], *, timeout_s: float,
+                  env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Run ``argv`` and yield its stdout lines (newline stripped) as they arrive.
+
+    The child's environment is ``os.environ`` plus ``TZ=UTC`` plus ``env``. The child leads
+    a new session, so the watchdog can SIGKILL it together with anything it spawned.
+
+    Raises (during iteration):
+      SlurmTimeout       the command ran past ``timeout_s``; its process group was killed.
+      SlurmCommandError  the binary could not be started, or it exited non-zero (raised
+                         after all of stdout has been yielded).
+    Closing the generator early (``close()``, ``break`` in a for loop, garbage collection)
+    kills the process group and reaps the child.
+    """
+    argv = [os.fspath(a) for a in argv]
+    if not argv:
+        raise ValueError("slurm_command needs a non-empty argv")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+    child_env = dict(os.environ)
+    child_env["TZ"] = "UTC"
+    if env:
+        child_env.update(env)
+
+    with tempfile.TemporaryFile(prefix="slurm-stderr-") as err:
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                env=child_env, start_new_session=True, close_fds=True)
+        except FileNotFoundError as exc:
+            raise SlurmCommandError(
+                argv, None, "",
+                f"command not found: {argv[0]!r} does not exist or is not on PATH "
+                f"(set the path to the Slurm binary in the settings)") from exc
+        except PermissionError as exc:
+            raise SlurmCommandError(argv, None, "",
+                                    f"cannot execute {argv[0]!r}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise SlurmCommandError(argv, None, "", f"cannot start {argv[0]!r}: {exc}") from exc
+
+        # The lock orders "the child is finished and reaped" against "the watchdog kills
+        # the group", so a deadline that falls just after a clean exit neither kills a
+        # reaped pid nor turns a success into a timeout.
+        lock = threading.Lock()
+        state = {"done": False, "timed_out": False}
+
+        def _watchdog() -> None:
+            with lock:
+                if not state["done"]:
+                    state["timed_out"] = True
+                    _kill_group(proc.pid)
+
+        timer = threading.Timer(timeout_s, _watchdog)
+        timer.daemon = True
+        timer.start()
+        finished = False
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:          # BufferedReader: lines end only at b"\n"
+                if raw.endswith(b"\n"):
+                    raw = raw[:-1]
+                yield raw.decode("utf-8", errors="replace")
+            returncode = proc.wait()
+            with lock:
+                state["done"] = True
+            finished = True
+        finally:
+            timer.cancel()
+            if not finished:
+                # Consumer closed us early, or an exception came through the yield.
+                with lock:
+                    state["done"] = True
+                    if proc.poll() is None:
+                        _kill_group(proc.pid)
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+        stderr = _read_stderr(err)
+        if state["timed_out"]:
+            raise SlurmTimeout(argv, None, stderr, f"timed out after {timeout_s}s")
+        if returncode != 0:
+            if returncode < 0:
+                raise SlurmCommandError(argv, returncode, stderr,
+                                        f"killed by signal {-returncode}")
+            raise SlurmCommandError(argv, returncode, stderr)

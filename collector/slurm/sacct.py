@@ -1,0 +1,735 @@
+"""sacct: the command line we run, and the parser for ``sacct --parsable2`` text.
+
+This module owns
+  * ``sacct_argv``: the exact sacct invocation for one window (no ``--state``, ever);
+  * ``ParsableParser``: a streaming parser from ``--parsable2`` lines (any column order,
+    any delimiter) to ``JobRecord`` / ``StepUsage`` / ``QuarantinedRecord`` items. It is
+    shared by ``SacctSource`` (fixed SACCT_FIELDS, ``\\x1f``, epoch times) and the file
+    source (header line, ``|``, ISO local times);
+  * ``SacctSource``: the Source that runs sacct through ``slurm_command`` and parses it;
+  * small value parsers (times, durations, sizes, TRES strings) reused by the JSON parser.
+
+Slurm facts relied on (Slurm 22.05, sacct(1); checked on the samples in tests/fixtures):
+  * ``-P`` escapes nothing, so a record can have too many fields (a delimiter inside a
+    free-text field) or be split over physical lines (a newline in one). Every record's
+    field count is checked; what cannot be repaired unambiguously is quarantined.
+  * Step lines (``5.batch``, ``6_1.batch``, ``14+0.0``, ``5.extern``) carry usage
+    (TRESUsageInTot, MaxRSS); job lines carry allocation (AllocTRES) and identity.
+  * Sizes are 1024-based. Under ``--noconvert`` AllocTRES ``mem`` is MB with an ``M``
+    suffix while MaxRSS / TRESUsageInTot ``mem`` are bare bytes; the default output rounds
+    into K/M/G exactly (1G = 1024M), ``--units=G`` prints lossy fractions (``0.30G``).
+  * Times are epoch seconds under ``SLURM_TIME_FORMAT=%s``, else local time without a zone.
+
+The parser never raises on one bad record: any failure converting a record becomes a
+``QuarantinedRecord`` whose reason names the field and the value.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone, tzinfo
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from billing.records import (UNTYPED_GPU, FetchStats, JobRecord, QuarantinedRecord,
+                             StepUsage, Window, is_final_state)
+from collector.slurm.command import slurm_command
+from collector.slurm.fields import (FREE_TEXT_FIELDS, REQUIRED_FIELDS, SACCT_DELIMITER,
+                                    SACCT_FIELDS)
+from collector.slurm.source import Item, SourceError
+
+UTC = timezone.utc
+
+# --------------------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------------------
+
+# sacct(1): SLURM_TIME_FORMAT=%s makes every time column print as epoch seconds, which
+# removes the time-zone and DST ambiguity of local times (End stays "Unknown" for running
+# jobs). The child also runs with TZ=UTC (slurm_command), which is how -S/-E are read.
+SACCT_ENV: dict[str, str] = {"SLURM_TIME_FORMAT": "%s"}
+
+
+def _sacct_time(dt: datetime, *, round_up: bool) -> str:
+    """Format an aware datetime as sacct's -S/-E ``YYYY-MM-DDTHH:MM:SS`` in UTC.
+
+    sacct takes whole seconds (22.05 refuses a bare epoch for -S: "Invalid time
+    specification"). ``until`` is rounded up so the window is never narrowed.
+    """
+    dt = dt.astimezone(UTC)
+    if round_up and dt.microsecond:
+        dt = dt.replace(microsecond=0) + timedelta(seconds=1)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def sacct_argv(sacct_path: str, window: Window, cluster: str | None) -> list[str]:
+    """The sacct argv for one window.
+
+    Without ``--state``, ``-S T1 -E T2`` selects every job eligible before T2 that ended at
+    or after T1 or has not ended (sacct(1), "Jobs Eligible in the time window"; tested in
+    samples/sacct-window-semantics.txt). Filtering by state would lose running jobs and
+    any state a newer Slurm adds, so it is never used. ``--duplicates`` keeps both records
+    of a requeued job; ``--allusers`` is needed for a non-root collector.
+    """
+    argv = [
+        sacct_path, "--allusers", "--duplicates", "--noconvert", "--parsable2",
+        "--noheader", f"--delimiter={SACCT_DELIMITER}",
+        "--format=" + ",".join(SACCT_FIELDS),
+        "-S", _sacct_time(window.since, round_up=False),
+        "-E", _sacct_time(window.until, round_up=True),
+    ]
+    if cluster:
+        argv.append(f"--clusters={cluster}")
+    return argv
+
+
+# --------------------------------------------------------------------------------------
+# Value parsers (pure, cached where values repeat)
+# --------------------------------------------------------------------------------------
+
+# Values sacct prints for "no value" (sacct(1); RECIPE §6 "Sentinel values").
+SENTINELS = frozenset({"", "Unknown", "None", "None assigned", "UNLIMITED", "(null)",
+                       "Partition_Limit", "INVALID"})
+
+_KIB = 1024
+_UNIT = {"K": _KIB, "M": _KIB ** 2, "G": _KIB ** 3, "T": _KIB ** 4, "P": _KIB ** 5,
+         "E": _KIB ** 6}
+MB = _UNIT["M"]
+
+
+def size_bytes(text: str, bare_unit: int) -> int:
+    """``"316820K"`` -> 324423680. Suffixes K/M/G/T/P are 1024-based (Slurm's unit
+    conversion); a bare number is multiplied by ``bare_unit`` (1 for MaxRSS and
+    TRESUsage mem, which --noconvert prints in bytes; MB for AllocTRES/ReqMem mem, the
+    TRES mem unit). Fractions (``--units=G`` prints ``0.30G``) are lossy: rounded half-even
+    to whole bytes."""
+    last = text[-1:]
+    if last.isdigit():
+        number, mult = text, bare_unit
+    else:
+        mult = _UNIT.get(last.upper())
+        if mult is None:
+            raise ValueError(f"unknown size unit {last!r}")
+        number = text[:-1]
+    if number.isdigit():
+        return int(number) * mult
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise ValueError(f"not a size: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"not a size: {text!r}")
+    return int((value * mult).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+@functools.lru_cache(maxsize=8192)
+def duration_s(text: str) -> Decimal:
+    """Parse a Slurm duration to seconds.
+
+    Formats (sacct(1), samples/duration-formats.psv): ``[D-]HH:MM:SS`` (Elapsed, CPUTime,
+    Timelimit, and TotalCPU from one hour up, where milliseconds are dropped),
+    ``MM:SS.mmm`` (TotalCPU/UserCPU/SystemCPU below one hour), ``MM:SS``, ``SS[.mmm]``.
+    """
+    days = 0
+    rest = text
+    if "-" in rest:
+        day_text, _, rest = rest.partition("-")
+        if not day_text.isdigit():
+            raise ValueError(f"not a duration: {text!r}")
+        days = int(day_text)
+    parts = rest.split(":")
+    if len(parts) == 3:
+        hours, minutes, seconds = parts
+    elif len(parts) == 2:
+        hours, (minutes, seconds) = "0", parts
+    elif len(parts) == 1 and not days:
+        hours, minutes, seconds = "0", "0", parts[0]
+    else:
+        raise ValueError(f"not a duration: {text!r}")
+    if not (hours.isdigit() and minutes.isdigit()
+            and seconds.replace(".", "", 1).isdigit()):
+        raise ValueError(f"not a duration: {text!r}")
+    whole = ((days * 24 + int(hours)) * 60 + int(minutes)) * 60
+    return Decimal(seconds) + whole if "." in seconds else Decimal(whole + int(seconds))
+
+
+def timelimit_min(text: str, *, raw: bool) -> int | None:
+    """TimelimitRaw (minutes, ``raw=True``) or Timelimit (``[D-]HH:MM:SS``/``MM:SS``) to
+    minutes; ``UNLIMITED``/``Partition_Limit``/empty -> None."""
+    if text in SENTINELS:
+        return None
+    if raw or text.isdigit():
+        return int(text)
+    return int(duration_s(text)) // 60
+
+
+@functools.lru_cache(maxsize=256)
+def normalise_state(raw: str) -> tuple[str, bool]:
+    """``"CANCELLED by 0"`` -> ("CANCELLED", True). sacct(1) appends ``by <uid>`` to
+    CANCELLED and, in fixed-width output, ``+`` to a truncated state."""
+    state = raw.strip().partition(" ")[0].rstrip("+").upper()
+    if not state:
+        raise ValueError("empty state")
+    return state, is_final_state(state)
+
+
+def split_job_id(job_id: str) -> tuple[int | None, int | None, int | None, int | None]:
+    """JobID as printed -> (array_job_id, array_task_id, het_job_id, het_job_offset).
+
+    ``6_3`` is task 3 of array 6; ``6_[1-5]`` / ``6_[1,3]`` is the not-yet-split pending
+    part of array 6 (no task id); ``14+1`` is component 1 of het job 14.
+    """
+    if job_id.isdigit():
+        return None, None, None, None
+    if "_" in job_id:
+        array_text, _, task_text = job_id.partition("_")
+        if task_text.startswith("["):
+            if not task_text.endswith("]"):
+                raise ValueError(f"bad array task list in JobID {job_id!r}")
+            return int(array_text), None, None, None
+        return int(array_text), int(task_text), None, None
+    if "+" in job_id:
+        het_text, _, offset_text = job_id.partition("+")
+        return None, None, int(het_text), int(offset_text)
+    raise ValueError(f"unrecognised JobID {job_id!r}")
+
+
+def gpu_breakdown(total: int | None, typed: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """GPU counts by type from Slurm's untyped total and typed entries.
+
+    AllocTRES lists ``gres/gpu=N`` (all GPUs) next to ``gres/gpu:TYPE=n`` (the typed part),
+    so the two must never be added: typed entries count as themselves and only the
+    remainder ``N - sum(n)`` is UNTYPED_GPU. With typed entries only, there is no remainder.
+    """
+    result = {gpu_type: count for gpu_type, count in typed.items() if count > 0}
+    if total is not None:
+        remainder = total - sum(typed.values())
+        if remainder > 0:
+            result[UNTYPED_GPU] = result.get(UNTYPED_GPU, 0) + remainder
+    return tuple(sorted(result.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_alloc_tres(text: str) -> tuple[int, int, int, int | None, tuple[tuple[str, int], ...]]:
+    """AllocTRES ``billing=4,cpu=2,gres/gpu=1,mem=1024M,node=1`` ->
+    (cpus, nodes, mem_bytes, billing, gpus).
+
+    AllocTRES is the whole job's allocation (never multiply by NNodes). A bare mem number
+    is MB (Slurm's TRES mem unit). An empty string (a job cancelled while pending has no
+    allocation) is a zero allocation with no billing.
+    """
+    cpus = nodes = mem = 0
+    billing: int | None = None
+    gpu_total: int | None = None
+    typed: dict[str, int] = {}
+    if not text:
+        return 0, 0, 0, None, ()
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"entry {item!r} has no '='")
+        if key == "cpu":
+            cpus = int(value)
+        elif key == "node":
+            nodes = int(value)
+        elif key == "mem":
+            mem = size_bytes(value, MB)
+        elif key == "billing":
+            # Slurm prints billing truncated to an integer; accept a fraction the same way.
+            billing = int(value) if value.isdigit() else int(Decimal(value))
+        elif key == "gres/gpu":
+            gpu_total = int(value)
+        elif key.startswith("gres/gpu:"):
+            gpu_type = key[9:]
+            typed[gpu_type] = typed.get(gpu_type, 0) + int(value)
+    return cpus, nodes, mem, billing, gpu_breakdown(gpu_total, typed)
+
+
+def tres_value(text: str, key: str) -> str | None:
+    """The value of ``key`` in a TRES string (``cpu=00:00:06,energy=0,mem=316820K``), or
+    None. Matches whole keys only (``mem`` does not match ``vmem``)."""
+    probe = key + "="
+    pos = text.find(probe)
+    while pos > 0 and text[pos - 1] != ",":
+        pos = text.find(probe, pos + 1)
+    if pos < 0:
+        return None
+    start = pos + len(probe)
+    end = text.find(",", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def _parse_time(text: str, tz: tzinfo) -> datetime | None:
+    if text.isdigit() and text.isascii():
+        seconds = int(text)
+        # sacct prints "Unknown"/"None" for unset times; treat a literal 0 the same way.
+        return datetime.fromtimestamp(seconds, UTC) if seconds else None
+    if text in SENTINELS:
+        return None
+    # YYYY-MM-DDTHH:MM:SS (or a space instead of T). zoneinfo with fold=0 picks the
+    # first of two ambiguous wall times at a DST fall-back and the pre-transition offset
+    # for a non-existent one: local times are ambiguous, which is why sacct runs with %s.
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz)
+    return dt.astimezone(UTC)
+
+
+def time_parser(tz: tzinfo):
+    """A cached ``text -> aware UTC datetime | None`` for times printed in ``tz``."""
+    @functools.lru_cache(maxsize=1 << 16)
+    def parse(text: str) -> datetime | None:
+        return _parse_time(text, tz)
+    return parse
+
+
+@functools.lru_cache(maxsize=8192)
+def _cpu_seconds(text: str) -> Decimal | None:
+    return None if text in SENTINELS else duration_s(text)
+
+
+# --------------------------------------------------------------------------------------
+# The --parsable2 parser
+# --------------------------------------------------------------------------------------
+
+# Columns the parser reads. Anything else in a header is ignored (and reported).
+_USED = (
+    "JobID", "JobIDRaw", "JobName", "Cluster", "Partition", "Account", "User", "UID",
+    "Group", "QOS", "WCKey", "Reservation", "State", "ExitCode", "DerivedExitCode",
+    "Submit", "Eligible", "Start", "End", "Elapsed", "ElapsedRaw", "Timelimit",
+    "TimelimitRaw", "NNodes", "NCPUS", "AllocCPUS", "AllocTRES", "TRESUsageInTot",
+    "CPUTime", "CPUTimeRAW", "TotalCPU", "MaxRSS", "ConsumedEnergyRaw", "NodeList",
+    "DBIndex",
+)
+_CANONICAL = {name.lower(): name for name in _USED}
+_FREE_LOWER = frozenset(name.lower() for name in FREE_TEXT_FIELDS)
+
+# At most this many physical lines are joined to rebuild one record split by newlines.
+_MAX_CONTINUATION = 64
+
+
+class _BadValue(ValueError):
+    """A record-level problem that already has its full reason text."""
+
+
+def _opt(value: str) -> str | None:
+    return None if value in SENTINELS else value
+
+
+def _opt_int(value: str) -> int | None:
+    return None if value in SENTINELS else int(value)
+
+
+class ParsableParser:
+    """Turns ``sacct --parsable2`` lines into Items, streaming, one line of look-ahead.
+
+    ``columns`` are the column names in output order (the ``--format`` list or the header
+    line), matched case-insensitively; unknown names are ignored (``ignored_columns``).
+    ``tz`` is the zone naive times are read in (epoch times need none). ``default_cluster``
+    is used when there is no Cluster column (or it is empty).
+
+    Without an AllocTRES column (some file exports) the allocation falls back to
+    NCPUS (or AllocCPUS) and NNodes, with memory 0, no billing and no GPUs.
+
+    Lines are given without their newline (a trailing ``"\\n"`` is tolerated). Record
+    assembly (DESIGN §3 "Delimiters"):
+      * blank lines are skipped;
+      * too many fields: when exactly one free-text column exists, the surplus is joined
+        back into it with the delimiter; otherwise the record is quarantined;
+      * too few fields: a newline inside a free-text field split the record, so the next
+        physical lines are joined with ``"\\n"`` while the break falls in a free-text
+        column and the record is still short; if that does not give a record of exactly
+        the right width, only the first line is quarantined and the following lines are
+        parsed on their own; a short last line (truncated output) is quarantined;
+      * a line with no delimiter at all right after a complete record whose LAST column is
+        free text is the continuation of that field (a newline in SubmitLine or JobName,
+        which sacct prints last; samples/delimiter-hazards.txt).
+    """
+
+    def __init__(self, columns: Sequence[str], *, delimiter: str = SACCT_DELIMITER,
+                 source: str = "sacct", tz: tzinfo = UTC,
+                 default_cluster: str | None = None) -> None:
+        if not delimiter:
+            raise ValueError("empty delimiter")
+        self.columns = tuple(columns)
+        self.delimiter = delimiter
+        self.source = source
+        self.tz = tz
+        self.default_cluster = default_cluster or None
+        self._ncols = len(self.columns)
+
+        index: dict[str, int] = {}
+        ignored: list[str] = []
+        for pos, name in enumerate(self.columns):
+            canonical = _CANONICAL.get(name.strip().lower())
+            if canonical is None or canonical in index:   # unknown, or a repeated column
+                ignored.append(name)
+                continue
+            index[canonical] = pos
+        self._index = index
+        self.ignored_columns = tuple(ignored)
+        self.missing_required = tuple(name for name in REQUIRED_FIELDS if name not in index)
+        if self.missing_required:
+            raise SourceError("missing required column(s): " + ", ".join(self.missing_required))
+        self.has_cluster_column = "Cluster" in index
+
+        self._free = tuple(name.strip().lower() in _FREE_LOWER for name in self.columns)
+        free_names = [name for name, free in zip(self.columns, self._free) if free]
+        self._free_names = tuple(free_names)
+        self._last_free = self._free[-1] if self.columns else False
+
+        # Missing columns read the sentinel slot appended to every record (value "").
+        missing = self._ncols
+
+        def ix(name: str) -> int:
+            return index.get(name, missing)
+
+        self._has_alloc_tres = "AllocTRES" in index
+        self._has_elapsed_raw = "ElapsedRaw" in index
+        self._has_timelimit_raw = "TimelimitRaw" in index
+        self._has_cputime_raw = "CPUTimeRAW" in index
+        self._ix = (
+            ix("JobID"), ix("JobIDRaw"), ix("JobName"), ix("Cluster"), ix("Partition"),
+            ix("Account"), ix("User"), ix("UID"), ix("Group"), ix("QOS"), ix("WCKey"),
+            ix("Reservation"), ix("State"), ix("ExitCode"), ix("DerivedExitCode"),
+            ix("Submit"), ix("Eligible"), ix("Start"), ix("End"),
+            ix("ElapsedRaw") if self._has_elapsed_raw else ix("Elapsed"),
+            ix("TimelimitRaw") if self._has_timelimit_raw else ix("Timelimit"),
+            ix("NNodes"), ix("NCPUS") if "NCPUS" in index else ix("AllocCPUS"),
+            ix("AllocTRES"), ix("TRESUsageInTot"),
+            ix("CPUTimeRAW") if self._has_cputime_raw else ix("CPUTime"),
+            ix("TotalCPU"), ix("MaxRSS"), ix("ConsumedEnergyRaw"), ix("NodeList"),
+            ix("DBIndex"),
+        )
+        self._time = time_parser(tz)
+
+    # ---------------------------------------------------------------- record assembly
+
+    def parse_lines(self, lines: Iterable[str], *, first_line_no: int = 1) -> Iterator[Item]:
+        """Yield one Item per logical record of ``lines`` (numbered from first_line_no)."""
+        ncols = self._ncols
+        delim = self.delimiter
+        free = self._free
+        last_free = self._last_free
+        convert = self._convert
+        finish = self._finish
+        source = self.source
+
+        src = iter(lines)
+        back: deque[tuple[int, str]] = deque()   # lines to re-read after a failed join
+        line_no = first_line_no - 1
+        held: tuple[list[str], str, int] | None = None  # a complete record, kept one line
+        # so that a delimiter-less continuation of its last (free-text) field can join it.
+
+        while True:
+            if back:
+                ln, text = back.popleft()
+            else:
+                text = next(src, None)
+                if text is None:
+                    break
+                line_no += 1
+                ln = line_no
+                if text[-1:] == "\n":
+                    text = text[:-1]
+            if not text:
+                continue
+            fields = text.split(delim)
+            n = len(fields)
+            if n == ncols:
+                if held is not None:
+                    hf, hraw, hln = held
+                    yield convert(hf, hraw, hln) if len(hf) == ncols else finish(hf, hraw, hln)
+                if last_free:
+                    held = (fields, text, ln)
+                else:
+                    held = None
+                    yield convert(fields, text, ln)
+                continue
+            if n == 1 and held is not None and last_free:
+                hf, hraw, hln = held
+                hf[-1] = hf[-1] + "\n" + text
+                held = (hf, hraw + "\n" + text, hln)
+                continue
+            if held is not None:
+                hf, hraw, hln = held
+                held = None
+                yield convert(hf, hraw, hln) if len(hf) == ncols else finish(hf, hraw, hln)
+            if n > ncols:
+                if last_free:
+                    held = (fields, text, ln)
+                else:
+                    yield finish(fields, text, ln)
+                continue
+            # Too few fields: try to rebuild a record split by newlines in free-text fields.
+            parts = [text]
+            consumed: list[tuple[int, str]] = []
+            count = n
+            eof = False
+            while count < ncols and free[count - 1] and len(consumed) < _MAX_CONTINUATION:
+                if back:
+                    nxt = back.popleft()
+                else:
+                    nxt_text = next(src, None)
+                    if nxt_text is None:
+                        eof = True
+                        break
+                    line_no += 1
+                    if nxt_text[-1:] == "\n":
+                        nxt_text = nxt_text[:-1]
+                    nxt = (line_no, nxt_text)
+                consumed.append(nxt)
+                parts.append(nxt[1])
+                count += nxt[1].count(delim)
+            # Only an exact fit is accepted: a join that overshoots would most likely glue a
+            # good record onto a broken line (repairing it into the free-text column would
+            # then lose the good record).
+            if consumed and count == ncols:
+                joined = "\n".join(parts)
+                joined_fields = joined.split(delim)
+                if last_free:
+                    held = (joined_fields, joined, ln)
+                else:
+                    yield convert(joined_fields, joined, ln)
+                continue
+            back.extendleft(reversed(consumed))
+            if not consumed and not back and not eof:
+                # Peek one line: a short line with nothing after it is a truncated output.
+                peek = next(src, None)
+                if peek is None:
+                    eof = True
+                else:
+                    line_no += 1
+                    back.append((line_no, peek[:-1] if peek[-1:] == "\n" else peek))
+            if eof and not consumed:
+                reason = (f"{n} fields, expected {ncols}: truncated record at the end of "
+                          f"the output")
+            elif not free[n - 1]:
+                reason = (f"{n} fields, expected {ncols}; the record cannot continue on the "
+                          f"next line because column {self.columns[n - 1]} is not free text")
+            else:
+                reason = (f"{n} fields, expected {ncols}; joining the following line(s) did "
+                          f"not give a complete record")
+            yield QuarantinedRecord(raw=text, reason=reason, source=source, line_no=ln,
+                                    job_id=self._best_job_id(fields))
+        if held is not None:
+            hf, hraw, hln = held
+            yield convert(hf, hraw, hln) if len(hf) == ncols else finish(hf, hraw, hln)
+
+    def _finish(self, fields: list[str], raw: str, line_no: int) -> Item:
+        """A record with too many fields: repair it into the one free-text column, or
+        quarantine it."""
+        ncols = self._ncols
+        n = len(fields)
+        free_names = self._free_names
+        if len(free_names) == 1:
+            k = self._free.index(True)
+            surplus = n - ncols
+            fields[k:k + surplus + 1] = [self.delimiter.join(fields[k:k + surplus + 1])]
+            return self._convert(fields, raw, line_no)
+        if not free_names:
+            why = "no free-text column could hold the extra delimiter(s)"
+        else:
+            why = "ambiguous: free-text columns " + " and ".join(free_names)
+        return QuarantinedRecord(raw=raw, reason=f"{n} fields, expected {ncols}; {why}",
+                                 source=self.source, line_no=line_no,
+                                 job_id=self._best_job_id(fields))
+
+    def _best_job_id(self, fields: list[str]) -> str | None:
+        pos = self._ix[0]
+        if pos < len(fields) and fields[pos]:
+            return fields[pos][:64]
+        return None
+
+    # ---------------------------------------------------------------- record conversion
+
+    def _convert(self, f: list[str], raw: str, line_no: int) -> Item:
+        """One record of exactly ncols fields -> JobRecord / StepUsage / QuarantinedRecord."""
+        f.append("")  # the sentinel slot missing columns point at
+        (i_jobid, i_raw, i_name, i_cluster, i_part, i_acct, i_user, i_uid, i_group, i_qos,
+         i_wckey, i_resv, i_state, i_exit, i_dexit, i_submit, i_elig, i_start, i_end,
+         i_elapsed, i_tlimit, i_nodes, i_ncpus, i_alloc, i_usage, i_cputime, i_totalcpu,
+         i_maxrss, i_energy, i_nodelist, i_dbindex) = self._ix
+        what = "JobID"
+        try:
+            job_id = f[i_jobid]
+            raw_id = f[i_raw]
+            cluster = f[i_cluster] or self.default_cluster
+            if cluster is None:
+                raise _BadValue("no Cluster value in the record and no default cluster "
+                                "configured")
+            what = "State"
+            state_raw = f[i_state]
+            state, final = normalise_state(state_raw)
+            what = "ElapsedRaw" if self._has_elapsed_raw else "Elapsed"
+            value = f[i_elapsed]
+            elapsed = int(value) if value.isdigit() else (
+                0 if value in SENTINELS else int(duration_s(value)))
+            what = "TotalCPU"
+            value = f[i_totalcpu]
+            cpu_used = _cpu_seconds(value) if value else None
+            what = "ConsumedEnergyRaw"
+            energy = _opt_int(f[i_energy])
+            what = "DBIndex"
+            db_index = _opt_int(f[i_dbindex])
+
+            if "." in job_id or "." in raw_id:
+                # A step line: usage only.
+                what = "JobIDRaw"
+                head, dot, step = raw_id.partition(".")
+                if not dot:
+                    step = job_id.partition(".")[2]
+                if not step:
+                    raise _BadValue(f"step line without a step name: JobID={job_id!r}")
+                job_id_raw = int(head)
+                what = "MaxRSS"
+                value = f[i_maxrss]
+                max_rss = None if value in SENTINELS else size_bytes(value, 1)
+                what = "TRESUsageInTot"
+                usage = f[i_usage]
+                mem_total = None
+                if usage:
+                    value = tres_value(usage, "mem")
+                    if value is not None:
+                        mem_total = size_bytes(value, 1)
+                    if cpu_used is None:
+                        value = tres_value(usage, "cpu")
+                        if value is not None:
+                            cpu_used = duration_s(value)
+                return StepUsage(cluster, job_id_raw, step, db_index, state, elapsed,
+                                 cpu_used, max_rss, mem_total, energy, line_no)
+
+            what = "JobIDRaw"
+            job_id_raw = int(raw_id)
+            what = "JobID"
+            array_job, array_task, het_job, het_offset = split_job_id(job_id)
+            parse_time = self._time
+            what = "Submit"
+            submit = parse_time(f[i_submit])
+            if submit is None:
+                raise _BadValue(f"Submit is {f[i_submit]!r}: a job record without a submit "
+                                f"time has no identity")
+            what = "Eligible"
+            eligible = parse_time(f[i_elig])
+            what = "Start"
+            start = parse_time(f[i_start])
+            what = "End"
+            end = parse_time(f[i_end])
+            what = "TimelimitRaw" if self._has_timelimit_raw else "Timelimit"
+            tlimit = timelimit_min(f[i_tlimit], raw=self._has_timelimit_raw)
+            if self._has_alloc_tres:
+                what = "AllocTRES"
+                cpus, nodes, mem, billing, gpus = parse_alloc_tres(f[i_alloc])
+            else:
+                what = "NCPUS"
+                cpus = _opt_int(f[i_ncpus]) or 0
+                what = "NNodes"
+                nodes = _opt_int(f[i_nodes]) or 0
+                mem, billing, gpus = 0, None, ()
+            what = "CPUTimeRAW" if self._has_cputime_raw else "CPUTime"
+            value = f[i_cputime]
+            cpu_time_alloc = int(value) if value.isdigit() else (
+                None if value in SENTINELS else int(duration_s(value)))
+            what = "UID"
+            uid = _opt_int(f[i_uid])
+            name = f[i_name]
+            return JobRecord(
+                cluster=cluster, job_id=job_id, job_id_raw=job_id_raw, submit=submit,
+                state=state, state_raw=state_raw,
+                array_job_id=array_job, array_task_id=array_task,
+                het_job_id=het_job, het_job_offset=het_offset,
+                name=name or None, user=_opt(f[i_user]), uid=uid, group=_opt(f[i_group]),
+                account=_opt(f[i_acct]), partition=_opt(f[i_part]), qos=_opt(f[i_qos]),
+                wckey=_opt(f[i_wckey]), reservation=_opt(f[i_resv]),
+                exit_code=f[i_exit] or None, derived_exit_code=f[i_dexit] or None,
+                eligible=eligible, start=start, end=end, elapsed_s=elapsed,
+                timelimit_min=tlimit, nodes=nodes, cpus=cpus, mem_bytes=mem,
+                billing=billing, gpus=gpus, node_list=_opt(f[i_nodelist]),
+                cpu_time_alloc_s=cpu_time_alloc, cpu_used_s=cpu_used, energy_j=energy,
+                db_index=db_index, final=final,
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad record must never stop a poll
+            del f[-1]
+            return QuarantinedRecord(raw=raw, reason=self._reason(what, f, exc),
+                                     source=self.source, line_no=line_no,
+                                     job_id=self._best_job_id(f))
+
+    def _reason(self, what: str, fields: list[str], exc: Exception) -> str:
+        if isinstance(exc, _BadValue):
+            return str(exc)
+        pos = self._index.get(what)
+        value = fields[pos] if pos is not None and pos < len(fields) else None
+        detail = str(exc) or type(exc).__name__
+        if value is None:
+            return f"cannot parse {what}: {detail}"
+        return f"cannot parse {what}={value!r}: {detail}"
+
+
+# --------------------------------------------------------------------------------------
+# The sacct Source
+# --------------------------------------------------------------------------------------
+
+
+class SacctSource:
+    """Source: run ``sacct`` for a window and stream its parsed records.
+
+    Each fetch runs one sacct (``sacct_argv``) with ``SLURM_TIME_FORMAT=%s`` through
+    ``slurm_command`` and parses its output with SACCT_FIELDS and the ``\\x1f`` delimiter.
+    Items are unrolled (steps separate); the pipeline rolls them up (billing.rollup).
+    ``stats``: physical lines read, characters read (the byte count for ASCII output), and
+    the seconds spent waiting on sacct's output (not counting our own parsing).
+    """
+
+    name = "sacct"
+    windowed = True
+
+    def __init__(self, *, sacct_path: str, timeout_s: float, cluster: str | None) -> None:
+        self.sacct_path = sacct_path
+        self.timeout_s = timeout_s
+        self.cluster = cluster or None
+        self._stats = FetchStats()
+
+    @property
+    def stats(self) -> FetchStats:
+        return self._stats
+
+    def fetch(self, window: Window | None) -> Iterator[Item]:
+        if window is None:
+            raise SourceError("the sacct source needs a window (it never reads everything)")
+        argv = sacct_argv(self.sacct_path, window, self.cluster)
+        parser = ParsableParser(SACCT_FIELDS, delimiter=SACCT_DELIMITER, source=self.name,
+                                tz=UTC, default_cluster=self.cluster)
+        return self._run(argv, parser)
+
+    def _run(self, argv: list[str], parser: ParsableParser) -> Iterator[Item]:
+        counters = {"lines": 0, "chars": 0, "wait": 0.0}
+        self._stats = FetchStats(extra={"argv": argv})
+
+        def timed_lines() -> Iterator[str]:
+            clock = time.perf_counter
+            lines = slurm_command(argv, timeout_s=self.timeout_s, env=SACCT_ENV)
+            try:
+                while True:
+                    t0 = clock()
+                    line = next(lines, None)
+                    counters["wait"] += clock() - t0
+                    if line is None:
+                        return
+                    counters["lines"] += 1
+                    counters["chars"] += len(line) + 1
+                    yield line
+            finally:
+                lines.close()
+
+        quarantined = 0
+        try:
+            for item in parser.parse_lines(timed_lines()):
+                if type(item) is QuarantinedRecord:
+                    quarantined += 1
+                yield item
+        finally:
+            self._stats = FetchStats(lines=counters["lines"], bytes=counters["chars"],
+                                     slurm_seconds=counters["wait"],
+                                     extra={"argv": argv, "quarantined": quarantined})
