@@ -1,0 +1,171 @@
+"""Engines, sessions and schema migrations.
+
+This module owns how hpc-billing connects to PostgreSQL (``make_engine``), how sessions
+are made (``session_factory``), how the schema is brought to a revision (``migrate``,
+``downgrade``) and read back (``schema_revision``, ``head_revision``), and how a
+database URL is shown in logs (``redact_url``).
+
+The Alembic configuration is built in code with ``script_location`` pointing into this
+package, so ``hpc-billing migrate`` works from any directory and from an installed wheel;
+no ``alembic.ini`` is read at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+APPLICATION_NAME = "hpc-billing"
+CONNECT_TIMEOUT_S = 10
+
+# Serialises concurrent `migrate` calls (two collectors starting at once) on one database.
+# Any constant works as long as nothing else in the database uses it: "hpcb" + "mig".
+_MIGRATE_LOCK_KEY = 0x6870_6362_6D69_67
+
+
+class DatabaseURLError(ValueError):
+    """The database URL cannot be used (bad syntax or a driver other than psycopg2)."""
+
+
+def _parse_url(url: str | URL) -> URL:
+    if isinstance(url, URL):
+        parsed = url
+    else:
+        raw = url.strip()
+        # Heroku-style "postgres://" is common in the wild; SQLAlchemy >= 1.4 refuses it.
+        if raw.startswith("postgres://"):
+            raw = "postgresql://" + raw[len("postgres://"):]
+        try:
+            parsed = make_url(raw)
+        except ArgumentError as exc:
+            raise DatabaseURLError(f"cannot parse database URL {redact_url(raw)}") from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend != "postgresql":
+        raise DatabaseURLError(
+            f"database URL {redact_url(parsed)} is not PostgreSQL "
+            "(expected postgresql+psycopg2://user:pw@host:port/db)")
+    if driver not in ("", "psycopg2"):
+        # The bulk writer uses psycopg2's copy_expert; other drivers would need their own.
+        raise DatabaseURLError(
+            f"database URL {redact_url(parsed)} uses driver {driver!r}; "
+            "hpc-billing needs psycopg2 (postgresql+psycopg2://...)")
+    return parsed.set(drivername="postgresql+psycopg2")
+
+
+def _is_unix_socket(url: URL) -> bool:
+    host = url.query.get("host")
+    if isinstance(host, tuple):
+        host = host[0] if host else None
+    if host is not None:
+        return str(host).startswith("/")
+    # No host at all means libpq's default socket directory.
+    return url.host is None or url.host.startswith("/")
+
+
+def make_engine(url: str | URL, **engine_kwargs: object) -> Engine:
+    """Create the SQLAlchemy engine for ``url``.
+
+    Accepts ``postgresql+psycopg2://user:pw@host:port/db`` and ``postgresql://...``
+    (including ``?host=/socket/dir`` for an embedded server). Every connection runs with
+    ``TimeZone=UTC`` (set as a startup option, so it survives ROLLBACK and needs no extra
+    round trip), ``client_encoding=UTF8`` (COPY sends UTF-8 text), and
+    ``application_name=hpc-billing`` (visible in pg_stat_activity). TCP connections get
+    a short ``connect_timeout`` so a dead database fails a readiness probe quickly.
+    Values given in the URL's query string take precedence.
+    """
+    parsed = _parse_url(url)
+    query = parsed.query
+    connect_args: dict[str, object] = {}
+    if "application_name" not in query:
+        connect_args["application_name"] = APPLICATION_NAME
+    if "client_encoding" not in query:
+        connect_args["client_encoding"] = "utf8"
+    if "connect_timeout" not in query and not _is_unix_socket(parsed):
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    options = query.get("options")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    tz_option = "-c TimeZone=UTC"
+    connect_args["options"] = f"{options} {tz_option}" if options else tz_option
+    kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": connect_args}
+    kwargs.update(engine_kwargs)
+    return create_engine(parsed, **kwargs)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A sessionmaker for ``engine``.
+
+    ``expire_on_commit=False``: nothing outside the store holds ORM objects, and inside
+    it a commit by the caller should not trigger reloads.
+    """
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """The Alembic configuration, built in code (no alembic.ini).
+
+    With ``connection``, migrations run on it (inside its transaction).
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _run(engine: Engine, fn: str, revision: str) -> None:
+    # One transaction: PostgreSQL has transactional DDL, so a failed migration leaves the
+    # schema where it was. The advisory lock makes a second migrator wait, then find
+    # nothing to do.
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                           {"key": _MIGRATE_LOCK_KEY})
+        getattr(command, fn)(alembic_config(connection), revision)
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision`` (default: the newest), committing on success."""
+    _run(engine, "upgrade", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the schema to ``revision`` ("base" drops every table of the store)."""
+    _run(engine, "downgrade", revision)
+
+
+def schema_revision(connection: Connection) -> str | None:
+    """The revision the database is at, or None when it has never been migrated."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest revision this code knows (what ``/readyz`` expects the database at)."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships migrations
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+# Greedy up to the last "@" of the authority: a password may contain an unencoded "@".
+_USERINFO_PASSWORD = re.compile(r"(?P<head>://[^/@:]*:)(?P<pw>[^/]*)(?P<tail>@)")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&]*)", re.IGNORECASE)
+
+
+def redact_url(url: str | URL) -> str:
+    """``url`` with any password replaced by ``***``, for logs and error messages."""
+    if isinstance(url, URL):
+        rendered = url.render_as_string(hide_password=True)
+    else:
+        rendered = _USERINFO_PASSWORD.sub(r"\g<head>***\g<tail>", url)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", rendered)

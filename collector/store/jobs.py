@@ -1,0 +1,512 @@
+"""Jobs: the bulk idempotent writer and the job listings.
+
+This module owns how ``billing.records.JobRecord`` values get into the ``jobs`` table
+and back out:
+
+- ``JobWriter`` buffers one batch of records, deduplicated by the natural key (last
+  wins), COPYs it (psycopg2 ``copy_expert``, text format) into a session-local TEMP stage
+  table, counts inserted / updated / unchanged rows with one query, and applies the batch
+  with one ``MERGE`` whose ``WHEN MATCHED`` branch only fires when the content hash
+  differs, so unchanged rows are not rewritten (no dead tuples, no WAL; see
+  shared/perf-baselines.md §2). Only one batch is held in memory.
+- ``content_hash`` fingerprints a record, stably across processes and versions of Python.
+- ``list_jobs`` / ``count_jobs`` read jobs back as ``JobRecord``.
+
+PostgreSQL 15's MERGE is safe for a single writer only (a concurrent insert of the same
+key can raise unique_violation); the collector writes from the leader only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from billing.records import JobRecord
+from collector.store.models import Job
+
+UTC = timezone.utc
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertCounts:
+    """What a write did: rows inserted, rows changed, rows found identical."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        if not isinstance(other, UpsertCounts):
+            return NotImplemented
+        return UpsertCounts(self.inserted + other.inserted, self.updated + other.updated,
+                            self.unchanged + other.unchanged)
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.unchanged
+
+
+# --------------------------------------------------------------------------- encoding
+
+# The record columns of ``jobs`` in COPY order, paired with the JobRecord attribute each
+# one comes from. ``gpus`` is the JSON object of ``rec.gpus``; ``gpu_count`` is derived.
+# ``content_hash`` follows these in the stage table; the run ids and updated_at are set
+# by the MERGE.
+RECORD_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("cluster", "cluster"),
+    ("job_id_raw", "job_id_raw"),
+    ("submit_time", "submit"),
+    ("job_id", "job_id"),
+    ("state", "state"),
+    ("state_raw", "state_raw"),
+    ("array_job_id", "array_job_id"),
+    ("array_task_id", "array_task_id"),
+    ("het_job_id", "het_job_id"),
+    ("het_job_offset", "het_job_offset"),
+    ("name", "name"),
+    ("user_name", "user"),
+    ("uid", "uid"),
+    ("group_name", "group"),
+    ("account", "account"),
+    ("partition", "partition"),
+    ("qos", "qos"),
+    ("wckey", "wckey"),
+    ("reservation", "reservation"),
+    ("exit_code", "exit_code"),
+    ("derived_exit_code", "derived_exit_code"),
+    ("eligible_time", "eligible"),
+    ("start_time", "start"),
+    ("end_time", "end"),
+    ("elapsed_s", "elapsed_s"),
+    ("timelimit_min", "timelimit_min"),
+    ("nodes", "nodes"),
+    ("cpus", "cpus"),
+    ("mem_bytes", "mem_bytes"),
+    ("billing_units", "billing"),
+    ("gpus", "gpus"),
+    ("gpu_count", "gpu_count"),
+    ("node_list", "node_list"),
+    ("cpu_time_alloc_s", "cpu_time_alloc_s"),
+    ("cpu_used_s", "cpu_used_s"),
+    ("max_rss_bytes", "max_rss_bytes"),
+    ("mem_used_byte_s", "mem_used_byte_s"),
+    ("energy_j", "energy_j"),
+    ("db_index", "db_index"),
+    ("final", "final"),
+)
+_COLUMNS = tuple(col for col, _ in RECORD_COLUMNS)
+_KEY_COLUMNS = ("cluster", "job_id_raw", "submit_time")
+_STAGE_COLUMNS = _COLUMNS + ("content_hash",)
+_WRITER_COLUMNS = frozenset(("content_hash", "first_run_id", "last_run_id", "updated_at"))
+
+# Every column of the model is either a record column or set by the writer, and the
+# other way round: a new column in models.py without a place here fails at import.
+if set(Job.__table__.columns.keys()) != set(_STAGE_COLUMNS) | _WRITER_COLUMNS:
+    raise RuntimeError("jobs columns and JobWriter's RECORD_COLUMNS disagree")
+if {attr for _, attr in RECORD_COLUMNS} - {"gpu_count"} != set(JobRecord.__slots__):
+    raise RuntimeError("JobRecord fields and JobWriter's RECORD_COLUMNS disagree")
+
+_NULL = "\\N"
+_CPU_QUANTUM = Decimal("0.001")  # numeric(18, 3)
+
+
+def _text(value: str | None) -> str:
+    """COPY text-format escaping (PostgreSQL docs, COPY "File Formats").
+
+    Backslash, tab, newline and carriage return are escaped. PostgreSQL text cannot hold
+    NUL, so a NUL becomes U+FFFD (the hash is computed over the same replaced text, so
+    a record with a NUL is stable, it just does not read back byte-exact).
+    """
+    if value is None:
+        return _NULL
+    if ("\\" in value or "\t" in value or "\n" in value or "\r" in value
+            or "\x00" in value):
+        value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                 .replace("\r", "\\r").replace("\x00", "\ufffd"))
+    return value
+
+
+def _int(value: int | None) -> str:
+    if value is None:
+        return _NULL
+    if value.__class__ is not int:
+        # bool is an int subclass and would COPY as "True"; floats would lose precision.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected int, got {value!r}")
+        value = int(value)
+    return str(value)
+
+
+def _ts(value: datetime | None) -> str:
+    if value is None:
+        return _NULL
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: JobRecord times must be aware UTC")
+        value = value.astimezone(UTC)
+    return value.isoformat()
+
+
+def _cpu(value: Decimal | None) -> str:
+    if value is None:
+        return _NULL
+    # What numeric(18,3) stores (PostgreSQL rounds half away from zero), so the hash
+    # of a record equals the hash of the record read back.
+    return str(Decimal(value).quantize(_CPU_QUANTUM, rounding=ROUND_HALF_UP))
+
+
+def _gpus(gpus: tuple[tuple[str, int], ...]) -> tuple[str, int]:
+    if not gpus:
+        return "{}", 0
+    mapping: dict[str, int] = {}
+    for gpu_type, count in gpus:
+        mapping[gpu_type] = mapping.get(gpu_type, 0) + count
+    doc = json.dumps(mapping, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _text(doc), sum(mapping.values())
+
+
+def _encode(rec: JobRecord) -> str:
+    """The record as one COPY text line (no newline), in ``_COLUMNS`` order.
+
+    This line is also the canonical encoding that ``content_hash`` digests: None is
+    ``\\N`` (distinct from an empty string), times are UTC ISO-8601, Decimals are rounded
+    to the column's scale, gpus is compact JSON with sorted keys. If the COPY format ever
+    changes, keep this function for hashing or every row is rewritten once.
+    """
+    gpus_json, gpu_count = _gpus(rec.gpus)
+    final = rec.final
+    if final is not True and final is not False:
+        raise TypeError(f"JobRecord.final must be a bool, got {final!r}")
+    return "\t".join((
+        _text(rec.cluster),
+        _int(rec.job_id_raw),
+        _ts(rec.submit),
+        _text(rec.job_id),
+        _text(rec.state),
+        _text(rec.state_raw),
+        _int(rec.array_job_id),
+        _int(rec.array_task_id),
+        _int(rec.het_job_id),
+        _int(rec.het_job_offset),
+        _text(rec.name),
+        _text(rec.user),
+        _int(rec.uid),
+        _text(rec.group),
+        _text(rec.account),
+        _text(rec.partition),
+        _text(rec.qos),
+        _text(rec.wckey),
+        _text(rec.reservation),
+        _text(rec.exit_code),
+        _text(rec.derived_exit_code),
+        _ts(rec.eligible),
+        _ts(rec.start),
+        _ts(rec.end),
+        _int(rec.elapsed_s),
+        _int(rec.timelimit_min),
+        _int(rec.nodes),
+        _int(rec.cpus),
+        _int(rec.mem_bytes),
+        _int(rec.billing),
+        gpus_json,
+        str(gpu_count),
+        _text(rec.node_list),
+        _int(rec.cpu_time_alloc_s),
+        _cpu(rec.cpu_used_s),
+        _int(rec.max_rss_bytes),
+        _int(rec.mem_used_byte_s),
+        _int(rec.energy_j),
+        _int(rec.db_index),
+        "t" if final else "f",
+    ))
+
+
+_HASH_PERSON = b"hpcb-jobs-v1"  # bump to re-fingerprint every row once
+
+
+def _utf8(line: str) -> tuple[str, bytes]:
+    """``line`` and its UTF-8 bytes; lone surrogates (from a surrogateescape decode)
+    cannot be stored in PostgreSQL text, so they become U+FFFD."""
+    try:
+        return line, line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = line.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return line, line.encode("utf-8")
+
+
+def _hash_line(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16, person=_HASH_PERSON).hexdigest()
+
+
+def content_hash(rec: JobRecord) -> str:
+    """A 32-hex-digit fingerprint of every field of ``rec`` (blake2b-128).
+
+    Stable across processes and Python versions (it never uses ``hash()``); two records
+    that store identically hash identically.
+    """
+    return _hash_line(_utf8(_encode(rec))[1])
+
+
+# ---------------------------------------------------------------------------- writing
+
+def _quote(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+# The stage table's name carries a digest of its column list: a pooled connection that
+# outlives a schema change (migrate, then write, in one process) never uses a stale stage.
+_STAGE = "hpcb_stage_jobs_" + hashlib.blake2b(
+    ",".join(_STAGE_COLUMNS).encode(), digest_size=4).hexdigest()
+
+# Temp tables live for the connection's session, so the stage survives commits on a
+# pooled connection; ON COMMIT DELETE ROWS empties it at every commit, and a rollback of
+# the creating transaction drops it again, hence IF NOT EXISTS at every flush (a catalog
+# lookup). Column types come from ``jobs`` itself, so they cannot drift.
+_SQL_CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
+    f"SELECT {', '.join(_quote(c) for c in _STAGE_COLUMNS)} FROM jobs WITH NO DATA"
+)
+_SQL_TRUNCATE_STAGE = f"TRUNCATE {_STAGE}"
+_SQL_COPY = (f"COPY {_STAGE} ({', '.join(_quote(c) for c in _STAGE_COLUMNS)}) "
+             "FROM STDIN (FORMAT text)")
+_SQL_ENSURE_CLUSTERS = (
+    "INSERT INTO clusters (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING")
+_KEY_MATCH = " AND ".join(f"j.{_quote(c)} = s.{_quote(c)}" for c in _KEY_COLUMNS)
+_SQL_COUNT = (
+    "SELECT count(*) FILTER (WHERE j.cluster IS NULL),"
+    " count(*) FILTER (WHERE j.cluster IS NOT NULL"
+    " AND j.content_hash IS DISTINCT FROM s.content_hash),"
+    " count(*) FILTER (WHERE j.content_hash = s.content_hash)"
+    f" FROM {_STAGE} s LEFT JOIN jobs j ON {_KEY_MATCH}"
+)
+_UPDATE_COLUMNS = tuple(c for c in _STAGE_COLUMNS if c not in _KEY_COLUMNS)
+_SQL_MERGE = (
+    f"MERGE INTO jobs AS j USING {_STAGE} AS s ON {_KEY_MATCH}"
+    " WHEN MATCHED AND j.content_hash IS DISTINCT FROM s.content_hash THEN UPDATE SET "
+    + ", ".join(f"{_quote(c)} = s.{_quote(c)}" for c in _UPDATE_COLUMNS)
+    + ", last_run_id = %(run_id)s, updated_at = now()"
+    " WHEN NOT MATCHED THEN INSERT ("
+    + ", ".join(_quote(c) for c in _STAGE_COLUMNS)
+    + ", first_run_id, last_run_id, updated_at) VALUES ("
+    + ", ".join(f"s.{_quote(c)}" for c in _STAGE_COLUMNS)
+    + ", %(run_id)s, %(run_id)s, now())"
+)
+
+
+class JobWriter:
+    """Bulk, idempotent writer of JobRecords into ``jobs`` for one collector run.
+
+    ``add`` buffers; every ``batch_rows`` distinct keys (and at ``flush``) the batch goes
+    to the database: COPY into the stage, one counting query, one MERGE. Several batches
+    may go into one transaction; the writer never commits. Call ``flush()`` before the
+    caller commits, then read ``counts``.
+
+    Within a batch a key seen twice keeps the last record (overlapping windows,
+    ``sacct --duplicates``); across batches a later batch simply overwrites.
+
+    If a flush raises, the caller's transaction is aborted: roll back and drop the
+    writer (its buffer and counts no longer match the database).
+    """
+
+    def __init__(self, session: Session, *, run_id: int, batch_rows: int = 20_000) -> None:
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        self._session = session
+        self._run_id = int(run_id)
+        self._batch_rows = batch_rows
+        # key -> COPY line with its content hash. A dict keeps the first position of a
+        # key and the last value: exactly "dedupe, last wins". Lines are much smaller
+        # than tuples of 40 Python objects, and the line is needed for the hash anyway.
+        self._batch: dict[tuple[str, int, datetime], str] = {}
+        self._clusters: set[str] = set()
+        self._counts = UpsertCounts()
+        self._batches = 0
+
+    @property
+    def counts(self) -> UpsertCounts:
+        """Counts of the batches flushed so far (call ``flush()`` first for a total)."""
+        return self._counts
+
+    @property
+    def batches_flushed(self) -> int:
+        return self._batches
+
+    @property
+    def pending(self) -> int:
+        """Distinct keys buffered and not yet written."""
+        return len(self._batch)
+
+    def add(self, rec: JobRecord) -> None:
+        line, data = _utf8(_encode(rec))
+        # The key uses the aware datetime: equal instants hash equal whatever their zone.
+        self._batch[(rec.cluster, rec.job_id_raw, rec.submit)] = (
+            line + "\t" + _hash_line(data) + "\n")
+        self._clusters.add(rec.cluster)
+        if len(self._batch) >= self._batch_rows:
+            self.flush()
+
+    def flush(self) -> UpsertCounts:
+        """Write the buffered batch; returns that batch's counts (zero when empty)."""
+        if not self._batch:
+            return UpsertCounts()
+        dbapi_conn = self._session.connection().connection.dbapi_connection
+        if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
+            raise RuntimeError("JobWriter needs a live psycopg2 connection")
+        batch, clusters = self._batch, self._clusters
+        with dbapi_conn.cursor() as cur:
+            if not hasattr(cur, "copy_expert"):
+                raise TypeError("JobWriter needs the psycopg2 driver (postgresql+psycopg2://)")
+            cur.execute(_SQL_CREATE_STAGE)
+            cur.execute(_SQL_TRUNCATE_STAGE)
+            cur.copy_expert(_SQL_COPY, _LinesReader(batch.values()), size=_LinesReader.CHUNK)
+            cur.execute(_SQL_ENSURE_CLUSTERS, (sorted(clusters),))
+            cur.execute(_SQL_COUNT)
+            inserted, updated, unchanged = cur.fetchone()
+            cur.execute(_SQL_MERGE, {"run_id": self._run_id})
+        batch_counts = UpsertCounts(inserted, updated, unchanged)
+        self._counts = self._counts + batch_counts
+        self._batches += 1
+        self._batch = {}
+        self._clusters = set()
+        return batch_counts
+
+
+class _LinesReader(io.TextIOBase):
+    """A read()-able view over an iterable of lines, so COPY streams the batch without
+    first joining it into one large string."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, lines: Any) -> None:
+        super().__init__()
+        self._lines = iter(lines)
+        self._rest = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        want = self.CHUNK if size is None or size < 0 else max(size, 1)
+        parts = [self._rest] if self._rest else []
+        have = len(self._rest)
+        for line in self._lines:
+            parts.append(line)
+            have += len(line)
+            if have >= want:
+                break
+        data = "".join(parts)
+        if size is None or size < 0:
+            if not data:
+                return ""
+            # read() with no size must return everything that is left.
+            rest = "".join(self._lines)
+            self._rest = ""
+            return data + rest
+        self._rest = data[want:]
+        return data[:want]
+
+
+# ---------------------------------------------------------------------------- reading
+
+_TABLE = Job.__table__
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.astimezone(UTC)
+
+
+def _record(row: Any) -> JobRecord:
+    gpus = row.gpus
+    return JobRecord(
+        cluster=row.cluster,
+        job_id=row.job_id,
+        job_id_raw=row.job_id_raw,
+        submit=_aware(row.submit_time),
+        state=row.state,
+        state_raw=row.state_raw,
+        array_job_id=row.array_job_id,
+        array_task_id=row.array_task_id,
+        het_job_id=row.het_job_id,
+        het_job_offset=row.het_job_offset,
+        name=row.name,
+        user=row.user_name,
+        uid=row.uid,
+        group=row.group_name,
+        account=row.account,
+        partition=row.partition,
+        qos=row.qos,
+        wckey=row.wckey,
+        reservation=row.reservation,
+        exit_code=row.exit_code,
+        derived_exit_code=row.derived_exit_code,
+        eligible=_aware(row.eligible_time),
+        start=_aware(row.start_time),
+        end=_aware(row.end_time),
+        elapsed_s=row.elapsed_s,
+        timelimit_min=row.timelimit_min,
+        nodes=row.nodes,
+        cpus=row.cpus,
+        mem_bytes=row.mem_bytes,
+        billing=row.billing_units,
+        gpus=tuple(sorted(gpus.items())) if gpus else (),
+        node_list=row.node_list,
+        cpu_time_alloc_s=row.cpu_time_alloc_s,
+        cpu_used_s=row.cpu_used_s,
+        max_rss_bytes=row.max_rss_bytes,
+        mem_used_byte_s=None if row.mem_used_byte_s is None else int(row.mem_used_byte_s),
+        energy_j=row.energy_j,
+        db_index=row.db_index,
+        final=row.final,
+    )
+
+
+def list_jobs(session: Session, *, cluster: str | None = None,
+              since: datetime | None = None, until: datetime | None = None,
+              limit: int | None = None, yield_per: int = 2_000) -> Iterator[JobRecord]:
+    """Jobs as JobRecords, ordered by cluster, submit time, job_id_raw.
+
+    A job is in the window [since, until) when it was submitted before ``until`` and had
+    not ended before ``since`` (``end_time IS NULL`` counts as still running) - the same
+    overlap rule as ``sacct -S/-E`` without ``--state``. Rows are streamed with a
+    server-side cursor (``yield_per``), so a large listing is never held in memory;
+    consume the iterator inside the caller's transaction.
+    """
+    for what, value in (("since", since), ("until", until)):
+        if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+            raise ValueError(f"{what} must be timezone-aware, got {value!r}")
+    t = _TABLE.c
+    stmt = select(_TABLE.c[_COLUMNS])
+    if cluster is not None:
+        stmt = stmt.where(t.cluster == cluster)
+    if until is not None:
+        stmt = stmt.where(t.submit_time < until)
+    if since is not None:
+        stmt = stmt.where((t.end_time.is_(None)) | (t.end_time >= since))
+    stmt = stmt.order_by(t.cluster, t.submit_time, t.job_id_raw)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    result = session.execute(stmt.execution_options(yield_per=yield_per))
+    try:
+        for row in result:
+            yield _record(row)
+    finally:
+        result.close()
+
+
+def count_jobs(session: Session, cluster: str | None = None) -> int:
+    """Number of stored jobs, of one cluster or of all."""
+    stmt = select(func.count()).select_from(_TABLE)
+    if cluster is not None:
+        stmt = stmt.where(_TABLE.c.cluster == cluster)
+    return int(session.execute(stmt).scalar_one())

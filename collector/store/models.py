@@ -1,0 +1,223 @@
+"""The database schema of hpc-billing, as SQLAlchemy 2 declarative models.
+
+This module owns the tables: ``clusters``, ``jobs``, ``collector_runs``, ``watermarks``
+and ``quarantine``. Migrations in ``migrations/versions`` are hand-written to match these
+models exactly (a test upgrades an empty database and asserts that Alembic's
+``compare_metadata`` finds no difference).
+
+The ORM classes are for this package only; nothing outside ``collector.store`` sees them.
+
+Type choices (units are in the column names):
+
+- Identifiers Slurm prints as 32-bit unsigned (JobIDRaw, UID, array job id, het job id,
+  DBIndex) are ``bigint``: ``uid_t`` and ``uint32`` job ids do not fit a signed ``integer``.
+  ``timelimit_min`` is ``bigint`` too: Slurm keeps it as a ``uint32`` of minutes.
+- Byte counts, seconds and joules are ``bigint``.
+- ``mem_used_byte_s`` (sum over steps of memory x elapsed) is ``numeric(38, 0)``: one
+  TiB held for a year is 2**40 * 3.2e7 = 3.5e19 byte-seconds, past bigint's 9.2e18, and
+  a large job or a long-running service job reaches that. Scale 0 keeps it an integer.
+- ``cpu_used_s`` is ``numeric(18, 3)``: TotalCPU has millisecond resolution.
+- ``gpus`` is ``jsonb``: an object of GPU type -> count, with ``"untyped"`` for the
+  remainder (billing.records.UNTYPED_GPU); ``gpu_count`` is its sum, stored so that
+  reports need not unpack the JSON.
+- ``content_hash`` is the blake2b-128 hex digest of the record (``jobs.content_hash``),
+  so the writer recognises unchanged rows with one comparison.
+
+The natural key of a job is (cluster, job_id_raw, submit_time) (DESIGN.md §3). It keeps
+``cluster`` first so that many clusters can share one database, and contains the submit
+time so that ``jobs`` can later be range-partitioned by month of ``submit_time`` without
+changing the key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# One naming convention for every constraint, so migrations can name (and later drop)
+# constraints deterministically.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUN_KINDS = ("poll", "file", "backfill")
+RUN_OUTCOMES = ("running", "ok", "failed")
+
+TZ = DateTime(timezone=True)
+NOW = text("now()")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Cluster(Base):
+    """One Slurm cluster (the ``Cluster`` field of sacct). Every row below names one."""
+
+    __tablename__ = "clusters"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+
+
+class Job(Base):
+    """One job allocation, one row per (cluster, job_id_raw, submit_time).
+
+    One column per ``billing.records.JobRecord`` field; the record's ``submit``,
+    ``eligible``, ``start``, ``end``, ``user``, ``group`` and ``billing`` are stored as
+    ``submit_time``, ``eligible_time``, ``start_time``, ``end_time``, ``user_name``,
+    ``group_name`` and ``billing_units``.
+    """
+
+    __tablename__ = "jobs"
+
+    cluster: Mapped[str] = mapped_column(Text, ForeignKey("clusters.name"), primary_key=True)
+    job_id_raw: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    submit_time: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    job_id: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text)
+    state_raw: Mapped[str] = mapped_column(Text)
+    array_job_id: Mapped[int | None] = mapped_column(BigInteger)
+    array_task_id: Mapped[int | None] = mapped_column(Integer)
+    het_job_id: Mapped[int | None] = mapped_column(BigInteger)
+    het_job_offset: Mapped[int | None] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(Text)
+    user_name: Mapped[str | None] = mapped_column(Text)
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    group_name: Mapped[str | None] = mapped_column(Text)
+    account: Mapped[str | None] = mapped_column(Text)
+    partition: Mapped[str | None] = mapped_column(Text)
+    qos: Mapped[str | None] = mapped_column(Text)
+    wckey: Mapped[str | None] = mapped_column(Text)
+    reservation: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[str | None] = mapped_column(Text)
+    derived_exit_code: Mapped[str | None] = mapped_column(Text)
+    eligible_time: Mapped[datetime | None] = mapped_column(TZ)
+    start_time: Mapped[datetime | None] = mapped_column(TZ)
+    end_time: Mapped[datetime | None] = mapped_column(TZ)
+    elapsed_s: Mapped[int] = mapped_column(BigInteger)
+    timelimit_min: Mapped[int | None] = mapped_column(BigInteger)
+    nodes: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[int] = mapped_column(Integer)
+    mem_bytes: Mapped[int] = mapped_column(BigInteger)
+    billing_units: Mapped[int | None] = mapped_column(BigInteger)
+    gpus: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    gpu_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    node_list: Mapped[str | None] = mapped_column(Text)
+    cpu_time_alloc_s: Mapped[int | None] = mapped_column(BigInteger)
+    cpu_used_s: Mapped[Decimal | None] = mapped_column(Numeric(18, 3))
+    max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    mem_used_byte_s: Mapped[Decimal | None] = mapped_column(Numeric(38, 0))
+    energy_j: Mapped[int | None] = mapped_column(BigInteger)
+    db_index: Mapped[int | None] = mapped_column(BigInteger)
+    final: Mapped[bool] = mapped_column(Boolean)
+    content_hash: Mapped[str] = mapped_column(Text)
+    # The collector run that inserted / last changed the row. Deliberately not foreign
+    # keys: the run log may be pruned on its own schedule, and an RI trigger per row would
+    # tax the bulk MERGE path for a reference nobody joins on hot paths.
+    first_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+
+    __table_args__ = (
+        CheckConstraint("jsonb_typeof(gpus) = 'object'", name="gpus_is_object"),
+        # The job listing: one cluster, ordered by submit time, bounded by
+        # submit_time < until. A later issue tunes indexes with EXPLAIN.
+        Index("ix_jobs_cluster_submit_time", "cluster", "submit_time", "job_id_raw"),
+        # "ended since" (end_time >= since) and open jobs (end_time IS NULL).
+        Index("ix_jobs_cluster_end_time", "cluster", "end_time"),
+    )
+
+
+class CollectorRun(Base):
+    """One collector run: a poll window, a file import or one backfill chunk."""
+
+    __tablename__ = "collector_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # Nullable: a file import without a configured cluster takes each record's own
+    # cluster, so the run as a whole may have none.
+    cluster: Mapped[str | None] = mapped_column(Text, ForeignKey("clusters.name"))
+    source: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    window_since: Mapped[datetime | None] = mapped_column(TZ)
+    window_until: Mapped[datetime | None] = mapped_column(TZ)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=text("clock_timestamp()"))
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+    duration_s: Mapped[float | None] = mapped_column(Double)
+    outcome: Mapped[str] = mapped_column(Text, server_default=text("'running'"))
+    records_read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    jobs_inserted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    jobs_updated: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    jobs_unchanged: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    quarantined: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    lines_read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('poll', 'file', 'backfill')", name="kind"),
+        CheckConstraint("outcome IN ('running', 'ok', 'failed')", name="outcome"),
+        Index("ix_collector_runs_cluster_id", "cluster", "id"),
+    )
+
+
+class Watermark(Base):
+    """How far a stream of a cluster has been collected.
+
+    ``stream`` is ``'sacct'`` for the polling watermark and ``'backfill:<since-iso>'``
+    for a backfill's resume cursor.
+    """
+
+    __tablename__ = "watermarks"
+
+    cluster: Mapped[str] = mapped_column(Text, ForeignKey("clusters.name"), primary_key=True)
+    stream: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[datetime] = mapped_column(TZ)
+    run_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("collector_runs.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+
+
+class Quarantine(Base):
+    """Input that did not become a record, kept verbatim with the reason."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collector_runs.id", ondelete="CASCADE"))
+    # Nullable: a file import may hold lines of several clusters, or none parseable.
+    cluster: Mapped[str | None] = mapped_column(Text, ForeignKey("clusters.name"))
+    source: Mapped[str] = mapped_column(Text)
+    line_no: Mapped[int | None] = mapped_column(BigInteger)
+    job_id: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+
+    __table_args__ = (
+        Index("ix_quarantine_run_id", "run_id"),
+    )
