@@ -1,0 +1,144 @@
+"""How stored records look to people and programs: JSON objects, CSV rows, text tables.
+
+Shared by the CLI and the web API so that ``hpc-billing jobs --format json`` and the API
+print the same fields with the same names. Pure formatting: no I/O except writing to the
+stream it is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields, is_dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import IO, Any
+
+from billing.records import UNTYPED_GPU, JobRecord
+
+JOB_COLUMNS: tuple[str, ...] = (
+    "cluster", "job_id", "job_id_raw", "submit", "start", "end", "state", "user", "account",
+    "partition", "qos", "elapsed_s", "cpus", "mem_bytes", "nodes", "billing", "gpus",
+    "cpu_used_s", "max_rss_bytes", "final",
+)
+JOB_EXTRA_COLUMNS: tuple[str, ...] = (
+    "state_raw", "name", "array_job_id", "array_task_id", "het_job_id", "het_job_offset",
+    "uid", "group", "wckey", "reservation", "exit_code", "derived_exit_code", "eligible",
+    "timelimit_min", "node_list", "cpu_time_alloc_s", "mem_used_byte_s", "energy_j", "db_index",
+)
+
+TABLE_JOB_COLUMNS: tuple[str, ...] = (
+    "cluster", "job_id", "job_id_raw", "submit", "state", "user", "account", "partition",
+    "elapsed_s", "cpus", "mem_bytes", "gpus", "cpu_used_s", "max_rss_bytes", "final",
+)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, seconds precision."""
+    if dt is None:
+        return None
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Decimal):
+        # Quantities (seconds, byte-seconds) are JSON numbers; money is always a string
+        # and never passes through here.
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def job_to_dict(job: JobRecord, *, extra: bool = True) -> dict[str, Any]:
+    """The public JSON shape of a job (see docs/api/openapi.yaml, schema Job)."""
+    out: dict[str, Any] = {
+        "cluster": job.cluster,
+        "job_id": job.job_id,
+        "job_id_raw": job.job_id_raw,
+        "submit": iso(job.submit),
+        "start": iso(job.start),
+        "end": iso(job.end),
+        "state": job.state,
+        "user": job.user,
+        "account": job.account,
+        "partition": job.partition,
+        "qos": job.qos,
+        "elapsed_s": job.elapsed_s,
+        "cpus": job.cpus,
+        "mem_bytes": job.mem_bytes,
+        "nodes": job.nodes,
+        "billing": job.billing,
+        "gpus": dict(job.gpus),
+        "cpu_used_s": None if job.cpu_used_s is None else float(job.cpu_used_s),
+        "max_rss_bytes": job.max_rss_bytes,
+        "final": job.final,
+    }
+    if extra:
+        for name in JOB_EXTRA_COLUMNS:
+            out[name] = _plain(getattr(job, name))
+    return out
+
+
+def gpus_text(gpus: dict[str, int]) -> str:
+    """``a100:2,untyped:1`` style, untyped last; empty when no GPUs."""
+    items = sorted(gpus.items(), key=lambda kv: (kv[0] == UNTYPED_GPU, kv[0]))
+    return ",".join(f"{k}:{v}" for k, v in items)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return gpus_text(value)
+    return str(value)
+
+
+def write_json_array(stream: IO[str], rows: Iterable[dict[str, Any]]) -> int:
+    """Stream a JSON array, one object per line, without holding the rows in memory."""
+    count = 0
+    stream.write("[")
+    for row in rows:
+        stream.write(",\n" if count else "\n")
+        stream.write(json.dumps(row, sort_keys=False, default=str))
+        count += 1
+    stream.write("\n]\n" if count else "]\n")
+    return count
+
+
+def write_csv(stream: IO[str], columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+        count += 1
+    return count
+
+
+def write_table(stream: IO[str], columns: Sequence[str], rows: Iterable[dict[str, Any]],
+                *, empty_message: str = "(no rows)") -> int:
+    """An aligned text table. Holds the rows (a table is for people, so it is bounded)."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    if not cells:
+        stream.write(empty_message + "\n")
+        return 0
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    stream.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    for r in cells:
+        stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+    return len(cells)
+
+
+def dataclass_to_dict(obj: Any) -> dict[str, Any]:
+    """Any frozen dataclass (run log, quarantine rows) as JSON-ready values."""
+    assert is_dataclass(obj)
+    return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+
+
+def iter_dicts(items: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    for item in items:
+        yield dataclass_to_dict(item)

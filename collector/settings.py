@@ -1,0 +1,251 @@
+"""One typed, frozen Settings object, built once at start from the environment and flags.
+
+This module owns the list of every setting hpc-billing has (``SPECS``): its environment
+variable, its command-line flag, its parser, its default and its help text. The CLI builds
+``Settings`` from ``os.environ`` plus the flags it parsed; nothing else reads the environment.
+Validation collects every error before failing, so an operator fixes a config in one go.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+SOURCES = ("sacct", "file", "slurmrestd", "pyslurm")
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)", re.IGNORECASE)
+_UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class SettingsError(Exception):
+    """Every problem found in the configuration, one per line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.errors))
+
+
+def parse_duration_s(text: str) -> float:
+    """Seconds from ``300``, ``10m``, ``1h30m``, ``2d``, ``1.5h``; must be > 0."""
+    value = text.strip()
+    if not value:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION_RE.finditer(value):
+            if value[pos:match.start()].strip():
+                raise ValueError(f"not a duration: {text!r} (use seconds or forms like 90s, 10m, 1h30m, 2d)") from None
+            seconds += float(match.group(1)) * _UNIT_S[match.group(2).lower()]
+            pos = match.end()
+        if pos == 0 or value[pos:].strip():
+            raise ValueError(f"not a duration: {text!r} (use seconds or forms like 90s, 10m, 1h30m, 2d)") from None
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
+
+
+def _parse_bind(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port must be 1-65535, got {port!r}")
+    return host, int(port)
+
+
+def _parse_database_url(text: str) -> str:
+    url = text.strip()
+    if not re.match(r"^postgresql(\+psycopg2)?://", url):
+        raise ValueError("must be a PostgreSQL URL such as postgresql+psycopg2://user:pw@host:5432/db")
+    return url
+
+
+def _parse_source(text: str) -> str:
+    value = text.strip().lower()
+    if value not in SOURCES:
+        raise ValueError(f"must be one of {', '.join(SOURCES)}; got {text!r}")
+    return value
+
+
+def _parse_timezone(text: str) -> str:
+    try:
+        ZoneInfo(text.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {text!r} (use an IANA name such as Europe/Berlin)") from None
+    return text.strip()
+
+
+def _parse_positive_int(text: str) -> int:
+    value = int(text.strip())
+    if value <= 0:
+        raise ValueError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _parse_log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR; got {text!r}")
+    return value
+
+
+def _default_data_dir(env: Mapping[str, str]) -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/hpc-billing"
+    base = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"),
+                                                    ".local", "share")
+    return os.path.join(base, "hpc-billing")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    field: str
+    env: str
+    flag: str
+    parse: Callable[[str], object]
+    default: str | None
+    help: str
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("database_url", "DATABASE_URL", "--database-url", _parse_database_url, None,
+         "PostgreSQL URL, postgresql+psycopg2://user:pw@host:port/db. Unset: an embedded "
+         "PostgreSQL under HPC_BILLING_DATA_DIR (needs the 'embedded' extra)."),
+    Spec("cluster", "HPC_BILLING_CLUSTER", "--cluster", str.strip, None,
+         "Slurm cluster name (ClusterName). Passed to sacct --clusters; used for file "
+         "exports that have no Cluster column."),
+    Spec("source", "HPC_BILLING_SOURCE", "--source", _parse_source, "sacct",
+         "Where accounting comes from: sacct, file, slurmrestd or pyslurm."),
+    Spec("input", "HPC_BILLING_INPUT", "--input", str.strip, None,
+         "File to import with the file source: sacct --parsable2 output with its header "
+         "line, or sacct --json output."),
+    Spec("timezone", "HPC_BILLING_TIMEZONE", "--timezone", _parse_timezone, "UTC",
+         "Zone of times without a zone in imported files (sacct prints local time)."),
+    Spec("sacct", "HPC_BILLING_SACCT", "--sacct", str.strip, "sacct",
+         "Path of the sacct binary (default: sacct on PATH)."),
+    Spec("sacct_timeout_s", "HPC_BILLING_SACCT_TIMEOUT", "--sacct-timeout", parse_duration_s, "300",
+         "How long one sacct call may run before it and its children are killed."),
+    Spec("poll_interval_s", "HPC_BILLING_POLL_INTERVAL", "--poll-interval", parse_duration_s, "5m",
+         "Time between polls of the daemon (collect without --once, run)."),
+    Spec("overlap_s", "HPC_BILLING_OVERLAP", "--overlap", parse_duration_s, "10m",
+         "How far before the watermark each poll starts again (slurmdbd writes lag)."),
+    Spec("lookback_s", "HPC_BILLING_LOOKBACK", "--lookback", parse_duration_s, "1d",
+         "How far back the very first poll reads when there is no watermark yet."),
+    Spec("backfill_chunk_s", "HPC_BILLING_BACKFILL_CHUNK", "--chunk", parse_duration_s, "1d",
+         "Size of one backfill window."),
+    Spec("batch_rows", "HPC_BILLING_BATCH_ROWS", "--batch-rows", _parse_positive_int, "20000",
+         "Jobs per COPY/MERGE batch (memory is bounded by one batch)."),
+    Spec("rates", "HPC_BILLING_RATES", "--rates", str.strip, None,
+         "Rate-card TOML file."),
+    Spec("bind", "HPC_BILLING_BIND", "--bind", _parse_bind, "127.0.0.1:8000",
+         "HOST:PORT the web app (probes, metrics, API) listens on."),
+    Spec("data_dir", "HPC_BILLING_DATA_DIR", "--data-dir", str.strip, None,
+         "Directory for the embedded PostgreSQL when DATABASE_URL is unset "
+         "(default /var/lib/hpc-billing as root, else ~/.local/share/hpc-billing)."),
+    Spec("log_level", "HPC_BILLING_LOG_LEVEL", "--log-level", _parse_log_level, "INFO",
+         "DEBUG, INFO, WARNING or ERROR."),
+)
+
+SPEC_BY_FIELD = {spec.field: spec for spec in SPECS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    cluster: str | None
+    source: str
+    input: str | None
+    timezone: str
+    sacct: str
+    sacct_timeout_s: float
+    poll_interval_s: float
+    overlap_s: float
+    lookback_s: float
+    backfill_chunk_s: float
+    batch_rows: int
+    rates: str | None
+    bind: tuple[str, int]
+    data_dir: str
+    log_level: str
+
+    @classmethod
+    def load(cls, env: Mapping[str, str], overrides: Mapping[str, str | None] | None = None) -> Settings:
+        """Build from the environment, then flags (field -> raw text) on top; list every error."""
+        overrides = overrides or {}
+        values: dict[str, object] = {}
+        errors: list[str] = []
+        for spec in SPECS:
+            raw = overrides.get(spec.field)
+            origin = spec.flag
+            if raw is None:
+                raw = env.get(spec.env)
+                origin = spec.env
+                if raw is not None and raw.strip() == "":
+                    raw = None
+            if raw is None:
+                raw = spec.default
+                origin = f"default of {spec.env}"
+            if raw is None:
+                values[spec.field] = None
+                continue
+            try:
+                values[spec.field] = spec.parse(raw)
+            except ValueError as exc:
+                errors.append(f"{origin}: {exc}")
+                values[spec.field] = None
+        if values.get("data_dir") is None:
+            values["data_dir"] = _default_data_dir(env)
+        if errors:
+            raise SettingsError(errors)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def check_for_collect(self) -> None:
+        """Cross-field checks for commands that read accounting; raises with every error."""
+        errors: list[str] = []
+        if self.source == "file":
+            if not self.input:
+                errors.append("HPC_BILLING_INPUT / --input: required with the file source")
+            elif not os.path.isfile(self.input):
+                errors.append(f"HPC_BILLING_INPUT / --input: no such file: {self.input}")
+            elif not os.access(self.input, os.R_OK):
+                errors.append(f"HPC_BILLING_INPUT / --input: not readable: {self.input}")
+        elif self.source == "sacct":
+            if not self.cluster:
+                errors.append("HPC_BILLING_CLUSTER / --cluster: required with the sacct source "
+                              "(Slurm's ClusterName: scontrol show config | grep ClusterName)")
+            if shutil.which(self.sacct) is None:
+                errors.append(f"HPC_BILLING_SACCT / --sacct: {self.sacct!r} is not an executable "
+                              "(on PATH or as a path)")
+        else:
+            errors.append(f"HPC_BILLING_SOURCE / --source: the {self.source} source is not "
+                          "available in this version (use sacct or file)")
+        if self.rates is not None and not os.path.isfile(self.rates):
+            errors.append(f"HPC_BILLING_RATES / --rates: no such file: {self.rates}")
+        if errors:
+            raise SettingsError(errors)
+
+    def describe(self) -> dict[str, object]:
+        """The settings as a dict for logs, with the database password redacted."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "database_url" and value:
+                value = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(value))
+            out[f.name] = value
+        return out
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
