@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs hpc-billing's whole test suite: installs the test dependencies into ./.venv, then
+# pytest. Tests use the PostgreSQL on 127.0.0.1:5432 when it answers, and otherwise start a
+# private server from the machine's PostgreSQL binaries (installed here when missing and
+# running as root). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+have_pg_binaries() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
+pg_answers() { "$PY" - <<'PYEOF' 2>/dev/null
+import socket, sys
+s = socket.socket(); s.settimeout(1)
+sys.exit(s.connect_ex(("127.0.0.1", 5432)))
+PYEOF
+}
+
+if ! pg_answers && ! have_pg_binaries; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "tests: installing PostgreSQL binaries for a private test server" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    else
+        echo "tests: no PostgreSQL on 127.0.0.1:5432 and no PostgreSQL binaries; install 'postgresql'" >&2
+        exit 2
+    fi
+fi
+if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+exec .venv/bin/python -m pytest "$@"
