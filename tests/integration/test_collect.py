@@ -310,3 +310,32 @@ def test_console_script_runs_the_demo_in_a_real_process(db_url):
     assert proc.returncode == 0, proc.stderr
     assert "Stored jobs" in proc.stdout
     assert proc.stdout.count("\nlab ") == WIDE_JOB_RECORDS
+
+
+def test_collect_loop_polls_until_sigterm_and_exits_cleanly(db_url, sessions, fake_sacct):
+    import signal
+    import time
+
+    env = {**os.environ, "DATABASE_URL": db_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "collect", "--source", "sacct", "--sacct", str(fake_sacct),
+         "--cluster", "lab", "--lookback", "3650d", "--poll-interval", "1s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len([r for r in _runs(sessions) if r.outcome == "ok"]) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    runs = _runs(sessions)
+    assert len(runs) >= 2 and all(r.outcome == "ok" for r in runs)
+    assert runs[-1].jobs_inserted == WIDE_JOB_RECORDS
+    # Every later poll started before the previous watermark (the overlap) and inserted nothing.
+    assert all(r.jobs_inserted == 0 for r in runs[:-1])
+    assert "stopping after the current poll" in err
