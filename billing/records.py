@@ -146,6 +146,55 @@ def utc(dt: datetime) -> datetime:
     return dt.astimezone(timezone.utc)
 
 
+# Resource names of charge lines ("gpu:<type>" for typed GPUs) and their units.
+RESOURCE_UNITS: dict[str, str] = {
+    "cpu": "core_hour",
+    "mem": "gib_hour",
+    "gpu": "gpu_hour",          # untyped GPUs, and typed ones priced at the default rate
+    "node": "node_hour",
+    "billing": "billing_unit_hour",
+    "energy": "kwh",
+}
+
+
+def resource_unit(resource: str) -> str:
+    """The unit of a charge line's resource (``gpu:a100`` -> ``gpu_hour``)."""
+    return RESOURCE_UNITS["gpu" if resource.startswith("gpu:") else resource]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeLine:
+    """One priced quantity: (job, usage period, resource) -> quantity x rate = amount.
+
+    ``usage_period`` is the billing period the usage fell in (a job spanning a period
+    boundary has lines in both); ``posted_period`` is the period the line is billed in:
+    the same, except for a correction, which is posted in the first open period because
+    a closed period is never rewritten. ``amount`` is ``rate * quantity`` rounded half-even
+    to the card's scale (a correction's amount is the difference of two such amounts).
+    Money and quantities are Decimal, never float.
+    """
+
+    cluster: str
+    job_id_raw: int
+    submit: datetime
+    usage_period: str                # "2026-11"
+    posted_period: str
+    resource: str                    # cpu, mem, gpu, gpu:<type>, node, billing, energy
+    quantity: Decimal                # in ``unit``
+    unit: str                        # core_hour, gib_hour, gpu_hour, node_hour, billing_unit_hour, kwh
+    rate: Decimal                    # currency per unit
+    amount: Decimal
+    currency: str
+    rule: str                        # name of the rate-card rule that priced it
+    rate_card: str                   # the card version (content hash)
+    basis: str = "allocated"         # allocated | used | max
+    kind: str = "charge"             # charge | correction
+
+    @property
+    def job_key(self) -> tuple[str, int, datetime]:
+        return (self.cluster, self.job_id_raw, self.submit)
+
+
 @dataclass(frozen=True, slots=True)
 class FetchStats:
     """Counters a source reports after a fetch (lines read, bytes, seconds in Slurm)."""
