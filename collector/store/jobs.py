@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -281,12 +281,13 @@ _SQL_COPY = (f"COPY {_STAGE} ({', '.join(_quote(c) for c in _STAGE_COLUMNS)}) "
 _SQL_ENSURE_CLUSTERS = (
     "INSERT INTO clusters (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING")
 _KEY_MATCH = " AND ".join(f"j.{_quote(c)} = s.{_quote(c)}" for c in _KEY_COLUMNS)
-_SQL_COUNT = (
-    "SELECT count(*) FILTER (WHERE j.cluster IS NULL),"
-    " count(*) FILTER (WHERE j.cluster IS NOT NULL"
-    " AND j.content_hash IS DISTINCT FROM s.content_hash),"
-    " count(*) FILTER (WHERE j.content_hash = s.content_hash)"
+# The keys the MERGE will insert (no row yet) or update (different hash). Unchanged =
+# batch size minus these. Returning the keys lets the caller price exactly the jobs that
+# changed, in the same transaction.
+_SQL_CHANGED = (
+    "SELECT s.cluster, s.job_id_raw, s.submit_time, j.cluster IS NULL"
     f" FROM {_STAGE} s LEFT JOIN jobs j ON {_KEY_MATCH}"
+    " WHERE j.content_hash IS DISTINCT FROM s.content_hash"
 )
 _UPDATE_COLUMNS = tuple(c for c in _STAGE_COLUMNS if c not in _KEY_COLUMNS)
 _SQL_MERGE = (
@@ -315,9 +316,14 @@ class JobWriter:
 
     If a flush raises, the caller's transaction is aborted: roll back and drop the
     writer (its buffer and counts no longer match the database).
+
+    ``on_changed`` is called after each batch's MERGE, inside the same transaction, with
+    the records that were inserted or changed (as stored: cpu_used_s rounded to the
+    column's scale), so the pipeline can price exactly those.
     """
 
-    def __init__(self, session: Session, *, run_id: int, batch_rows: int = 20_000) -> None:
+    def __init__(self, session: Session, *, run_id: int, batch_rows: int = 20_000,
+                 on_changed: Callable[[list[JobRecord]], None] | None = None) -> None:
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
         self._session = session
@@ -326,7 +332,8 @@ class JobWriter:
         # key -> COPY line with its content hash. A dict keeps the first position of a
         # key and the last value: exactly "dedupe, last wins". Lines are much smaller
         # than tuples of 40 Python objects, and the line is needed for the hash anyway.
-        self._batch: dict[tuple[str, int, datetime], str] = {}
+        self._batch: dict[tuple[str, int, datetime], tuple[str, JobRecord]] = {}
+        self._on_changed = on_changed
         self._clusters: set[str] = set()
         self._counts = UpsertCounts()
         self._batches = 0
@@ -349,7 +356,7 @@ class JobWriter:
         line, data = _utf8(_encode(rec))
         # The key uses the aware datetime: equal instants hash equal whatever their zone.
         self._batch[(rec.cluster, rec.job_id_raw, rec.submit)] = (
-            line + "\t" + _hash_line(data) + "\n")
+            line + "\t" + _hash_line(data) + "\n", rec)
         self._clusters.add(rec.cluster)
         if len(self._batch) >= self._batch_rows:
             self.flush()
@@ -367,17 +374,30 @@ class JobWriter:
                 raise TypeError("JobWriter needs the psycopg2 driver (postgresql+psycopg2://)")
             cur.execute(_SQL_CREATE_STAGE)
             cur.execute(_SQL_TRUNCATE_STAGE)
-            cur.copy_expert(_SQL_COPY, _LinesReader(batch.values()), size=_LinesReader.CHUNK)
+            cur.copy_expert(_SQL_COPY, _LinesReader(line for line, _ in batch.values()),
+                            size=_LinesReader.CHUNK)
             cur.execute(_SQL_ENSURE_CLUSTERS, (sorted(clusters),))
-            cur.execute(_SQL_COUNT)
-            inserted, updated, unchanged = cur.fetchone()
+            cur.execute(_SQL_CHANGED)
+            changed = cur.fetchall()
             cur.execute(_SQL_MERGE, {"run_id": self._run_id})
-        batch_counts = UpsertCounts(inserted, updated, unchanged)
+        inserted = sum(1 for row in changed if row[3])
+        batch_counts = UpsertCounts(inserted, len(changed) - inserted, len(batch) - len(changed))
+        if self._on_changed is not None and changed:
+            records = [_as_stored(batch[(c, raw, _aware(sub))][1]) for c, raw, sub, _ in changed]
+            self._on_changed(records)
         self._counts = self._counts + batch_counts
         self._batches += 1
         self._batch = {}
         self._clusters = set()
         return batch_counts
+
+
+def _as_stored(rec: JobRecord) -> JobRecord:
+    """The record as reading it back would give it (cpu_used_s at the column's scale)."""
+    if rec.cpu_used_s is None:
+        return rec
+    stored = Decimal(rec.cpu_used_s).quantize(_CPU_QUANTUM, rounding=ROUND_HALF_UP)
+    return rec if stored == rec.cpu_used_s else replace(rec, cpu_used_s=stored)
 
 
 class _LinesReader(io.TextIOBase):
