@@ -25,8 +25,25 @@ NON_FINAL_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "RE
 UNTYPED_GPU = "untyped"
 
 
+# States a job's OLD record is left in when the job is requeued. slurmdbd writes the next
+# run as a new record (same JobIDRaw, later Submit) and never updates the old one again:
+# once it has an End, it is final and its run is billable (RECIPE §6, job 16).
+REQUEUE_STATES = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT"})
+
+
 def is_final_state(state: str) -> bool:
     """True when a normalised State will not change any more."""
+    return state not in NON_FINAL_STATES
+
+
+def is_final_record(state: str, end: datetime | None) -> bool:
+    """True when this accounting record will not change any more.
+
+    As is_final_state, except that a requeued job's old record (REQUEUED ... with an End)
+    is final: Slurm records the next run as a separate record.
+    """
+    if state in REQUEUE_STATES:
+        return end is not None
     return state not in NON_FINAL_STATES
 
 

@@ -2,7 +2,10 @@
 
 This module owns the rule that turns a stream of parsed items (JobRecord for job lines,
 StepUsage for step lines, QuarantinedRecord for what did not parse) into one JobRecord per
-job with its usage filled in. It does no I/O and imports only the stdlib.
+job with its usage filled in, and the calendar of billing periods: which period an
+instant falls in (``period_of``), a period's bounds (``period_bounds``) and how a job's
+[Start, End) splits across periods (``split_by_period``). It does no I/O and imports only
+the stdlib.
 
 Where each used quantity comes from (sacct field names; Slurm 22.05, sacct(1)):
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
@@ -152,3 +156,86 @@ def rollup_steps(items: Iterable[JobRecord | StepUsage | QuarantinedRecord], *,
                             f"StepUsage or QuarantinedRecord")
     while buffer:
         yield pop_oldest()
+
+
+# --------------------------------------------------------------------------- billing periods
+#
+# Billing periods are calendar months in the rate card's timezone, named "YYYY-MM". A period
+# runs from midnight on the 1st (local time) to midnight on the 1st of the next month, so
+# with timezone = "Europe/Berlin" the period "2026-11" is [2026-10-31T23:00Z, 2026-11-30T23:00Z).
+# (Only months are supported; billing.rates refuses other periods.)
+
+_ONE_SECOND = timedelta(seconds=1)
+
+
+def _aware(dt: datetime, what: str) -> datetime:
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {dt!r}")
+    return dt
+
+
+def _whole_second(dt: datetime) -> datetime:
+    """dt without its microseconds (Slurm's times are whole seconds)."""
+    return dt.replace(microsecond=0) if dt.microsecond else dt
+
+
+def period_of(dt: datetime, card_tz: tzinfo) -> str:
+    """The billing period ("2026-11") an instant falls in, in the card's timezone."""
+    local = _aware(dt, "period_of: dt").astimezone(card_tz)
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def _parse_period(period: str) -> tuple[int, int]:
+    try:
+        year_text, month_text = period.split("-")
+        if len(year_text) != 4 or len(month_text) != 2:
+            raise ValueError
+        year, month = int(year_text), int(month_text)
+        if not 1 <= month <= 12 or year < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"not a billing period (YYYY-MM): {period!r}") from None
+    return year, month
+
+
+def period_after(period: str) -> str:
+    """The period following ``period`` ("2026-12" -> "2027-01")."""
+    year, month = _parse_period(period)
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
+
+
+def period_bounds(period: str, tz: tzinfo) -> tuple[datetime, datetime]:
+    """[start, end) of a period as aware UTC datetimes: local midnight on the 1st of the
+    month and of the next month, in ``tz``. (Where a DST change skips local midnight,
+    zoneinfo maps it to the instant of the change, i.e. the first instant of the day.)"""
+    year, month = _parse_period(period)
+    next_year, next_month = year + month // 12, month % 12 + 1
+    start = datetime(year, month, 1, tzinfo=tz).astimezone(timezone.utc)
+    end = datetime(next_year, next_month, 1, tzinfo=tz).astimezone(timezone.utc)
+    return start, end
+
+
+def split_by_period(start: datetime, end: datetime, tz: tzinfo) -> list[tuple[str, int]]:
+    """Cut the interval [start, end) at period boundaries: [(period, seconds), ...] in order.
+
+    Both ends are truncated to whole seconds first (Slurm's times are whole seconds), and
+    period boundaries are whole seconds, so the parts are ints that add up exactly to
+    ``end - start``. An empty interval (end == start) gives [(period of start, 0)], so a
+    caller can still place a job that Slurm shows with Start == End. end < start is an error.
+    """
+    start = _whole_second(_aware(start, "split_by_period: start")).astimezone(timezone.utc)
+    end = _whole_second(_aware(end, "split_by_period: end")).astimezone(timezone.utc)
+    if end < start:
+        raise ValueError(f"split_by_period: end {end} is before start {start}")
+    period = period_of(start, tz)
+    if end == start:
+        return [(period, 0)]
+    parts: list[tuple[str, int]] = []
+    cursor = start
+    while cursor < end:
+        boundary = period_bounds(period, tz)[1]
+        stop = min(boundary, end)
+        parts.append((period, (stop - cursor) // _ONE_SECOND))
+        cursor = stop
+        period = period_after(period)
+    return parts

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from billing.records import JobRecord, QuarantinedRecord, StepUsage
+from billing.records import JobRecord, QuarantinedRecord, StepUsage, is_final_record
 from collector.slurm.sacct import MB, SENTINELS, gpu_breakdown, normalise_state
 from collector.slurm.source import Item
 
@@ -152,7 +152,8 @@ def _job_items(job: dict, *, source: str, default_cluster: str | None) -> list[I
         raise ValueError("time.submission is missing: a job without a submit time has no "
                          "identity")
     state_raw = str((job.get("state") or {}).get("current") or "")
-    state, final = normalise_state(state_raw)
+    state, _ = normalise_state(state_raw)
+    end = _epoch(times.get("end"))
     cpus, nodes, mem, billing, gpus = _allocation((job.get("tres") or {}).get("allocated"))
     elapsed = int(times.get("elapsed") or 0)
 
@@ -191,7 +192,7 @@ def _job_items(job: dict, *, source: str, default_cluster: str | None) -> list[I
         exit_code=_exit_code(job.get("exit_code")),
         derived_exit_code=_exit_code(job.get("derived_exit_code")),
         eligible=_epoch(times.get("eligible")), start=_epoch(times.get("start")),
-        end=_epoch(times.get("end")), elapsed_s=elapsed,
+        end=end, elapsed_s=elapsed,
         timelimit_min=_minutes(times.get("limit")),
         nodes=nodes, cpus=cpus, mem_bytes=mem, billing=billing, gpus=gpus,
         node_list=_text(job.get("nodes")),
@@ -199,7 +200,7 @@ def _job_items(job: dict, *, source: str, default_cluster: str | None) -> list[I
         cpu_time_alloc_s=elapsed * cpus,
         # The job-level time.total is 0 in 22.05; the steps hold the real CPU time.
         cpu_used_s=cpu_total,
-        energy_j=None, db_index=None, final=final,
+        energy_j=None, db_index=None, final=is_final_record(state, end),
     )
     return [record, *steps]
 

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from billing.records import (UNTYPED_GPU, FetchStats, JobRecord, QuarantinedRecord,
-                             StepUsage, Window, is_final_state)
+                             StepUsage, Window, is_final_record, is_final_state)
 from collector.slurm.command import slurm_command
 from collector.slurm.fields import (FREE_TEXT_FIELDS, REQUIRED_FIELDS, SACCT_DELIMITER,
                                     SACCT_FIELDS)
@@ -648,7 +648,7 @@ class ParsableParser:
                 timelimit_min=tlimit, nodes=nodes, cpus=cpus, mem_bytes=mem,
                 billing=billing, gpus=gpus, node_list=_opt(f[i_nodelist]),
                 cpu_time_alloc_s=cpu_time_alloc, cpu_used_s=cpu_used, energy_j=energy,
-                db_index=db_index, final=final,
+                db_index=db_index, final=is_final_record(state, end),
             )
         except Exception as exc:  # noqa: BLE001 - one bad record must never stop a poll
             del f[-1]

@@ -97,7 +97,8 @@ def test_requeue_array_and_het_identity(db_url, sessions):
     jobs = {(j.job_id, j.submit.strftime("%H:%M:%S")): j for j in _jobs(sessions)}
     # Requeue: one JobIDRaw, two records told apart by Submit (RECIPE §6).
     old, new = jobs[("16", "12:45:43")], jobs[("16", "12:48:17")]
-    assert (old.job_id_raw, old.state, old.final) == (16, "REQUEUED", False)
+    # The old record has an End and Slurm never updates it again: final, and billable.
+    assert (old.job_id_raw, old.state, old.final) == (16, "REQUEUED", True)
     assert (new.job_id_raw, new.state, new.final) == (16, "COMPLETED", True)
     assert (old.elapsed_s, new.elapsed_s) == (4, 20)
     # Arrays: 6_3 is raw 19; the last task 6_5 keeps the array's id 6.

@@ -153,7 +153,8 @@ def test_requeued_job_gives_two_records(wide):
     old, new = jobs(wide, "16")
     assert (old.job_id_raw, new.job_id_raw) == (16, 16)
     assert old.submit == at("2026-11-22T12:45:43") and new.submit == at("2026-11-22T12:48:17")
-    assert (old.state, old.final, old.db_index) == ("REQUEUED", False, 20)
+    # Slurm never updates the old record of a requeued job again (it has an End).
+    assert (old.state, old.final, old.db_index) == ("REQUEUED", True, 20)
     assert (new.state, new.final, new.db_index) == ("COMPLETED", True, 29)
     assert new.eligible == at("2026-11-22T12:50:18")
     old_step, new_step = steps(wide, 16)
