@@ -1,9 +1,10 @@
 """The database schema of hpc-billing, as SQLAlchemy 2 declarative models.
 
 This module owns the tables: ``clusters``, ``jobs``, ``collector_runs``, ``watermarks``
-and ``quarantine``. Migrations in ``migrations/versions`` are hand-written to match these
-models exactly (a test upgrades an empty database and asserts that Alembic's
-``compare_metadata`` finds no difference).
+and ``quarantine`` (revision 0001), and ``rate_cards``, ``charge_lines``,
+``billing_periods`` and ``budgets`` (revision 0002, see ``charges``). Migrations in
+``migrations/versions`` are hand-written to match these models exactly (a test upgrades
+an empty database and asserts that Alembic's ``compare_metadata`` finds no difference).
 
 The ORM classes are for this package only; nothing outside ``collector.store`` sees them.
 
@@ -42,6 +43,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -63,8 +65,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_KINDS = ("poll", "file", "backfill")
+RUN_KINDS = ("poll", "file", "backfill", "reprice")
 RUN_OUTCOMES = ("running", "ok", "failed")
+CHARGE_KINDS = ("charge", "correction")
+CHARGE_BASES = ("allocated", "used", "max")
+# A billing period is a calendar month, 'YYYY-MM' (DESIGN.md §5).
+PERIOD_PATTERN = "^[0-9]{4}-(0[1-9]|1[0-2])$"
 
 TZ = DateTime(timezone=True)
 NOW = text("now()")
@@ -153,7 +159,7 @@ class Job(Base):
 
 
 class CollectorRun(Base):
-    """One collector run: a poll window, a file import or one backfill chunk."""
+    """One collector run: a poll window, a file import, one backfill chunk or a reprice."""
 
     __tablename__ = "collector_runs"
 
@@ -176,9 +182,13 @@ class CollectorRun(Base):
     quarantined: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     lines_read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     error: Mapped[str | None] = mapped_column(Text)
+    # Pricing done in the same transaction (0003): jobs priced, charge lines written.
+    jobs_priced: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    charge_lines_written: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    rate_card_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("rate_cards.id"))
 
     __table_args__ = (
-        CheckConstraint("kind IN ('poll', 'file', 'backfill')", name="kind"),
+        CheckConstraint("kind IN ('poll', 'file', 'backfill', 'reprice')", name="kind"),
         CheckConstraint("outcome IN ('running', 'ok', 'failed')", name="outcome"),
         Index("ix_collector_runs_cluster_id", "cluster", "id"),
     )
@@ -220,4 +230,107 @@ class Quarantine(Base):
 
     __table_args__ = (
         Index("ix_quarantine_run_id", "run_id"),
+    )
+
+
+# ----------------------------------------------------------------- charges (rev. 0002)
+
+class RateCard(Base):
+    """One immutable rate-card version: the TOML text as loaded, named by its content hash.
+
+    A card is never updated or deleted while lines reference it (the foreign key from
+    ``charge_lines`` has no ON DELETE action).
+    """
+
+    __tablename__ = "rate_cards"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    version: Mapped[str] = mapped_column(Text, unique=True)
+    currency: Mapped[str] = mapped_column(Text)
+    loaded_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+    source: Mapped[str] = mapped_column(Text)   # the file path the card was loaded from
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Charge(Base):
+    """One ``billing.records.ChargeLine`` as stored.
+
+    ``rate_card`` (the version string) is stored as ``rate_card_id``; the key of the job
+    is a foreign key to ``jobs`` with ON DELETE CASCADE, so lines never outlive their job.
+    Column scales: ``quantity`` numeric(24, 6) (a micro-unit, 3.6 ms of one core), ``rate``
+    numeric(20, 9), ``amount`` numeric(20, 6) (money: up to 10**14 with six decimals).
+    """
+
+    __tablename__ = "charge_lines"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    cluster: Mapped[str] = mapped_column(Text)
+    job_id_raw: Mapped[int] = mapped_column(BigInteger)
+    submit_time: Mapped[datetime] = mapped_column(TZ)
+    usage_period: Mapped[str] = mapped_column(Text)
+    posted_period: Mapped[str] = mapped_column(Text)
+    resource: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[Decimal] = mapped_column(Numeric(24, 6))
+    unit: Mapped[str] = mapped_column(Text)
+    rate: Mapped[Decimal] = mapped_column(Numeric(20, 9))
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6))
+    currency: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(Text)
+    rate_card_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("rate_cards.id"))
+    basis: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    # Like jobs.last_run_id, deliberately not a foreign key (the run log is pruned on its
+    # own schedule; no RI trigger per row on the bulk path).
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["cluster", "job_id_raw", "submit_time"],
+            ["jobs.cluster", "jobs.job_id_raw", "jobs.submit_time"],
+            ondelete="CASCADE"),
+        CheckConstraint("kind IN ('charge', 'correction')", name="kind"),
+        CheckConstraint("basis IN ('allocated', 'used', 'max')", name="basis"),
+        CheckConstraint(f"usage_period ~ '{PERIOD_PATTERN}'", name="usage_period"),
+        CheckConstraint(f"posted_period ~ '{PERIOD_PATTERN}'", name="posted_period"),
+        # A job's lines (replace_charges, frozen_lines, job_charges; the FK cascade).
+        Index("ix_charge_lines_cluster_job_id_raw_submit_time",
+              "cluster", "job_id_raw", "submit_time"),
+        # What finance bills: one posted period, optionally one cluster.
+        Index("ix_charge_lines_posted_period_cluster", "posted_period", "cluster"),
+    )
+
+
+class BillingPeriod(Base):
+    """A closed billing period: its lines are never deleted or changed again.
+
+    Only closed periods have a row; every other period is open.
+    """
+
+    __tablename__ = "billing_periods"
+
+    period: Mapped[str] = mapped_column(Text, primary_key=True)
+    closed_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+    closed_by: Mapped[str] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(f"period ~ '{PERIOD_PATTERN}'", name="period"),
+    )
+
+
+class Budget(Base):
+    """What an account may spend in one billing period, in one currency."""
+
+    __tablename__ = "budgets"
+
+    account: Mapped[str] = mapped_column(Text, primary_key=True)
+    period: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6))
+    currency: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+
+    __table_args__ = (
+        CheckConstraint(f"period ~ '{PERIOD_PATTERN}'", name="period"),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
     )

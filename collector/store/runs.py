@@ -83,6 +83,9 @@ class RunInfo:
     quarantined: int
     lines_read: int
     error: str | None
+    jobs_priced: int = 0
+    charge_lines_written: int = 0
+    rate_card_id: int | None = None
 
 
 def start_run(session: Session, *, cluster: str | None, source: str, kind: str,
@@ -114,7 +117,9 @@ _SQL_FINISH = text(
     " duration_s = extract(epoch FROM c.now - r.started_at),"
     " outcome = :outcome, records_read = :records_read,"
     " jobs_inserted = :inserted, jobs_updated = :updated, jobs_unchanged = :unchanged,"
-    " quarantined = :quarantined, lines_read = :lines_read, error = :error"
+    " quarantined = :quarantined, lines_read = :lines_read, error = :error,"
+    " jobs_priced = :jobs_priced, charge_lines_written = :charge_lines,"
+    " rate_card_id = :rate_card_id"
     " FROM (SELECT clock_timestamp() AS now) AS c"
     " WHERE r.id = :run_id"
 )
@@ -122,7 +127,8 @@ _SQL_FINISH = text(
 
 def finish_run(session: Session, run_id: int, *, outcome: str, records_read: int,
                counts: UpsertCounts, quarantined: int, lines_read: int,
-               error: str | None = None) -> None:
+               error: str | None = None, jobs_priced: int = 0, charge_lines: int = 0,
+               rate_card_id: int | None = None) -> None:
     """Record how a run ended; ``finished_at`` and ``duration_s`` come from the DB clock.
 
     Counters are overwritten, not added to: finishing twice records the last call.
@@ -134,6 +140,7 @@ def finish_run(session: Session, run_id: int, *, outcome: str, records_read: int
         "inserted": counts.inserted, "updated": counts.updated,
         "unchanged": counts.unchanged, "quarantined": quarantined,
         "lines_read": lines_read, "error": None if error is None else _clean(error),
+        "jobs_priced": jobs_priced, "charge_lines": charge_lines, "rate_card_id": rate_card_id,
     })
     if result.rowcount != 1:
         raise LookupError(f"no collector run with id {run_id}")
@@ -151,7 +158,8 @@ def _run_info(run: Any) -> RunInfo:
         duration_s=run.duration_s, outcome=run.outcome, records_read=run.records_read,
         jobs_inserted=run.jobs_inserted, jobs_updated=run.jobs_updated,
         jobs_unchanged=run.jobs_unchanged, quarantined=run.quarantined,
-        lines_read=run.lines_read, error=run.error,
+        lines_read=run.lines_read, error=run.error, jobs_priced=run.jobs_priced,
+        charge_lines_written=run.charge_lines_written, rate_card_id=run.rate_card_id,
     )
 
 
