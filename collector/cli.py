@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -56,6 +57,28 @@ def _date_arg(text: str) -> datetime:
     return dt.astimezone(timezone.utc)
 
 
+def _period_arg(text: str) -> str:
+    """A billing period, ``YYYY-MM``."""
+    value = text.strip()
+    try:
+        datetime.strptime(value, "%Y-%m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a period: {text!r} (use YYYY-MM, e.g. 2026-11)") from None
+    if len(value) != 7:
+        raise argparse.ArgumentTypeError(f"not a period: {text!r} (use YYYY-MM, e.g. 2026-11)")
+    return value
+
+
+def _money_arg(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     settings = _settings_parent()
     parser = argparse.ArgumentParser(
@@ -92,6 +115,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", parents=[settings],
                    help="import the bundled real sacct export and show what was collected")
+
+    p = sub.add_parser("rates", help="rate cards: check a file, list stored versions")
+    rates_sub = p.add_subparsers(dest="rates_command", required=True, metavar="ACTION")
+    q = rates_sub.add_parser("check", parents=[settings], help="validate a rate card and show what each rule matches")
+    q.add_argument("file")
+    rates_sub.add_parser("list", parents=[settings], help="rate-card versions stored in the database")
+
+    p = sub.add_parser("reprice", parents=[settings],
+                       help="price stored jobs again with the current rate card (HPC_BILLING_RATES)")
+    p.add_argument("--since", type=_date_arg, required=True)
+    p.add_argument("--until", type=_date_arg, default=None, help="default: now")
+
+    p = sub.add_parser("period", help="billing periods: close one, list them")
+    period_sub = p.add_subparsers(dest="period_command", required=True, metavar="ACTION")
+    q = period_sub.add_parser("close", parents=[settings], help="freeze a period: later changes become corrections")
+    q.add_argument("period", type=_period_arg)
+    q.add_argument("--note", default=None)
+    period_sub.add_parser("list", parents=[settings], help="closed periods")
+
+    p = sub.add_parser("report", parents=[settings], help="charges of a period, grouped")
+    p.add_argument("--period", type=_period_arg, required=True)
+    p.add_argument("--group-by", default="account",
+                   help="comma-separated: account, user, partition, qos, cluster, resource (default account)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = sub.add_parser("statement", parents=[settings],
+                       help="one account's statement for a period: CSV, one line per job and resource")
+    p.add_argument("--period", type=_period_arg, required=True)
+    p.add_argument("--account", required=True)
+    p.add_argument("--output", default="-", help="file to write (default: standard output)")
+
+    p = sub.add_parser("reconcile", parents=[settings],
+                       help="recompute Slurm's billing= from TRESBillingWeights and list mismatches")
+    p.add_argument("--period", type=_period_arg, required=True)
+    p.add_argument("--weights-from", choices=("auto", "scontrol", "card"), default="auto",
+                   help="auto: scontrol when it answers, else the rate card's [slurm.billing_weights]")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = sub.add_parser("budget", help="account budgets per period")
+    budget_sub = p.add_subparsers(dest="budget_command", required=True, metavar="ACTION")
+    q = budget_sub.add_parser("set", parents=[settings], help="set an account's budget for a period")
+    q.add_argument("account")
+    q.add_argument("period", type=_period_arg)
+    q.add_argument("amount", type=_money_arg)
+    q.add_argument("--currency", default=None, help="default: the rate card's currency, else EUR")
+    q = budget_sub.add_parser("list", parents=[settings], help="budgets with what is used")
+    q.add_argument("--period", type=_period_arg, default=None)
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     return parser
 
 
@@ -185,10 +256,41 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _collect_once(database: Database, settings: Settings) -> int:
+def _read_card(path: str):
+    """Load and validate a rate card file; every error becomes a configuration error."""
+    from billing.rates import RateCardError, load_rate_card
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError([f"HPC_BILLING_RATES / --rates: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        return load_rate_card(text), text
+    except RateCardError as exc:
+        raise SettingsError([f"{path}: {error}" for error in exc.errors]) from None
+
+
+def _make_pricer(database: Database, settings: Settings, card_and_text, *, as_of: datetime):
+    """Register the card version (idempotent) and return a Pricer, or None without a card."""
+    if card_and_text is None:
+        return None
+    from collector.pipeline import Pricer
+    from collector.store import charges as store_charges
+
+    card, text = card_and_text
+    with database.sessions() as session:
+        card_id = store_charges.ensure_rate_card(session, version=card.version, currency=card.currency,
+                                                 text=text, source=str(settings.rates))
+        session.commit()
+    return Pricer(card, card_id, as_of=as_of)
+
+
+def _collect_once(database: Database, settings: Settings, card_and_text=None) -> int:
     from collector import pipeline
 
     source = _make_source(settings)
+    pricer = _make_pricer(database, settings, card_and_text,
+                          as_of=datetime.now(timezone.utc).replace(microsecond=0))
     if source.windowed:
         window = pipeline.poll_window(database.sessions, cluster=settings.cluster,  # type: ignore[arg-type]
                                       now=datetime.now(timezone.utc), overlap_s=settings.overlap_s,
@@ -198,7 +300,8 @@ def _collect_once(database: Database, settings: Settings) -> int:
         window, kind, stream = None, "file", None
     try:
         result = pipeline.collect(database.sessions, source, cluster=settings.cluster, window=window,
-                                  kind=kind, stream=stream, batch_rows=settings.batch_rows)
+                                  kind=kind, stream=stream, batch_rows=settings.batch_rows,
+                                  pricer=pricer)
     except pipeline.CollectError as exc:
         log.error("%s", exc.result.summary())
         return EXIT_FAILED
@@ -213,13 +316,21 @@ def _collect_once(database: Database, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _card_for(settings: Settings):
+    if settings.rates is None:
+        log.warning("no rate card (HPC_BILLING_RATES / --rates): jobs are stored but not priced")
+        return None
+    return _read_card(settings.rates)
+
+
 def cmd_collect(settings: Settings, args: argparse.Namespace) -> int:
     settings.check_for_collect()
+    card = _card_for(settings)
     database = Database(settings)
     try:
         database.ensure_schema()
         if args.once or settings.source == "file":
-            return _collect_once(database, settings)
+            return _collect_once(database, settings, card)
         stop = threading.Event()
 
         def _stop(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -231,7 +342,7 @@ def cmd_collect(settings: Settings, args: argparse.Namespace) -> int:
         log.info("polling every %ss (source %s, cluster %s)", settings.poll_interval_s,
                  settings.source, settings.cluster)
         while not stop.is_set():
-            _collect_once(database, settings)
+            _collect_once(database, settings, card)
             stop.wait(settings.poll_interval_s)
         return EXIT_OK
     finally:
@@ -272,6 +383,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     if until <= args.since:
         raise SettingsError([f"--until ({until:%Y-%m-%dT%H:%M:%SZ}) must be after --since"])
     stream = f"backfill:{args.since:%Y-%m-%dT%H:%M:%SZ}"
+    card = _card_for(settings)
     database = Database(settings)
     try:
         database.ensure_schema()
@@ -288,10 +400,12 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         progress = _Progress(len(windows))
         totals = {"read": 0, "inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
         for window in windows:
+            pricer = _make_pricer(database, settings, card,
+                                  as_of=datetime.now(timezone.utc).replace(microsecond=0))
             try:
                 result = pipeline.collect(database.sessions, source, cluster=settings.cluster,
                                           window=window, kind="backfill", stream=stream,
-                                          batch_rows=settings.batch_rows)
+                                          batch_rows=settings.batch_rows, pricer=pricer)
             except pipeline.CollectError as exc:
                 if progress.tty:
                     sys.stderr.write("\n")
@@ -345,7 +459,17 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 RUN_TABLE_COLUMNS = ("id", "kind", "source", "cluster", "window_since", "window_until", "outcome",
                      "records_read", "jobs_inserted", "jobs_updated", "jobs_unchanged",
-                     "quarantined", "duration_s", "error")
+                     "quarantined", "jobs_priced", "charge_lines_written", "duration_s", "error")
+
+
+def _run_rows(runs) -> list[dict]:
+    from collector import render
+
+    rows = list(render.iter_dicts(runs))
+    for row in rows:
+        if isinstance(row.get("duration_s"), float):
+            row["duration_s"] = round(row["duration_s"], 3)
+    return rows
 
 
 def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
@@ -357,10 +481,7 @@ def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
         database.ensure_schema()
         with database.sessions() as session:
             runs = store_runs.list_runs(session, cluster=settings.cluster, limit=args.limit)
-        rows = list(render.iter_dicts(runs))
-        for row in rows:
-            if isinstance(row.get("duration_s"), float):
-                row["duration_s"] = round(row["duration_s"], 3)
+        rows = _run_rows(runs)
         columns = list(rows[0].keys()) if rows else list(RUN_TABLE_COLUMNS)
         _emit(args.format, columns, rows, RUN_TABLE_COLUMNS)
     finally:
@@ -390,34 +511,53 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def demo_rates_path() -> Path:
+    return Path(str(resources.files("collector") / "data" / "demo-rates.toml"))
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """Import the bundled real export into the configured (or embedded) database and show it."""
+    """Import the bundled real export into the configured (or embedded) database, price it, show it."""
     from dataclasses import replace
 
     path = sample_path()
-    demo_settings = replace(settings, source="file", input=str(path))
+    rates = settings.rates or str(demo_rates_path())
+    demo_settings = replace(settings, source="file", input=str(path), rates=rates)
     demo_settings.check_for_collect()
+    card = _read_card(rates)
     print(f"hpc-billing {__version__}: importing the bundled real sacct export {path.name} "
           "(Slurm 22.05 lab cluster, 21 jobs)", flush=True)
+    print(f"pricing with {rates}" + ("" if settings.rates else
+          " (demo rates, inflated because the lab's jobs run for seconds)"), flush=True)
     database = Database(demo_settings)
     try:
         database.ensure_schema()
-        status = _collect_once(database, demo_settings)
+        status = _collect_once(database, demo_settings, card)
         if status != EXIT_OK:
             return status
-        print("\nStored jobs (hpc-billing jobs):", flush=True)
+        from billing.rollup import period_of
         from collector import render
+        from collector.store import charges as store_charges
         from collector.store import jobs as store_jobs
         from collector.store import runs as store_runs
 
+        print("\nStored jobs (hpc-billing jobs):", flush=True)
+        tz = ZoneInfo(card[0].timezone)
         with database.sessions() as session:
-            rows = [render.job_to_dict(j, extra=False) for j in store_jobs.list_jobs(session)]
+            jobs = list(store_jobs.list_jobs(session))
+            rows = [render.job_to_dict(j, extra=False) for j in jobs]
             render.write_table(sys.stdout, render.TABLE_JOB_COLUMNS, rows)
+            periods = sorted({period_of(j.start or j.submit, tz) for j in jobs})
+            for period in periods:
+                print(f"\nCharges posted in {period} (hpc-billing report --period {period} "
+                      "--group-by account,user):")
+                report = store_charges.charge_report(session, period=period, group_by=["account", "user"],
+                                                     cluster=None)
+                flat = [render.flatten_report_row(render.report_row_to_dict(r, ["account", "user"]),
+                                                  ["account", "user"]) for r in report]
+                render.write_table(sys.stdout, ["account", "user", "jobs", "amount", "currency", "resources"],
+                                   flat, empty_message="(no charges)")
             print("\nRun log (hpc-billing runs):")
-            runs = [render.dataclass_to_dict(r) for r in store_runs.list_runs(session, limit=5)]
-        for row in runs:
-            if isinstance(row.get("duration_s"), float):
-                row["duration_s"] = round(row["duration_s"], 3)
+            runs = _run_rows(store_runs.list_runs(session, limit=5))
         render.write_table(sys.stdout, RUN_TABLE_COLUMNS, runs)
         where = "DATABASE_URL" if settings.database_url else f"the embedded PostgreSQL in {settings.data_dir}"
         print(f"\n{len(rows)} jobs are in {where}. Run the demo again: the run log shows "
@@ -427,9 +567,294 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
+    if args.rates_command == "check":
+        from billing.rates import describe_card
+
+        card, _ = _read_card(args.file)
+        print(f"{args.file}: valid rate card, version {card.version[:12]} "
+              f"({card.currency}, scale {card.scale}, period {card.period}, timezone {card.timezone})")
+        for line in describe_card(card):
+            print(line)
+        return EXIT_OK
+    from collector import render
+    from collector.store import charges as store_charges
+
+    database = Database(settings)
+    try:
+        database.ensure_schema()
+        with database.sessions() as session:
+            cards = store_charges.list_rate_cards(session)
+        rows = [render.dataclass_to_dict(c) for c in cards]
+        columns = [c for c in (rows[0].keys() if rows else ["id", "version", "currency", "loaded_at"])
+                   if c != "text"]
+        render.write_table(sys.stdout, columns, rows, empty_message="(no rate card loaded yet)")
+    finally:
+        database.close()
+    return EXIT_OK
+
+
+def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
+    """Price stored jobs in [since, until) again with the current card, in one transaction."""
+    from collector.store import jobs as store_jobs
+    from collector.store import runs as store_runs
+    from collector.store.jobs import UpsertCounts
+
+    if settings.rates is None:
+        raise SettingsError(["reprice needs a rate card: set HPC_BILLING_RATES or pass --rates FILE"])
+    card = _read_card(settings.rates)
+    until = args.until or datetime.now(timezone.utc).replace(microsecond=0)
+    if until <= args.since:
+        raise SettingsError(["--until must be after --since"])
+    from billing.records import Window
+
+    window = Window(args.since, until)
+    database = Database(settings)
+    try:
+        database.ensure_schema()
+        pricer = _make_pricer(database, settings, card, as_of=datetime.now(timezone.utc).replace(microsecond=0))
+        assert pricer is not None
+        with database.sessions() as session:
+            run_id = store_runs.start_run(session, cluster=settings.cluster, source="reprice",
+                                          kind="reprice", window=window)
+            session.commit()
+        read = 0
+        try:
+            with database.sessions() as session:
+                chunk: list = []
+                for job in store_jobs.list_jobs(session, cluster=settings.cluster, since=args.since,
+                                                until=until):
+                    chunk.append(job)
+                    read += 1
+                    if len(chunk) >= 5000:
+                        pricer.price(session, chunk, run_id=run_id)
+                        chunk = []
+                if chunk:
+                    pricer.price(session, chunk, run_id=run_id)
+                store_runs.finish_run(session, run_id, outcome="ok", records_read=read,
+                                      counts=UpsertCounts(0, 0, 0), quarantined=0, lines_read=0,
+                                      jobs_priced=pricer.jobs_priced, charge_lines=pricer.lines_written,
+                                      rate_card_id=pricer.rate_card_id)
+                session.commit()
+        except Exception as exc:
+            with database.sessions() as session:
+                store_runs.finish_run(session, run_id, outcome="failed", records_read=read,
+                                      counts=UpsertCounts(0, 0, 0), quarantined=0, lines_read=0,
+                                      error=f"{type(exc).__name__}: {exc}")
+                session.commit()
+            raise
+        log.info("reprice run %d: %d jobs priced with rate card %s, %d lines replaced by %d",
+                 run_id, pricer.jobs_priced, pricer.card.version[:12], pricer.lines_deleted,
+                 pricer.lines_written)
+    finally:
+        database.close()
+    return EXIT_OK
+
+
+def cmd_period(settings: Settings, args: argparse.Namespace) -> int:
+    from collector import render
+    from collector.store import charges as store_charges
+
+    database = Database(settings)
+    try:
+        database.ensure_schema()
+        with database.sessions() as session:
+            if args.period_command == "close":
+                import getpass
+
+                store_charges.close_period(session, args.period, by=getpass.getuser(), note=args.note)
+                session.commit()
+                print(f"period {args.period} is closed: its charges will not change; later changes "
+                      "are posted as corrections in the next open period")
+                return EXIT_OK
+            rows = [render.dataclass_to_dict(p) for p in store_charges.list_periods(session)]
+        render.write_table(sys.stdout, list(rows[0].keys()) if rows else ["period", "closed_at"], rows,
+                           empty_message="(no closed period)")
+    finally:
+        database.close()
+    return EXIT_OK
+
+
+REPORT_KEYS = ("account", "user", "partition", "qos", "cluster", "resource")
+
+
+def _report_dicts(rows, group_by: list[str]) -> list[dict]:
+    from collector import render
+
+    return [render.report_row_to_dict(row, group_by) for row in rows]
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from collector import render
+    from collector.store import charges as store_charges
+
+    group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
+    bad = [g for g in group_by if g not in REPORT_KEYS]
+    if bad or not group_by:
+        raise SettingsError([f"--group-by: unknown key(s) {', '.join(bad) or '(none)'}; "
+                             f"use {', '.join(REPORT_KEYS)}"])
+    database = Database(settings)
+    try:
+        database.ensure_schema()
+        with database.sessions() as session:
+            rows = store_charges.charge_report(session, period=args.period, group_by=group_by,
+                                               cluster=settings.cluster)
+        dicts = _report_dicts(rows, group_by)
+        if args.format == "json":
+            render.write_json_array(sys.stdout, dicts)
+        else:
+            flat = [render.flatten_report_row(d, group_by) for d in dicts]
+            columns = [*group_by, "jobs", "amount", "currency", "resources"]
+            if args.format == "csv":
+                render.write_csv(sys.stdout, columns, flat)
+            else:
+                render.write_table(sys.stdout, columns, flat,
+                                   empty_message=f"(no charges posted in {args.period})")
+    finally:
+        database.close()
+    return EXIT_OK
+
+
+STATEMENT_COLUMNS = ("job_id", "job_id_raw", "submit", "user", "partition", "start", "end",
+                     "usage_period", "resource", "quantity", "unit", "rate", "amount", "currency", "kind")
+
+
+def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
+    import csv
+
+    from collector import render
+    from collector.store import charges as store_charges
+
+    database = Database(settings)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="", encoding="utf-8")
+    try:
+        database.ensure_schema()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(STATEMENT_COLUMNS)
+        totals: dict[str, Decimal] = {}
+        lines = 0
+        with database.sessions() as session:
+            for line in store_charges.statement_lines(session, period=args.period, account=args.account,
+                                                      cluster=settings.cluster):
+                row = render.dataclass_to_dict(line)
+                row["amount"] = render.money(line.amount)
+                writer.writerow(["" if row.get(c) is None else str(row.get(c)) for c in STATEMENT_COLUMNS])
+                totals[line.currency] = totals.get(line.currency, Decimal(0)) + line.amount
+                lines += 1
+        for currency, total in sorted(totals.items()):
+            writer.writerow(["TOTAL", "", "", "", "", "", "", args.period, "", "", "", "",
+                             render.money(total), currency, ""])
+        if not totals:
+            log.warning("no charges posted for account %s in %s", args.account, args.period)
+        log.info("statement %s %s: %d lines, total %s", args.account, args.period, lines,
+                 ", ".join(f"{t} {c}" for c, t in sorted(totals.items())) or "0")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        database.close()
+    return EXIT_OK
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """Compare Slurm's stored billing= with the one recomputed from TRESBillingWeights."""
+    from billing.reconcile import check_job, parse_billing_weights
+    from billing.rollup import period_bounds
+    from collector import render
+    from collector.slurm.partitions import read_billing_weights
+    from collector.slurm.source import SlurmCommandError
+    from collector.store import jobs as store_jobs
+
+    weights_text: dict[str, str] = {}
+    origin = ""
+    if args.weights_from in ("auto", "scontrol"):
+        try:
+            weights_text = read_billing_weights(settings.scontrol, timeout_s=min(settings.sacct_timeout_s, 60),
+                                                cluster=settings.cluster)
+            origin = "scontrol"
+        except SlurmCommandError as exc:
+            if args.weights_from == "scontrol":
+                raise
+            log.info("scontrol not usable (%s); using the rate card's [slurm.billing_weights]", exc.message)
+    card = None
+    if not origin:
+        if settings.rates is None:
+            raise SettingsError(["reconcile needs TRESBillingWeights: scontrol did not answer and there is "
+                                 "no rate card (HPC_BILLING_RATES) with a [slurm.billing_weights] table"])
+        card, _ = _read_card(settings.rates)
+        weights_text = dict(card.slurm_billing_weights)
+        origin = "rate card"
+    weights = {name: parse_billing_weights(text) for name, text in weights_text.items()}
+    tz = ZoneInfo(card.timezone) if card else timezone.utc
+    since, until = period_bounds(args.period, tz)
+    database = Database(settings)
+    checked = skipped = 0
+    mismatches = []
+    try:
+        database.ensure_schema()
+        with database.sessions() as session:
+            for job in store_jobs.list_jobs(session, cluster=settings.cluster, since=since, until=until):
+                if job.billing is None or job.cpus == 0:
+                    skipped += 1
+                    continue
+                w = weights.get(job.partition or "")
+                if w is None:
+                    # A partition without TRESBillingWeights bills its allocated CPUs
+                    # (slurm.conf(5), TRESBillingWeights).
+                    w = parse_billing_weights("CPU=1.0")
+                checked += 1
+                mismatch = check_job(job, w)
+                if mismatch is not None:
+                    mismatches.append(mismatch)
+    finally:
+        database.close()
+    rows = [render.dataclass_to_dict(m) if hasattr(m, "__dataclass_fields__") else dict(m) for m in mismatches]
+    if args.format == "json":
+        render.write_json_array(sys.stdout, rows)
+    elif rows:
+        columns = list(rows[0].keys())
+        (render.write_csv if args.format == "csv" else render.write_table)(sys.stdout, columns, rows)
+    log.info("reconcile %s (weights from %s): %d jobs checked, %d mismatches, %d skipped "
+             "(no billing recorded)", args.period, origin, checked, len(mismatches), skipped)
+    return EXIT_FAILED if mismatches else EXIT_OK
+
+
+def cmd_budget(settings: Settings, args: argparse.Namespace) -> int:
+    from collector import render
+    from collector.store import charges as store_charges
+
+    database = Database(settings)
+    try:
+        database.ensure_schema()
+        with database.sessions() as session:
+            if args.budget_command == "set":
+                currency = args.currency
+                if currency is None:
+                    currency = _read_card(settings.rates)[0].currency if settings.rates else "EUR"
+                store_charges.set_budget(session, args.account, args.period, args.amount, currency)
+                session.commit()
+                print(f"budget of {args.account} for {args.period}: {args.amount} {currency}")
+                return EXIT_OK
+            budgets = store_charges.list_budgets(session, period=args.period)
+        rows = []
+        for b in budgets:
+            row = render.dataclass_to_dict(b)
+            row["amount"], row["used"] = render.money(b.amount), render.money(b.used)
+            rows.append(row)
+        columns = list(rows[0].keys()) if rows else ["account", "period", "amount", "currency", "used"]
+        if args.format == "json":
+            render.write_json_array(sys.stdout, rows)
+        else:
+            (render.write_csv if args.format == "csv" else render.write_table)(sys.stdout, columns, rows)
+    finally:
+        database.close()
+    return EXIT_OK
+
+
 COMMANDS = {
     "migrate": cmd_migrate, "collect": cmd_collect, "backfill": cmd_backfill, "jobs": cmd_jobs,
-    "runs": cmd_runs, "quarantine": cmd_quarantine, "demo": cmd_demo,
+    "runs": cmd_runs, "quarantine": cmd_quarantine, "demo": cmd_demo, "rates": cmd_rates,
+    "reprice": cmd_reprice, "period": cmd_period, "report": cmd_report, "statement": cmd_statement,
+    "reconcile": cmd_reconcile, "budget": cmd_budget,
 }
 
 

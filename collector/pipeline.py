@@ -14,9 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from billing.records import JobRecord, QuarantinedRecord, Window
+from billing.price import plan_lines, price_job
+from billing.rates import RateCard
+from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
 from billing.rollup import rollup_steps
 from collector.slurm.source import Source
+from collector.store import charges as store_charges
 from collector.store import jobs as store_jobs
 from collector.store import runs as store_runs
 
@@ -51,6 +54,8 @@ class RunResult:
     duration_s: float = 0.0
     error: str | None = None
     clusters_seen: frozenset[str] = field(default_factory=frozenset)
+    jobs_priced: int = 0
+    charge_lines: int = 0
 
     def summary(self) -> str:
         span = (f"[{self.window.since:%Y-%m-%dT%H:%M:%SZ}, {self.window.until:%Y-%m-%dT%H:%M:%SZ})"
@@ -58,7 +63,8 @@ class RunResult:
         text = (f"run {self.run_id} {self.kind} {self.source} {span}: {self.outcome}; "
                 f"read {self.records_read} jobs from {self.lines_read} lines, "
                 f"inserted {self.inserted}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"quarantined {self.quarantined} in {self.duration_s:.2f}s")
+                f"quarantined {self.quarantined}, priced {self.jobs_priced} "
+                f"({self.charge_lines} charge lines) in {self.duration_s:.2f}s")
         if self.error:
             text += f"; error: {self.error}"
         return text
@@ -67,13 +73,66 @@ class RunResult:
 SessionFactory = Callable[[], object]
 
 
+def next_period(period: str) -> str:
+    """The billing period after ``period`` ("2026-12" -> "2027-01"; months only)."""
+    year, month = int(period[:4]), int(period[5:7])
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
+
+
+class Pricer:
+    """Prices jobs with one rate-card version and writes their lines (never commits).
+
+    Closed periods are respected: lines whose usage falls in a closed period become
+    corrections posted in the first open period after it (billing.price.plan_lines), so
+    nothing stored in a closed period ever changes.
+    """
+
+    def __init__(self, card: RateCard, rate_card_id: int, *, as_of: datetime) -> None:
+        self.card = card
+        self.rate_card_id = rate_card_id
+        self.as_of = as_of
+        self.jobs_priced = 0
+        self.lines_written = 0
+        self.lines_deleted = 0
+        self._closed: frozenset[str] = frozenset()
+
+    def _first_open_after(self, period: str) -> str:
+        candidate = next_period(period)
+        while candidate in self._closed:
+            candidate = next_period(candidate)
+        return candidate
+
+    def price(self, session, records: list[JobRecord], *, run_id: int) -> None:
+        # Read the closed periods in this transaction, under the lock close_period waits
+        # for: a period closed by another process is respected from the next batch on,
+        # and cannot close under a batch being written.
+        self._closed = store_charges.closed_periods(session, lock=True)
+        keys = [(r.cluster, r.job_id_raw, r.submit) for r in records]
+        desired: dict[tuple, list[ChargeLine]] = {}
+        for rec in records:
+            desired[(rec.cluster, rec.job_id_raw, rec.submit)] = price_job(self.card, rec, as_of=self.as_of)
+        if self._closed:
+            frozen = store_charges.frozen_lines(session, keys)
+            lines = [line for key in keys for line in plan_lines(
+                desired[key], frozen.get(key, []), closed=self._closed,
+                first_open_after=self._first_open_after)]
+        else:
+            lines = [line for key in keys for line in desired[key]]
+        counts = store_charges.replace_charges(session, keys, lines, run_id=run_id,
+                                               rate_card_ids={self.card.version: self.rate_card_id})
+        self.jobs_priced += len(records)
+        self.lines_written += counts.inserted
+        self.lines_deleted += counts.deleted
+
+
 def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,
             window: Window | None, kind: str, stream: str | None,
-            batch_rows: int = 20_000) -> RunResult:
+            batch_rows: int = 20_000, pricer: Pricer | None = None) -> RunResult:
     """Store one window (or one whole file) from ``source``; raise CollectError on failure.
 
     ``stream`` names the watermark to move to ``window.until`` on success (None: move
     none, as for file imports). The caller's session factory yields SQLAlchemy sessions.
+    With a ``pricer``, every inserted or changed job is priced in the same transaction.
     """
     started = time.monotonic()
     with session_factory() as session:  # type: ignore[attr-defined]
@@ -87,7 +146,12 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     counts = store_jobs.UpsertCounts(0, 0, 0)
     try:
         with session_factory() as session:  # type: ignore[attr-defined]
-            writer = store_jobs.JobWriter(session, run_id=run_id, batch_rows=batch_rows)
+            on_changed = None
+            if pricer is not None:
+                def on_changed(records: list[JobRecord], _session=session) -> None:
+                    pricer.price(_session, records, run_id=run_id)
+            writer = store_jobs.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
+                                          on_changed=on_changed)
             pending_q: list[QuarantinedRecord] = []
             for item in rollup_steps(source.fetch(window), source=source.name):
                 if isinstance(item, JobRecord):
@@ -110,7 +174,10 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                     raise ValueError("a windowed collection needs a cluster for its watermark")
                 store_runs.set_watermark(session, cluster, stream, window.until, run_id)
             store_runs.finish_run(session, run_id, outcome="ok", records_read=records,
-                                  counts=counts, quarantined=quarantined, lines_read=stats.lines)
+                                  counts=counts, quarantined=quarantined, lines_read=stats.lines,
+                                  jobs_priced=pricer.jobs_priced if pricer else 0,
+                                  charge_lines=pricer.lines_written if pricer else 0,
+                                  rate_card_id=pricer.rate_card_id if pricer else None)
             session.commit()
     except Exception as exc:  # noqa: BLE001 - every failure is logged on the run, then re-raised typed
         error = f"{type(exc).__name__}: {exc}"
@@ -134,7 +201,9 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                      outcome="ok", records_read=records, inserted=counts.inserted,
                      updated=counts.updated, unchanged=counts.unchanged, quarantined=quarantined,
                      lines_read=stats.lines, duration_s=time.monotonic() - started,
-                     clusters_seen=frozenset(clusters))
+                     clusters_seen=frozenset(clusters),
+                     jobs_priced=pricer.jobs_priced if pricer else 0,
+                     charge_lines=pricer.lines_written if pricer else 0)
 
 
 def floor_second(dt: datetime) -> datetime:

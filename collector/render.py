@@ -45,9 +45,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, Decimal):
-        # Quantities (seconds, byte-seconds) are JSON numbers; money is always a string
-        # and never passes through here.
-        return int(value) if value == value.to_integral_value() else float(value)
+        # Decimals (money, quantities, rates) are strings: exact, and never a float.
+        return str(value)
     return value
 
 
@@ -131,6 +130,38 @@ def write_table(stream: IO[str], columns: Sequence[str], rows: Iterable[dict[str
     for r in cells:
         stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
     return len(cells)
+
+
+def money(value: Decimal) -> str:
+    """An amount as text: trailing zeros past the second decimal dropped, nothing rounded.
+
+    Stored amounts are already rounded to the card's scale (numeric keeps 6 places), so
+    ``1.190000`` prints ``1.19`` and a scale-3 ``1.125000`` prints ``1.125``.
+    """
+    text = format(value.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def report_row_to_dict(row: Any, group_by: Sequence[str]) -> dict[str, Any]:
+    """A report row in the public JSON shape: the group keys, ``jobs``, ``amount`` (string),
+    ``currency`` and ``resources`` {name: {quantity (string), unit, amount (string)}}."""
+    out: dict[str, Any] = {key: row.group.get(key) for key in group_by}
+    out["jobs"] = row.jobs
+    out["amount"] = money(row.amount)
+    out["currency"] = row.currency
+    out["resources"] = {name: {"quantity": str(total.quantity), "unit": total.unit,
+                               "amount": money(total.amount)}
+                        for name, total in sorted(row.resources.items())}
+    return out
+
+
+def flatten_report_row(row: dict[str, Any], group_by: Sequence[str]) -> dict[str, Any]:
+    """The JSON shape flattened for a table or CSV: resources as ``cpu=12.40 gpu:a100=3.10``."""
+    flat = {key: row[key] for key in group_by}
+    flat.update(jobs=row["jobs"], amount=row["amount"], currency=row["currency"])
+    flat["resources"] = " ".join(f"{name}={r['amount']}" for name, r in row["resources"].items())
+    return flat
 
 
 def dataclass_to_dict(obj: Any) -> dict[str, Any]:

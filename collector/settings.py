@@ -131,6 +131,8 @@ SPECS: tuple[Spec, ...] = (
          "Zone of times without a zone in imported files (sacct prints local time)."),
     Spec("sacct", "HPC_BILLING_SACCT", "--sacct", str.strip, "sacct",
          "Path of the sacct binary (default: sacct on PATH)."),
+    Spec("scontrol", "HPC_BILLING_SCONTROL", "--scontrol", str.strip, "scontrol",
+         "Path of the scontrol binary (partition billing weights for reconcile)."),
     Spec("sacct_timeout_s", "HPC_BILLING_SACCT_TIMEOUT", "--sacct-timeout", parse_duration_s, "300",
          "How long one sacct call may run before it and its children are killed."),
     Spec("poll_interval_s", "HPC_BILLING_POLL_INTERVAL", "--poll-interval", parse_duration_s, "5m",
@@ -165,6 +167,7 @@ class Settings:
     input: str | None
     timezone: str
     sacct: str
+    scontrol: str
     sacct_timeout_s: float
     poll_interval_s: float
     overlap_s: float
