@@ -473,7 +473,6 @@ def _run_rows(runs) -> list[dict]:
 
 
 def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
-    from collector import render
     from collector.store import runs as store_runs
 
     database = Database(settings)
@@ -738,6 +737,7 @@ def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
                                                       cluster=settings.cluster):
                 row = render.dataclass_to_dict(line)
                 row["amount"] = render.money(line.amount)
+                row["rate"] = format(line.rate.normalize(), "f")
                 writer.writerow(["" if row.get(c) is None else str(row.get(c)) for c in STATEMENT_COLUMNS])
                 totals[line.currency] = totals.get(line.currency, Decimal(0)) + line.amount
                 lines += 1

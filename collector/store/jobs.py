@@ -19,7 +19,6 @@ key can raise unique_violation); the collector writes from the leader only.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing.records import JobRecord
+from collector.store.copytext import LinesReader, escape
 from collector.store.models import Job
 
 UTC = timezone.utc
@@ -128,11 +128,7 @@ def _text(value: str | None) -> str:
     """
     if value is None:
         return _NULL
-    if ("\\" in value or "\t" in value or "\n" in value or "\r" in value
-            or "\x00" in value):
-        value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-                 .replace("\r", "\\r").replace("\x00", "\ufffd"))
-    return value
+    return escape(value)
 
 
 def _int(value: int | None) -> str:
@@ -374,8 +370,8 @@ class JobWriter:
                 raise TypeError("JobWriter needs the psycopg2 driver (postgresql+psycopg2://)")
             cur.execute(_SQL_CREATE_STAGE)
             cur.execute(_SQL_TRUNCATE_STAGE)
-            cur.copy_expert(_SQL_COPY, _LinesReader(line for line, _ in batch.values()),
-                            size=_LinesReader.CHUNK)
+            cur.copy_expert(_SQL_COPY, LinesReader(line for line, _ in batch.values()),
+                            size=LinesReader.CHUNK)
             cur.execute(_SQL_ENSURE_CLUSTERS, (sorted(clusters),))
             cur.execute(_SQL_CHANGED)
             changed = cur.fetchall()
@@ -398,41 +394,6 @@ def _as_stored(rec: JobRecord) -> JobRecord:
         return rec
     stored = Decimal(rec.cpu_used_s).quantize(_CPU_QUANTUM, rounding=ROUND_HALF_UP)
     return rec if stored == rec.cpu_used_s else replace(rec, cpu_used_s=stored)
-
-
-class _LinesReader(io.TextIOBase):
-    """A read()-able view over an iterable of lines, so COPY streams the batch without
-    first joining it into one large string."""
-
-    CHUNK = 1 << 16
-
-    def __init__(self, lines: Any) -> None:
-        super().__init__()
-        self._lines = iter(lines)
-        self._rest = ""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> str:
-        want = self.CHUNK if size is None or size < 0 else max(size, 1)
-        parts = [self._rest] if self._rest else []
-        have = len(self._rest)
-        for line in self._lines:
-            parts.append(line)
-            have += len(line)
-            if have >= want:
-                break
-        data = "".join(parts)
-        if size is None or size < 0:
-            if not data:
-                return ""
-            # read() with no size must return everything that is left.
-            rest = "".join(self._lines)
-            self._rest = ""
-            return data + rest
-        self._rest = data[want:]
-        return data[:want]
 
 
 # ---------------------------------------------------------------------------- reading

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import cli
+from tests.helpers import executable_wrapper, run_cli
 from collector.store import db as store_db
 from collector.store import jobs as store_jobs
 from collector.store import runs as store_runs
@@ -32,17 +31,6 @@ WIDE = FIXTURES / "sacct-wide-header.psv"
 WIDE_JOB_RECORDS = 22
 
 
-def run_cli(*argv: str, env: dict[str, str] | None = None, capsys=None) -> int:
-    saved = dict(os.environ)
-    try:
-        if env:
-            os.environ.update(env)
-        return cli.main(list(argv))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @pytest.fixture()
 def sessions(db_url):
     engine = store_db.make_engine(db_url)
@@ -53,11 +41,7 @@ def sessions(db_url):
 @pytest.fixture()
 def fake_sacct(tmp_path) -> Path:
     """An executable `sacct` (the fake, run by this interpreter) on a path of its own."""
-    wrapper = tmp_path / "bin" / "sacct"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_SACCT} \"$@\"\n")
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return wrapper
+    return executable_wrapper(tmp_path / "bin", "sacct", FAKE_SACCT)
 
 
 def _runs(sessions):

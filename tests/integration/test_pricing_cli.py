@@ -11,15 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import stat
-import sys
 from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
 
-from collector import cli
+from tests.helpers import executable_wrapper, run_cli
 from collector.store import charges as store_charges
 from collector.store import db as store_db
 from collector.store import runs as store_runs
@@ -28,17 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WIDE = ROOT / "tests" / "fixtures" / "sacct-wide-header.psv"
 DEMO_CARD = ROOT / "collector" / "data" / "demo-rates.toml"
 FAKE_SCONTROL = ROOT / "tests" / "fakes" / "fake_scontrol.py"
-
-
-def run_cli(*argv: str, env: dict[str, str] | None = None) -> int:
-    saved = dict(os.environ)
-    try:
-        if env:
-            os.environ.update(env)
-        return cli.main(list(argv))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture()
@@ -188,10 +174,7 @@ def test_rates_check(capsys, tmp_path):
 
 
 def _fake_scontrol(tmp_path: Path) -> Path:
-    wrapper = tmp_path / "scontrol"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_SCONTROL} \"$@\"\n")
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    return wrapper
+    return executable_wrapper(tmp_path / "bin", "scontrol", FAKE_SCONTROL)
 
 
 def test_reconcile_matches_slurm_billing_and_reports_mismatches(db_url, capsys, tmp_path):

@@ -1,0 +1,33 @@
+"""Helpers shared by the integration tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+from collector import cli
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> int:
+    """Run ``hpc-billing ARGV`` in this process (the console script's own code) with extra
+    environment variables, restoring the environment afterwards."""
+    saved = dict(os.environ)
+    try:
+        if env:
+            os.environ.update(env)
+        return cli.main(list(argv))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def executable_wrapper(directory: Path, name: str, script: Path) -> Path:
+    """An executable ``directory/name`` that runs ``script`` with this interpreter (so the
+    fakes never depend on git keeping an exec bit or on which python is on PATH)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / name
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return wrapper
