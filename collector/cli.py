@@ -238,6 +238,17 @@ def _make_source(settings: Settings):
 
         return SacctSource(sacct_path=settings.sacct, timeout_s=settings.sacct_timeout_s,
                            cluster=settings.cluster)
+    if settings.source == "slurmrestd":
+        from collector.slurm.restsource import SlurmrestdSource
+
+        return SlurmrestdSource(url=settings.slurmrestd_url, user=settings.slurmrestd_user,
+                                token=settings.slurmrestd_token,
+                                token_file=settings.slurmrestd_token_file,
+                                timeout_s=settings.slurmrestd_timeout_s, cluster=settings.cluster)
+    if settings.source == "pyslurm":
+        from collector.slurm.pyslurmsource import PyslurmSource
+
+        return PyslurmSource(cluster=settings.cluster)
     raise SettingsError([f"HPC_BILLING_SOURCE: the {settings.source} source is not available"])
 
 

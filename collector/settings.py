@@ -8,6 +8,7 @@ Validation collects every error before failing, so an operator fixes a config in
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -65,6 +66,14 @@ def _parse_database_url(text: str) -> str:
     url = text.strip()
     if not re.match(r"^postgresql(\+psycopg2)?://", url):
         raise ValueError("must be a PostgreSQL URL such as postgresql+psycopg2://user:pw@host:5432/db")
+    return url
+
+
+def _parse_rest_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not re.match(r"^(https?://[^/\s]+|unix:/\S+)$", url):
+        raise ValueError("expected http(s)://host:port or unix:/path/to/slurmrestd.sock, "
+                         f"got {text!r}")
     return url
 
 
@@ -135,6 +144,18 @@ SPECS: tuple[Spec, ...] = (
          "Path of the scontrol binary (partition billing weights for reconcile)."),
     Spec("sacct_timeout_s", "HPC_BILLING_SACCT_TIMEOUT", "--sacct-timeout", parse_duration_s, "300",
          "How long one sacct call may run before it and its children are killed."),
+    Spec("slurmrestd_url", "HPC_BILLING_SLURMRESTD_URL", "--slurmrestd-url", _parse_rest_url, None,
+         "slurmrestd base URL for the slurmrestd source: http(s)://host:port, or "
+         "unix:/path/to/slurmrestd.sock (rest_auth/local)."),
+    Spec("slurmrestd_user", "HPC_BILLING_SLURMRESTD_USER", "--slurmrestd-user", str.strip, None,
+         "X-SLURM-USER-NAME sent with the JWT (the user the token was issued for)."),
+    Spec("slurmrestd_token", "HPC_BILLING_SLURMRESTD_TOKEN", "--slurmrestd-token", str.strip, None,
+         "JWT for slurmrestd (scontrol token). Prefer the token file: it is re-read at "
+         "every poll, so a rotated token needs no restart."),
+    Spec("slurmrestd_token_file", "HPC_BILLING_SLURMRESTD_TOKEN_FILE", "--slurmrestd-token-file",
+         str.strip, None, "File holding the slurmrestd JWT (alone, or as SLURM_JWT=...)."),
+    Spec("slurmrestd_timeout_s", "HPC_BILLING_SLURMRESTD_TIMEOUT", "--slurmrestd-timeout",
+         parse_duration_s, "120", "How long one slurmrestd request may take."),
     Spec("poll_interval_s", "HPC_BILLING_POLL_INTERVAL", "--poll-interval", parse_duration_s, "5m",
          "Time between polls of the daemon (collect without --once, run)."),
     Spec("overlap_s", "HPC_BILLING_OVERLAP", "--overlap", parse_duration_s, "10m",
@@ -169,6 +190,11 @@ class Settings:
     sacct: str
     scontrol: str
     sacct_timeout_s: float
+    slurmrestd_url: str | None
+    slurmrestd_user: str | None
+    slurmrestd_token: str | None
+    slurmrestd_token_file: str | None
+    slurmrestd_timeout_s: float
     poll_interval_s: float
     overlap_s: float
     lookback_s: float
@@ -227,9 +253,27 @@ class Settings:
             if shutil.which(self.sacct) is None:
                 errors.append(f"HPC_BILLING_SACCT / --sacct: {self.sacct!r} is not an executable "
                               "(on PATH or as a path)")
-        else:
-            errors.append(f"HPC_BILLING_SOURCE / --source: the {self.source} source is not "
-                          "available in this version (use sacct or file)")
+        elif self.source == "slurmrestd":
+            if not self.cluster:
+                errors.append("HPC_BILLING_CLUSTER / --cluster: required with the slurmrestd source")
+            if not self.slurmrestd_url:
+                errors.append("HPC_BILLING_SLURMRESTD_URL / --slurmrestd-url: required with the "
+                              "slurmrestd source")
+            elif not self.slurmrestd_url.startswith("unix:"):
+                if not (self.slurmrestd_token or self.slurmrestd_token_file):
+                    errors.append("HPC_BILLING_SLURMRESTD_TOKEN_FILE or HPC_BILLING_SLURMRESTD_TOKEN: "
+                                  "a JWT is required for slurmrestd over HTTP (scontrol token)")
+                if not self.slurmrestd_user:
+                    errors.append("HPC_BILLING_SLURMRESTD_USER / --slurmrestd-user: required with a JWT")
+            if self.slurmrestd_token_file and not os.path.isfile(self.slurmrestd_token_file):
+                errors.append(f"HPC_BILLING_SLURMRESTD_TOKEN_FILE: no such file: {self.slurmrestd_token_file}")
+        elif self.source == "pyslurm":
+            if not self.cluster:
+                errors.append("HPC_BILLING_CLUSTER / --cluster: required with the pyslurm source")
+            if importlib.util.find_spec("pyslurm") is None:
+                errors.append("HPC_BILLING_SOURCE=pyslurm: pyslurm is not installed "
+                              "(pip install 'hpc-billing[pyslurm]'; it needs a pyslurm release "
+                              "matching your Slurm, see the README)")
         if self.rates is not None and not os.path.isfile(self.rates):
             errors.append(f"HPC_BILLING_RATES / --rates: no such file: {self.rates}")
         if errors:
@@ -242,6 +286,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "database_url" and value:
                 value = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(value))
+            elif f.name == "slurmrestd_token" and value:
+                value = "***"
             out[f.name] = value
         return out
 
