@@ -158,6 +158,11 @@ SPECS: tuple[Spec, ...] = (
          parse_duration_s, "120", "How long one slurmrestd request may take."),
     Spec("poll_interval_s", "HPC_BILLING_POLL_INTERVAL", "--poll-interval", parse_duration_s, "5m",
          "Time between polls of the daemon (collect without --once, run)."),
+    Spec("stale_after_s", "HPC_BILLING_STALE_AFTER", "--stale-after", parse_duration_s, "15m",
+         "/readyz fails when the last successful poll is older than this (and, after a "
+         "start, when no poll has succeeded within this grace period)."),
+    Spec("node_interval_s", "HPC_BILLING_NODE_INTERVAL", "--node-interval", parse_duration_s, "5m",
+         "Time between node inventory snapshots (scontrol show node)."),
     Spec("overlap_s", "HPC_BILLING_OVERLAP", "--overlap", parse_duration_s, "10m",
          "How far before the watermark each poll starts again (slurmdbd writes lag)."),
     Spec("lookback_s", "HPC_BILLING_LOOKBACK", "--lookback", parse_duration_s, "1d",
@@ -170,6 +175,12 @@ SPECS: tuple[Spec, ...] = (
          "Rate-card TOML file."),
     Spec("bind", "HPC_BILLING_BIND", "--bind", _parse_bind, "127.0.0.1:8000",
          "HOST:PORT the web app (probes, metrics, API) listens on."),
+    Spec("api_tokens_file", "HPC_BILLING_API_TOKENS_FILE", "--api-tokens-file", str.strip, None,
+         "File of API bearer tokens, stored hashed: one 'sha256:<hex> <scope>' per line, "
+         "scope 'all' or 'account:<name>[,<name>...]' ('hpc-billing token new' makes one). "
+         "Unset: the API answers no one; probes and /metrics need no token."),
+    Spec("web_threads", "HPC_BILLING_WEB_THREADS", "--web-threads", _parse_positive_int, "8",
+         "Threads serving the web app."),
     Spec("data_dir", "HPC_BILLING_DATA_DIR", "--data-dir", str.strip, None,
          "Directory for the embedded PostgreSQL when DATABASE_URL is unset "
          "(default /var/lib/hpc-billing as root, else ~/.local/share/hpc-billing)."),
@@ -196,12 +207,16 @@ class Settings:
     slurmrestd_token_file: str | None
     slurmrestd_timeout_s: float
     poll_interval_s: float
+    stale_after_s: float
+    node_interval_s: float
     overlap_s: float
     lookback_s: float
     backfill_chunk_s: float
     batch_rows: int
     rates: str | None
     bind: tuple[str, int]
+    api_tokens_file: str | None
+    web_threads: int
     data_dir: str
     log_level: str
 
