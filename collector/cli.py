@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true",
                    help="collect one window (or the whole --input file) and exit")
 
+    sub.add_parser("run", parents=[settings],
+                   help="the daemon: poll on a schedule and serve probes, metrics and the API")
+
+    p = sub.add_parser("token", help="API tokens")
+    token_sub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    q = token_sub.add_parser("new", help="make a token; prints it once, and the line for the tokens file")
+    q.add_argument("--scope", required=True, help="'all', or 'account:<name>[,<name>...]'")
+
     p = sub.add_parser("backfill", parents=[settings], help="walk history in bounded windows, resumably")
     p.add_argument("--since", type=_date_arg, required=True, help="start (UTC unless a zone is given)")
     p.add_argument("--until", type=_date_arg, default=None, help="end (default: now)")
@@ -229,27 +237,9 @@ class Database:
 
 
 def _make_source(settings: Settings):
-    if settings.source == "file":
-        from collector.slurm.filesource import FileSource
+    from collector.sources import make_source
 
-        return FileSource(settings.input, tz=ZoneInfo(settings.timezone), cluster=settings.cluster)
-    if settings.source == "sacct":
-        from collector.slurm.sacct import SacctSource
-
-        return SacctSource(sacct_path=settings.sacct, timeout_s=settings.sacct_timeout_s,
-                           cluster=settings.cluster)
-    if settings.source == "slurmrestd":
-        from collector.slurm.restsource import SlurmrestdSource
-
-        return SlurmrestdSource(url=settings.slurmrestd_url, user=settings.slurmrestd_user,
-                                token=settings.slurmrestd_token,
-                                token_file=settings.slurmrestd_token_file,
-                                timeout_s=settings.slurmrestd_timeout_s, cluster=settings.cluster)
-    if settings.source == "pyslurm":
-        from collector.slurm.pyslurmsource import PyslurmSource
-
-        return PyslurmSource(cluster=settings.cluster)
-    raise SettingsError([f"HPC_BILLING_SOURCE: the {settings.source} source is not available"])
+    return make_source(settings)
 
 
 # --------------------------------------------------------------------------- commands
@@ -285,42 +275,22 @@ def _make_pricer(database: Database, settings: Settings, card_and_text, *, as_of
     """Register the card version (idempotent) and return a Pricer, or None without a card."""
     if card_and_text is None:
         return None
-    from collector.pipeline import Pricer
-    from collector.store import charges as store_charges
+    from collector.pipeline import make_pricer
 
     card, text = card_and_text
-    with database.sessions() as session:
-        card_id = store_charges.ensure_rate_card(session, version=card.version, currency=card.currency,
-                                                 text=text, source=str(settings.rates))
-        session.commit()
-    return Pricer(card, card_id, as_of=as_of)
+    return make_pricer(database.sessions, card, text, source=str(settings.rates), as_of=as_of)
 
 
 def _collect_once(database: Database, settings: Settings, card_and_text=None) -> int:
     from collector import pipeline
+    from collector.scheduler import poll_once
 
-    source = _make_source(settings)
-    pricer = _make_pricer(database, settings, card_and_text,
-                          as_of=datetime.now(timezone.utc).replace(microsecond=0))
-    if source.windowed:
-        window = pipeline.poll_window(database.sessions, cluster=settings.cluster,  # type: ignore[arg-type]
-                                      now=datetime.now(timezone.utc), overlap_s=settings.overlap_s,
-                                      lookback_s=settings.lookback_s)
-        kind, stream = "poll", pipeline.POLL_STREAM
-    else:
-        window, kind, stream = None, "file", None
     try:
-        result = pipeline.collect(database.sessions, source, cluster=settings.cluster, window=window,
-                                  kind=kind, stream=stream, batch_rows=settings.batch_rows,
-                                  pricer=pricer)
+        result = poll_once(database.sessions, settings, card_and_text)
     except pipeline.CollectError as exc:
         log.error("%s", exc.result.summary())
         return EXIT_FAILED
     log.info("%s", result.summary())
-    extra = getattr(source.stats, "extra", {}) or {}
-    if extra.get("ignored_columns"):
-        log.warning("ignored unknown columns in %s: %s", settings.input,
-                    ", ".join(map(str, extra["ignored_columns"])))
     if result.quarantined:
         log.warning("%d record(s) quarantined: see 'hpc-billing quarantine --run %d'",
                     result.quarantined, result.run_id)
@@ -574,6 +544,103 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
               "nothing inserted or updated (idempotent upsert).")
     finally:
         database.close()
+    return EXIT_OK
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """One process: the scheduler (polls, node inventory, leadership) and the web app."""
+    from waitress.server import create_server
+
+    from collector.health import Health
+    from collector.scheduler import Daemon
+    from collector.web.app import create_app
+
+    settings.check_for_collect()
+    card = _card_for(settings)
+    database = Database(settings)
+    daemon = None
+    try:
+        database.ensure_schema()
+        health = Health()
+        daemon = Daemon(settings, engine=database.engine, sessions=database.sessions, health=health,
+                        card_and_text=card)
+        app = create_app(settings, engine=database.engine, sessions=database.sessions, health=health)
+        host, port = settings.bind
+        server = create_server(app, host=host, port=port, threads=settings.web_threads,
+                               ident="hpc-billing", clear_untrusted_proxy_headers=True)
+        stopping = threading.Event()
+
+        def _stop_sequence() -> None:
+            # Scheduler first (a running poll finishes or rolls back), then the server.
+            daemon.stop()
+            server.close()
+
+        def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+            if not stopping.is_set():
+                stopping.set()
+                log.info("signal %d: shutting down", signum)
+                threading.Thread(target=_stop_sequence, name="shutdown", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        daemon.start()
+        log.info("serving http://%s:%d (/healthz /readyz /metrics /api/v1, %d threads)",
+                 host, port, settings.web_threads)
+        server.run()
+        log.info("stopped")
+        return EXIT_OK
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        database.close()
+
+
+def wsgi_application():
+    """The app for ``gunicorn wsgi:app``: settings from the environment, scheduler started.
+
+    Each gunicorn worker that imports it runs its own scheduler; the leader lock makes
+    only one of them (and only one collector per cluster) poll, so ``-w 2`` is safe but
+    pointless: use one worker with threads (``gunicorn -w 1 --threads 8 wsgi:app``).
+    """
+    import atexit
+
+    from collector.health import Health
+    from collector.scheduler import Daemon
+    from collector.web.app import create_app
+
+    try:
+        settings = Settings.load(os.environ)
+        settings.check_for_collect()
+    except SettingsError as exc:
+        print(f"hpc-billing: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    _setup_logging(settings.log_level)
+    card = _card_for(settings)
+    database = Database(settings)
+    database.ensure_schema()
+    health = Health()
+    daemon = Daemon(settings, engine=database.engine, sessions=database.sessions, health=health,
+                    card_and_text=card)
+    app = create_app(settings, engine=database.engine, sessions=database.sessions, health=health)
+    daemon.start()
+
+    def _shutdown() -> None:
+        daemon.stop()
+        database.close()
+
+    atexit.register(_shutdown)
+    return app
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.web.auth import new_token
+
+    try:
+        token, line = new_token(args.scope)
+    except ValueError as exc:
+        raise SettingsError([f"--scope: {exc}"]) from None
+    print(f"token (shown once; give it to the client as 'Authorization: Bearer <token>'):\n{token}\n")
+    print(f"line for HPC_BILLING_API_TOKENS_FILE (stores only the hash):\n{line}")
     return EXIT_OK
 
 
@@ -865,7 +932,7 @@ COMMANDS = {
     "migrate": cmd_migrate, "collect": cmd_collect, "backfill": cmd_backfill, "jobs": cmd_jobs,
     "runs": cmd_runs, "quarantine": cmd_quarantine, "demo": cmd_demo, "rates": cmd_rates,
     "reprice": cmd_reprice, "period": cmd_period, "report": cmd_report, "statement": cmd_statement,
-    "reconcile": cmd_reconcile, "budget": cmd_budget,
+    "reconcile": cmd_reconcile, "budget": cmd_budget, "run": cmd_run, "token": cmd_token,
 }
 
 

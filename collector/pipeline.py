@@ -56,6 +56,7 @@ class RunResult:
     clusters_seen: frozenset[str] = field(default_factory=frozenset)
     jobs_priced: int = 0
     charge_lines: int = 0
+    source_s: float = 0.0             # time spent inside the source (sacct, slurmrestd ...)
 
     def summary(self) -> str:
         span = (f"[{self.window.since:%Y-%m-%dT%H:%M:%SZ}, {self.window.until:%Y-%m-%dT%H:%M:%SZ})"
@@ -203,7 +204,18 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                      lines_read=stats.lines, duration_s=time.monotonic() - started,
                      clusters_seen=frozenset(clusters),
                      jobs_priced=pricer.jobs_priced if pricer else 0,
-                     charge_lines=pricer.lines_written if pricer else 0)
+                     charge_lines=pricer.lines_written if pricer else 0,
+                     source_s=stats.slurm_seconds)
+
+
+def make_pricer(session_factory: SessionFactory, card: RateCard, text: str, *, source: str,
+                as_of: datetime) -> Pricer:
+    """Register the card version (idempotent, own transaction) and return a Pricer."""
+    with session_factory() as session:  # type: ignore[attr-defined]
+        card_id = store_charges.ensure_rate_card(session, version=card.version, currency=card.currency,
+                                                 text=text, source=source)
+        session.commit()
+    return Pricer(card, card_id, as_of=as_of)
 
 
 def floor_second(dt: datetime) -> datetime:

@@ -115,15 +115,23 @@ class _PrivateServer:
     def start(self) -> str:
         self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
                   "-E", "UTF8", "--no-sync")
+        self.resume()
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def resume(self) -> None:
+        """Start the (initialised) cluster again on the same port."""
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
                    f"-c unix_socket_directories={self.root} -c fsync=off")
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.root / "log"),
                   "-o", options, "-w", "-t", "60", "start")
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (a database outage)."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+            self.pause()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -194,6 +202,21 @@ def session(engine: Engine) -> Iterator[Session]:
             yield sess
         finally:
             sess.rollback()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[_PrivateServer]:
+    """A PostgreSQL server of this test's own, from the machine's binaries, that the test
+    may stop (``pause()``) and start again (``resume()``); ``url`` is its admin URL."""
+    server = _PrivateServer()
+    server.url = server.start()  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        except subprocess.CalledProcessError:
+            shutil.rmtree(server.root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -29,10 +29,13 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                                 "collector.pipeline", "collector.web")),
     "collector.settings": ((), ("collector.slurm", "collector.store", "collector.pipeline",
                                 "collector.web")),
+    "collector.sources": (("collector.settings", "collector.slurm"),
+                          ("collector.store", "collector.pipeline", "collector.web")),
     "collector.health": ((), ("collector.slurm", "collector.store", "collector.pipeline",
                               "collector.web", "collector.scheduler")),
     # The scheduler runs the pipeline and the node inventory; it never touches the web app.
     "collector.scheduler": (("billing", "collector.pipeline", "collector.health", "collector.store",
+                             "collector.sources",
                              "collector.slurm", "collector.settings", "apscheduler"),
                             ("collector.web", "flask")),
 }

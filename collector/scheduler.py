@@ -1,0 +1,175 @@
+"""The daemon's scheduled work: polls and node inventory, only on the leader.
+
+This module owns ``poll_once`` (one poll, as ``collect --once`` and the daemon both run it)
+and ``Daemon``: an APScheduler 3 BackgroundScheduler with two jobs, each with
+``max_instances=1`` (a slow poll is never overlapped by the next) and ``coalesce=True``
+(missed runs collapse into one), both first run at start:
+
+- ``poll`` every HPC_BILLING_POLL_INTERVAL: take or confirm leadership (a PostgreSQL
+  advisory lock, collector.store.leader), then collect one window, price it, log one line.
+- ``nodes`` every HPC_BILLING_NODE_INTERVAL: on the leader, ``scontrol show node`` into a
+  node snapshot (capacity and allocation, for utilisation and metrics).
+
+Each job has the one catch-all of DESIGN §7.8: it logs once, updates the health state
+(which feeds the probes and metrics) and lets the scheduler live on. ``stop()`` lets a
+running poll finish (its transaction commits or rolls back as a whole), then releases the
+lock so the other collector takes over at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from datetime import datetime, timedelta, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from billing.rates import RateCard
+from collector import pipeline
+from collector.health import Health, PollReport
+from collector.settings import Settings
+from collector.store.leader import LeaderLock
+
+log = logging.getLogger("hpc_billing.scheduler")
+
+
+def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] | None, *,
+              now: datetime | None = None) -> pipeline.RunResult:
+    """One poll with the configured source: a window (or the whole file), priced.
+
+    Raises pipeline.CollectError (carrying the failed RunResult) when the window could
+    not be stored; nothing of it was written and no watermark moved.
+    """
+    from collector.sources import make_source
+
+    now = now or datetime.now(timezone.utc)
+    source = make_source(settings)
+    if source.windowed:
+        window = pipeline.poll_window(sessions, cluster=settings.cluster, now=now,  # type: ignore[arg-type]
+                                      overlap_s=settings.overlap_s, lookback_s=settings.lookback_s)
+        kind, stream = "poll", pipeline.POLL_STREAM
+    else:
+        window, kind, stream = None, "file", None
+    pricer = None
+    if card_and_text is not None:
+        card, text = card_and_text
+        pricer = pipeline.make_pricer(sessions, card, text, source=str(settings.rates),
+                                      as_of=now.replace(microsecond=0))
+    return pipeline.collect(sessions, source, cluster=settings.cluster, window=window, kind=kind,
+                            stream=stream, batch_rows=settings.batch_rows, pricer=pricer)
+
+
+def _report(result: pipeline.RunResult, cluster: str) -> PollReport:
+    return PollReport(
+        cluster=cluster, outcome=result.outcome, duration_s=result.duration_s,
+        source_s=result.source_s, records_read=result.records_read, inserted=result.inserted,
+        updated=result.updated, unchanged=result.unchanged, quarantined=result.quarantined,
+        jobs_priced=result.jobs_priced, charge_lines=result.charge_lines,
+        window_until_epoch=result.window.until.timestamp() if result.window else None,
+        error=result.error)
+
+
+class Daemon:
+    """The scheduler, the leader lock and the health updates of one ``hpc-billing run``."""
+
+    def __init__(self, settings: Settings, *, engine, sessions, health: Health,
+                 card_and_text: tuple[RateCard, str] | None) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.health = health
+        self.card_and_text = card_and_text
+        self.cluster = settings.cluster or "(file)"
+        self.leader = LeaderLock(engine, settings.cluster)
+        self._stopping = threading.Event()
+        self._was_leader: bool | None = None
+        self._nodes_disabled_logged = False
+        self.scheduler = BackgroundScheduler(
+            timezone=timezone.utc,
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        now = datetime.now(timezone.utc)
+        self.scheduler.add_job(self._poll_job, "interval", id="poll", name="poll",
+                               seconds=self.settings.poll_interval_s, next_run_time=now)
+        self.scheduler.add_job(self._nodes_job, "interval", id="nodes", name="node inventory",
+                               seconds=self.settings.node_interval_s,
+                               next_run_time=now + timedelta(seconds=1))
+        self.health.bind_scheduler(lambda: self.scheduler.running and not self._stopping.is_set())
+        self.scheduler.start()
+        log.info("scheduler started: poll every %ss, node inventory every %ss (source %s, cluster %s)",
+                 self.settings.poll_interval_s, self.settings.node_interval_s,
+                 self.settings.source, self.settings.cluster)
+
+    def stop(self) -> None:
+        """Let a running poll finish, stop the scheduler, give up leadership."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        log.info("stopping: waiting for a running poll to finish")
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.leader.release()
+        self.health.set_leader(False)
+        log.info("scheduler stopped")
+
+    # ------------------------------------------------------------------ jobs
+
+    def _is_leader(self) -> bool:
+        leader = self.leader.ensure()
+        self.health.set_leader(leader)
+        if leader != self._was_leader:
+            if not leader:
+                log.info("not the leader: another collector polls cluster %s; serving the API only",
+                         self.settings.cluster)
+            self._was_leader = leader
+        return leader
+
+    def _poll_job(self) -> None:
+        if self._stopping.is_set():
+            return
+        started = False
+        try:
+            if not self._is_leader():
+                return
+            self.health.poll_started()
+            started = True
+            try:
+                result = poll_once(self.sessions, self.settings, self.card_and_text)
+            except pipeline.CollectError as exc:
+                result = exc.result
+            (log.info if result.outcome == "ok" else log.error)("%s", result.summary())
+            self.health.poll_finished(_report(result, self.cluster))
+        except Exception as exc:  # noqa: BLE001 - the one catch-all: log once, keep scheduling
+            log.error("poll failed before it could be logged as a run: %s: %s", type(exc).__name__, exc)
+            if started:
+                self.health.poll_finished(PollReport(cluster=self.cluster, outcome="failed",
+                                                     duration_s=0.0, source_s=0.0,
+                                                     error=f"{type(exc).__name__}: {exc}"))
+
+    def _nodes_job(self) -> None:
+        if self._stopping.is_set() or self.settings.source == "file":
+            return
+        if shutil.which(self.settings.scontrol) is None:
+            if not self._nodes_disabled_logged:
+                log.info("node inventory disabled: %r is not an executable (HPC_BILLING_SCONTROL)",
+                         self.settings.scontrol)
+                self._nodes_disabled_logged = True
+            return
+        try:
+            if not self.leader.held:
+                return
+            from collector.slurm.nodes import read_nodes
+            from collector.store.nodes import store_snapshot
+
+            nodes = read_nodes(self.settings.scontrol, timeout_s=min(self.settings.sacct_timeout_s, 60),
+                               cluster=self.settings.cluster)
+            with self.sessions() as session:
+                store_snapshot(session, self.settings.cluster, datetime.now(timezone.utc), nodes)
+                session.commit()
+            self.health.node_snapshot_taken()
+            log.debug("node inventory: %d nodes", len(nodes))
+        except Exception as exc:  # noqa: BLE001 - the one catch-all: log once, keep scheduling
+            log.warning("node inventory failed: %s: %s", type(exc).__name__, exc)
