@@ -570,23 +570,30 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                                ident="hpc-billing", clear_untrusted_proxy_headers=True)
         stopping = threading.Event()
 
-        def _stop_sequence() -> None:
-            # Scheduler first (a running poll finishes or rolls back), then the server.
-            daemon.stop()
-            server.close()
-
         def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
             if not stopping.is_set():
-                stopping.set()
                 log.info("signal %d: shutting down", signum)
-                threading.Thread(target=_stop_sequence, name="shutdown", daemon=True).start()
+                stopping.set()
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
         daemon.start()
+        # waitress serves from its own thread; the main thread owns the shutdown order.
+        # (Its loop runs while any connection is open, so a scraper's keep-alive socket
+        # must not be able to hold the process after SIGTERM.)
+        serving = threading.Thread(target=server.run, name="waitress", daemon=True)
+        serving.start()
         log.info("serving http://%s:%d (/healthz /readyz /metrics /api/v1, %d threads)",
                  host, port, settings.web_threads)
-        server.run()
+        while not stopping.wait(1.0):
+            if not serving.is_alive():
+                log.error("the web server stopped unexpectedly")
+                break
+        # Scheduler first (a running poll finishes or rolls back), then the server, which
+        # gets a few seconds for requests in flight.
+        daemon.stop()
+        server.close()
+        serving.join(timeout=5)
         log.info("stopped")
         return EXIT_OK
     finally:
@@ -917,6 +924,9 @@ def cmd_budget(settings: Settings, args: argparse.Namespace) -> int:
         for b in budgets:
             row = render.dataclass_to_dict(b)
             row["amount"], row["used"] = render.money(b.amount), render.money(b.used)
+            if b.used_fraction is not None:
+                # Six places like the API; format "f" never prints an exponent (0E+6).
+                row["used_fraction"] = format(b.used_fraction.quantize(Decimal("0.000001")), "f")
             rows.append(row)
         columns = list(rows[0].keys()) if rows else ["account", "period", "amount", "currency", "used"]
         if args.format == "json":

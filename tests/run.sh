@@ -25,6 +25,16 @@ if ! pg_answers && ! have_pg_binaries; then
         exit 2
     fi
 fi
+if ! command -v promtool >/dev/null; then
+    # promtool checks the /metrics output (Debian's prometheus package ships it).
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "tests: installing promtool (Debian package prometheus)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "tests: promtool is missing (apt-get install prometheus); its test will be skipped" >&2
+    fi
+fi
 if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi

@@ -2,7 +2,8 @@
 
 This module owns the tables: ``clusters``, ``jobs``, ``collector_runs``, ``watermarks``
 and ``quarantine`` (revision 0001), and ``rate_cards``, ``charge_lines``,
-``billing_periods`` and ``budgets`` (revision 0002, see ``charges``). Migrations in
+``billing_periods`` and ``budgets`` (revision 0002, see ``charges``), and
+``node_snapshots`` (revision 0004, see ``nodes``). Migrations in
 ``migrations/versions`` are hand-written to match these models exactly (a test upgrades
 an empty database and asserts that Alembic's ``compare_metadata`` finds no difference).
 
@@ -37,6 +38,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -50,6 +52,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -333,4 +336,45 @@ class Budget(Base):
     __table_args__ = (
         CheckConstraint(f"period ~ '{PERIOD_PATTERN}'", name="period"),
         CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )
+
+
+# ------------------------------------------------------------ node inventory (rev. 0004)
+
+# Open (non-final) jobs per cluster, for the ``hpcb_open_jobs`` gauge: a partial index
+# holds only the few open rows, so counting them never scans the jobs table.
+Index("ix_jobs_cluster_open", Job.cluster, postgresql_where=text("NOT final"))
+
+
+class NodeSnapshot(Base):
+    """One node of one inventory snapshot (``scontrol show node``) of a cluster.
+
+    A snapshot is every row of a cluster with one ``taken_at``. ``gpus_total`` and
+    ``gpus_alloc`` are objects of GPU type -> count (untyped under ``"untyped"``), as
+    ``jobs.gpus``. Memory is in bytes (Slurm's RealMemory/AllocMem MB x 2**20).
+
+    The unique key (cluster, taken_at, node) makes storing a snapshot twice a no-op and is
+    also the index that finds a cluster's snapshots by time (newest first, or a range).
+    """
+
+    __tablename__ = "node_snapshots"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    taken_at: Mapped[datetime] = mapped_column(TZ)
+    cluster: Mapped[str] = mapped_column(Text, ForeignKey("clusters.name"))
+    node: Mapped[str] = mapped_column(Text)
+    partitions: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    state: Mapped[str] = mapped_column(Text)
+    state_raw: Mapped[str] = mapped_column(Text)
+    cpus_total: Mapped[int] = mapped_column(Integer)
+    cpus_alloc: Mapped[int] = mapped_column(Integer)
+    mem_total_bytes: Mapped[int] = mapped_column(BigInteger)
+    mem_alloc_bytes: Mapped[int] = mapped_column(BigInteger)
+    gpus_total: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    gpus_alloc: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+    __table_args__ = (
+        UniqueConstraint("cluster", "taken_at", "node"),
+        CheckConstraint("jsonb_typeof(gpus_total) = 'object'", name="gpus_total_is_object"),
+        CheckConstraint("jsonb_typeof(gpus_alloc) = 'object'", name="gpus_alloc_is_object"),
     )
