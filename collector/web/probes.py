@@ -1,0 +1,229 @@
+"""The probes: ``/healthz`` (is the process alive) and ``/readyz`` (can it serve good data).
+
+This module owns what the probes check and how fast they answer:
+
+- ``/healthz`` answers from the in-process health state alone, never the database: 200
+  while the scheduler thread is alive, 503 otherwise. An orchestrator restarts on this.
+- ``/readyz`` checks, in order, and names every failing check with a reason:
+
+  ``database``  ``SELECT 1`` in a READ ONLY transaction with a statement timeout;
+  ``schema``    the database's Alembic revision is this code's head;
+  ``freshness`` per configured cluster, the newest poll with outcome ok in the
+                DATABASE's run log (written by whichever collector is the leader) is
+                younger than HPC_BILLING_STALE_AFTER, by the database's clock. Right
+                after start, for that same duration, a cluster with no successful poll
+                at all passes (grace period); a stale one does not. Without a
+                configured cluster the check is skipped and says so.
+
+  A check that cannot run because an earlier one failed is ``skipped`` (the failing list
+  then names only the cause). The database work runs in one background thread at a time
+  and the probe waits at most ``db_timeout_s`` (2 s) for it: a stopped, unreachable or
+  overloaded PostgreSQL makes ``/readyz`` answer 503 quickly instead of hanging the
+  probe (and concurrent probes share the one check in flight instead of piling up).
+
+Probe bodies are plain JSON (not problem+json, a 503 here is a status report) and carry
+no error text from the database: the first failure after a success, and the recovery,
+are logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, json
+
+from collector.health import Health
+from collector.render import iso
+from collector.settings import Settings
+from collector.store import reads
+from collector.store.db import schema_revision
+
+log = logging.getLogger("hpc_billing.web.probes")
+
+DB_TIMEOUT_S = 2.0
+
+
+@dataclass
+class _DbFacts:
+    """What one background database check found."""
+
+    latency_ms: float = 0.0
+    revision: str | None = None
+    polls: dict[str, reads.LastPoll | None] = field(default_factory=dict)
+    error: str | None = None          # exception type name, for the body
+    error_text: str | None = None     # for the log only
+
+
+class _Check:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.facts = _DbFacts()
+
+
+class DatabaseChecker:
+    """Runs the readiness queries in a daemon thread, one check at a time."""
+
+    def __init__(self, sessions: Callable[[], Any], *, clusters: list[str], head: str,
+                 timeout_s: float, redact: Callable[[str], str]) -> None:
+        self._sessions = sessions
+        self._clusters = clusters
+        self._head = head
+        self._timeout_s = timeout_s
+        self._redact = redact
+        self._lock = threading.Lock()
+        self._current: _Check | None = None
+        self._was_ok: bool | None = None
+
+    def _work(self, check: _Check) -> None:
+        facts = check.facts
+        started = time.monotonic()
+        try:
+            with self._sessions() as session:
+                reads.begin_read(session, statement_timeout_s=self._timeout_s)
+                reads.ping(session)
+                facts.latency_ms = round((time.monotonic() - started) * 1000, 1)
+                facts.revision = schema_revision(session.connection())
+                if facts.revision == self._head:
+                    facts.polls = {c: reads.last_ok_poll(session, c) for c in self._clusters}
+        except Exception as exc:  # noqa: BLE001 - a probe reports, it never raises
+            facts.error = type(exc).__name__
+            facts.error_text = self._redact(str(exc).splitlines()[0] if str(exc) else "")
+        finally:
+            check.done.set()
+
+    def run(self) -> _DbFacts | None:
+        """The facts, or None when the database did not answer within the timeout."""
+        with self._lock:
+            check = self._current
+            if check is None or check.done.is_set():
+                check = self._current = _Check()
+                threading.Thread(target=self._work, args=(check,), name="readyz-db",
+                                 daemon=True).start()
+        if not check.done.wait(self._timeout_s):
+            self._note(False, f"no answer within {self._timeout_s:g}s")
+            return None
+        facts = check.facts
+        if facts.error is None:
+            self._note(True, "")
+        else:
+            self._note(False, f"{facts.error}: {facts.error_text}")
+        return facts
+
+    def _note(self, ok: bool, text: str) -> None:
+        # Log transitions only: a probe every few seconds must not flood the log.
+        with self._lock:
+            before, self._was_ok = self._was_ok, ok
+        if before is not False and not ok:
+            log.warning("/readyz: database check failed: %s", text)
+        elif before is False and ok:
+            log.info("/readyz: database check ok again")
+
+
+def _json(body: dict[str, Any], status: int) -> Response:
+    response = Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _freshness(settings: Settings, health: Health,
+               polls: dict[str, reads.LastPoll | None]) -> dict[str, Any]:
+    stale_after = settings.stale_after_s
+    snap = health.snapshot()
+    grace_left = snap.started_at + stale_after - health.now()
+    clusters: dict[str, Any] = {}
+    for cluster, poll in polls.items():
+        if poll is None:
+            if grace_left > 0:
+                clusters[cluster] = {
+                    "status": "ok", "last_success": None, "age_s": None,
+                    "reason": f"no successful poll yet; within the start-up grace period "
+                              f"({grace_left:.0f}s left)"}
+            else:
+                clusters[cluster] = {
+                    "status": "fail", "last_success": None, "age_s": None,
+                    "reason": f"no successful poll of cluster {cluster!r} in the run log"}
+            continue
+        age = round(max(0.0, poll.age_s), 1)
+        entry = {"status": "ok", "last_success": iso(poll.finished_at), "age_s": age}
+        if poll.age_s >= stale_after:
+            entry["status"] = "fail"
+            entry["reason"] = (f"the last successful poll finished {age:.0f}s ago, more than "
+                               f"HPC_BILLING_STALE_AFTER ({stale_after:g}s)")
+        else:
+            entry["reason"] = f"last successful poll {age:.0f}s ago"
+        clusters[cluster] = entry
+    failed = sorted(c for c, e in clusters.items() if e["status"] == "fail")
+    return {"status": "fail" if failed else "ok", "stale_after_s": stale_after,
+            "reason": (f"stale or missing: {', '.join(failed)}" if failed
+                       else "every configured cluster is fresh"),
+            "clusters": clusters}
+
+
+def make_blueprint(*, settings: Settings, sessions: Callable[[], Any], health: Health,
+                   head: str, redact: Callable[[str], str],
+                   db_timeout_s: float = DB_TIMEOUT_S) -> Blueprint:
+    bp = Blueprint("probes", __name__)
+    clusters = [settings.cluster] if settings.cluster else []
+    checker = DatabaseChecker(sessions, clusters=clusters, head=head, timeout_s=db_timeout_s,
+                              redact=redact)
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        snap = health.snapshot()
+        body = {
+            "status": "ok" if snap.scheduler_alive else "fail",
+            "scheduler": snap.scheduler_alive,
+            "leader": snap.leader,
+            "leadership_known": snap.leadership_known,
+            "polls_running": snap.polls_running,
+            "uptime_s": round(max(0.0, health.now() - snap.started_at), 1),
+        }
+        if not snap.scheduler_alive:
+            body["reason"] = "the scheduler thread is not running"
+        return _json(body, 200 if snap.scheduler_alive else 503)
+
+    @bp.get("/readyz")
+    def readyz() -> Response:
+        facts = checker.run()
+        checks: dict[str, Any] = {}
+        if facts is None or facts.error is not None:
+            reason = (f"no answer within {db_timeout_s:g}s" if facts is None
+                      else f"the database cannot be used ({facts.error})")
+            checks["database"] = {"status": "fail", "reason": reason}
+            checks["schema"] = {"status": "skipped", "reason": "the database check failed"}
+            checks["freshness"] = {"status": "skipped", "reason": "the database check failed"}
+        else:
+            checks["database"] = {"status": "ok", "latency_ms": facts.latency_ms,
+                                  "reason": f"answered in {facts.latency_ms:g} ms"}
+            schema_ok = facts.revision == head
+            checks["schema"] = {
+                "status": "ok" if schema_ok else "fail", "revision": facts.revision,
+                "head": head,
+                "reason": ("at head" if schema_ok else
+                           "the database has no schema: run 'hpc-billing migrate'"
+                           if facts.revision is None else
+                           f"the database is at revision {facts.revision}, this version "
+                           f"needs {head}: run 'hpc-billing migrate'")}
+            if not schema_ok:
+                checks["freshness"] = {"status": "skipped",
+                                       "reason": "the schema is not at head"}
+            elif settings.source == "file":
+                # A file import is not a feed: there is nothing to be fresh about.
+                checks["freshness"] = {"status": "skipped",
+                                       "reason": "the file source has no polling window"}
+            elif not clusters:
+                checks["freshness"] = {"status": "skipped",
+                                       "reason": "no cluster configured (HPC_BILLING_CLUSTER)"}
+            else:
+                checks["freshness"] = _freshness(settings, health, facts.polls)
+        failing = [name for name, check in checks.items() if check["status"] == "fail"]
+        body = {"status": "fail" if failing else "ok", "failing": failing, "checks": checks,
+                "leader": health.snapshot().leader}
+        return _json(body, 503 if failing else 200)
+
+    return bp
