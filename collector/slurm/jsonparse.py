@@ -25,8 +25,25 @@ slurmrestd-dbv0.0.38-jobs.json):
   * Step usage sits under ``steps[].tres.requested.{total,max}`` (the odd name is
     Slurm's): ``cpu`` in milliseconds, ``mem`` in bytes. ``max`` mem equals MaxRSS.
   * The job-level ``exit_code`` reads SUCCESS/0 even for a job sacct prints as ``3:0``
-    (FAILED job 7 in the samples): a 22.05 quirk of this plugin, kept as printed.
-  * There is no DBIndex and no uid: ``db_index`` and ``uid`` stay None.
+    (FAILED job 7 in the samples), and ``derived_exit_code`` SUCCESS/0 for a job whose step
+    exited 7 (sacct: ``7:0``): a 22.05 quirk of this plugin, kept as printed.
+  * There is no DBIndex and no uid: ``db_index`` and ``uid`` stay None. A cancelled job's
+    ``state.current`` is ``CANCELLED`` where sacct prints ``CANCELLED by <uid>`` (the JSON
+    names the user in ``kill_request_user`` instead); ``state_raw`` keeps what the JSON says.
+
+Agreeing with sacct (so both sources store the same rows; checked against the real lab by
+tests/slurm/test_lab_sources.py). Two values are computed as sacct(1) prints them
+(src/sacct/print.c, Slurm 22.05), not as the JSON carries them:
+  * ``cpu_used_s``: sacct's job-line TotalCPU is the sum of the steps' (seconds,
+    microseconds), printed with milliseconds TRUNCATED below one hour (``00:06.220`` for
+    6.220242 s) and whole seconds from one hour up (``01:00:00``). The job record gets the
+    same truncation, so ``0.015859`` s is stored as 0.015 from either source (the store's
+    numeric(18,3) would round the microseconds to 0.016). Steps keep their microseconds:
+    only the job's figure is stored.
+  * ``energy_j``: sacct's job-line ConsumedEnergyRaw is the ``energy`` count of the job's
+    allocated TRES: empty when Slurm stored "no value" (JSON: ``count`` null), 0 when the
+    allocation has no energy entry at all (a job cancelled while pending: JSON
+    ``tres.allocated`` is empty), else the count.
 """
 
 from __future__ import annotations
@@ -69,12 +86,22 @@ def _minutes(value: Any) -> int | None:
     return value
 
 
-def _cpu_time(value: Any) -> Decimal:
-    """``{"seconds": 5, "microseconds": 1220242}`` -> Decimal("6.220242")."""
+def _cpu_us(value: Any) -> int:
+    """``{"seconds": 5, "microseconds": 1220242}`` -> 6220242 (microseconds may exceed a
+    second; they are added, as Slurm does)."""
     if not value:
-        return Decimal(0)
-    return Decimal(int(value.get("seconds") or 0)) + \
-        Decimal(int(value.get("microseconds") or 0)).scaleb(-6)
+        return 0
+    return int(value.get("seconds") or 0) * 1_000_000 + int(value.get("microseconds") or 0)
+
+
+def sacct_cpu_seconds(total_us: int) -> Decimal:
+    """CPU time in microseconds as sacct(1) prints it (``_elapsed_time`` in
+    src/sacct/print.c): milliseconds truncated below one hour (6220242 us -> 6.220),
+    whole seconds from one hour up (the milliseconds are dropped)."""
+    seconds = total_us // 1_000_000
+    if seconds >= 3600:
+        return Decimal(seconds)
+    return Decimal(total_us // 1000).scaleb(-3)
 
 
 def _exit_code(value: Any) -> str | None:
@@ -102,6 +129,15 @@ def _tres(entries: Any) -> dict[tuple[str, str | None], int]:
         key = (str(entry.get("type")), entry.get("name"))
         result[key] = result.get(key, 0) + int(count)
     return result
+
+
+def _job_energy(entries: Any) -> int | None:
+    """The job-line ConsumedEnergyRaw sacct would print (see the module docstring)."""
+    for entry in entries or ():
+        if entry.get("type") == "energy" and not entry.get("name"):
+            count = entry.get("count")
+            return None if count is None else int(count)
+    return 0
 
 
 def _allocation(entries: Any) -> tuple[int, int, int, int | None, tuple[tuple[str, int], ...]]:
@@ -158,14 +194,15 @@ def _job_items(job: dict, *, source: str, default_cluster: str | None) -> list[I
     elapsed = int(times.get("elapsed") or 0)
 
     steps: list[Item] = []
-    cpu_total = Decimal(0)
+    cpu_total_us = 0
     for step in job.get("steps") or ():
         step_id = (step.get("step") or {}).get("id")
         if step_id is None or step_id == "":
             raise ValueError("a step without step.id")
         step_times = step.get("time") or {}
-        cpu = _cpu_time(step_times.get("total"))
-        cpu_total += cpu
+        cpu_us = _cpu_us(step_times.get("total"))
+        cpu_total_us += cpu_us
+        cpu = Decimal(cpu_us).scaleb(-6)      # a step keeps the microseconds
         usage = (step.get("tres") or {}).get("requested") or {}
         total = _tres(usage.get("total"))
         peak = _tres(usage.get("max"))
@@ -198,9 +235,11 @@ def _job_items(job: dict, *, source: str, default_cluster: str | None) -> list[I
         node_list=_text(job.get("nodes")),
         # sacct computes CPUTimeRAW the same way: elapsed x allocated CPUs.
         cpu_time_alloc_s=elapsed * cpus,
-        # The job-level time.total is 0 in 22.05; the steps hold the real CPU time.
-        cpu_used_s=cpu_total,
-        energy_j=None, db_index=None, final=is_final_record(state, end),
+        # The job-level time.total is 0 in 22.05; the steps hold the real CPU time, summed
+        # and truncated as sacct prints the job line's TotalCPU.
+        cpu_used_s=sacct_cpu_seconds(cpu_total_us),
+        energy_j=_job_energy((job.get("tres") or {}).get("allocated")),
+        db_index=None, final=is_final_record(state, end),
     )
     return [record, *steps]
 

@@ -98,7 +98,7 @@ def test_job_fields(sacct_json):
     assert (rec.cpus, rec.nodes, rec.billing) == (2, 1, 4)
     assert rec.mem_bytes == 1073741824                      # mem count 1024 (MB)
     assert rec.gpus == (("untyped", 1),)                    # gres/gpu 1
-    assert rec.cpu_used_s == Decimal("6.220242")            # batch: 5 s + 1220242 us
+    assert rec.cpu_used_s == Decimal("6.220")   # batch: 5 s + 1220242 us, truncated to ms as sacct prints TotalCPU
     assert rec.cpu_time_alloc_s == 22                       # 11 s x 2 CPUs
     assert (rec.exit_code, rec.derived_exit_code) == ("0:0", "0:0")
     assert (rec.user, rec.group, rec.account, rec.partition, rec.qos) == (
