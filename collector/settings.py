@@ -156,6 +156,9 @@ SPECS: tuple[Spec, ...] = (
          str.strip, None, "File holding the slurmrestd JWT (alone, or as SLURM_JWT=...)."),
     Spec("slurmrestd_timeout_s", "HPC_BILLING_SLURMRESTD_TIMEOUT", "--slurmrestd-timeout",
          parse_duration_s, "120", "How long one slurmrestd request may take."),
+    Spec("slurmrestd_timezone", "HPC_BILLING_SLURMRESTD_TIMEZONE", "--slurmrestd-timezone",
+         _parse_timezone, "UTC",
+         "The time zone slurmrestd runs in (its TZ): it reads the window's times in it."),
     Spec("poll_interval_s", "HPC_BILLING_POLL_INTERVAL", "--poll-interval", parse_duration_s, "5m",
          "Time between polls of the daemon (collect without --once, run)."),
     Spec("stale_after_s", "HPC_BILLING_STALE_AFTER", "--stale-after", parse_duration_s, "15m",
@@ -206,6 +209,7 @@ class Settings:
     slurmrestd_token: str | None
     slurmrestd_token_file: str | None
     slurmrestd_timeout_s: float
+    slurmrestd_timezone: str
     poll_interval_s: float
     stale_after_s: float
     node_interval_s: float

@@ -28,7 +28,8 @@ def make_source(settings: Settings) -> Source:
         return SlurmrestdSource(url=settings.slurmrestd_url, user=settings.slurmrestd_user,
                                 token=settings.slurmrestd_token,
                                 token_file=settings.slurmrestd_token_file,
-                                timeout_s=settings.slurmrestd_timeout_s, cluster=settings.cluster)
+                                timeout_s=settings.slurmrestd_timeout_s, cluster=settings.cluster,
+                                server_timezone=settings.slurmrestd_timezone)
     if settings.source == "pyslurm":
         from collector.slurm.pyslurmsource import PyslurmSource
 

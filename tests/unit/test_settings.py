@@ -85,3 +85,24 @@ def test_env_example_documents_every_variable_and_nothing_else():
 
 def test_settings_fields_match_specs():
     assert [f.name for f in dataclasses.fields(Settings)] == [s.field for s in SPECS]
+
+
+def test_slurmrestd_settings_reach_the_source(tmp_path):
+    from zoneinfo import ZoneInfo
+
+    from collector.sources import make_source
+
+    token = tmp_path / "jwt"
+    token.write_text("SLURM_JWT=abc\n", encoding="utf-8")
+    s = Settings.load({"HPC_BILLING_SOURCE": "slurmrestd", "HPC_BILLING_CLUSTER": "lab",
+                       "HPC_BILLING_SLURMRESTD_URL": "http://127.0.0.1:6820",
+                       "HPC_BILLING_SLURMRESTD_USER": "hpcbilling",
+                       "HPC_BILLING_SLURMRESTD_TOKEN_FILE": str(token),
+                       "HPC_BILLING_SLURMRESTD_TIMEZONE": "America/New_York",
+                       "HPC_BILLING_SLURMRESTD_TIMEOUT": "30s"})
+    source = make_source(s)
+    assert source.server_tz == ZoneInfo("America/New_York")
+    assert (source.url, source.user, source.token_file, source.timeout_s, source.cluster) == (
+        "http://127.0.0.1:6820", "hpcbilling", str(token), 30.0, "lab")
+    with pytest.raises(SettingsError, match="HPC_BILLING_SLURMRESTD_TIMEZONE"):
+        Settings.load({"HPC_BILLING_SLURMRESTD_TIMEZONE": "Moon/Base"})

@@ -1,0 +1,429 @@
+"""The slurmrestd source: accounting from ``GET /slurmdb/v0.0.38/jobs`` (Slurm 22.05).
+
+This module owns talking HTTP to slurmrestd: the URL (``http(s)://host:port`` with JWT
+headers, or ``unix:/path/to/slurmrestd.sock`` for rest_auth/local), the token (re-read
+from its file at every fetch, so a rotated token needs no restart), the query of one
+window, cutting that window into chunks that bound memory, the errors, and the filter that
+gives exactly sacct's window semantics. The JSON is parsed by ``jsonparse``, the same code
+as ``sacct --json`` file imports, so both give the same items.
+
+Facts about slurmrestd 22.05.8 it relies on (measured on the lab, deploy/lab; RECIPE §8):
+  * ``start_time`` and ``end_time`` are the window parameters that count (they fill the
+    same ``usage_start``/``usage_end`` of slurmdbd's job query that sacct's ``-S``/``-E``
+    fill). Both refuse a bare epoch (500 "Unable to parse time format"); an ISO time works
+    only with its colons percent-encoded (raw colons: 400). ``now-3600`` also works.
+  * The ISO time is read in slurmrestd's OWN time zone (the TZ of the slurmrestd process:
+    a slurmrestd with TZ=America/New_York given 15:12:50 searched from 20:12:50 UTC).
+    So the window is written in ``server_timezone`` (default UTC; the lab starts
+    slurmrestd with TZ=UTC). Around a DST fold, where a local time names two instants,
+    the bound is widened by the fold so no job is lost; the client-side filter below
+    removes the extra jobs.
+  * Semantics are sacct's (tested against ``sacct -S -E`` on the lab, see
+    tests/slurm/test_lab_sources.py): a job is returned when Eligible < end_time and
+    (End >= start_time or it has not ended); running and pending jobs are included; held
+    jobs (no Eligible) never are; both records of a requeued job are returned (no flag
+    needed, unlike sacct's ``--duplicates``); times are not truncated to the window.
+    The source still filters every answer to exactly that rule (``_in_window``), so a
+    server that returns a superset (a widened bound, another version) cannot change what
+    is stored.
+  * An empty answer is HTTP 200 with ``errors: [{"error_number": 9003, "error": "Nothing
+    found with query"}]``: that one "error" means no jobs, not a failure.
+  * Without a valid token the answer is 401 "Authentication failure". A slurmdbd-side
+    failure is HTTP 200 with an ``errors`` entry (e.g. 1007 "Protocol authentication
+    error"), and is raised.
+  * rest_auth/local (a Unix socket; the peer's uid is the user) answers 401 to a request
+    that carries ``X-SLURM-USER-*`` headers: configure no user and no token for such a
+    socket. One slurmrestd cannot serve rest_auth/local and JWT at once (JWT needs
+    SLURM_JWT=daemon in its environment, which breaks local auth), so the lab runs two.
+  * Each job costs about 11 KB of JSON. A window is fetched in chunks of at most
+    ``max_window_s`` seconds (default one hour), one request each, so only one chunk's
+    answer is in memory at a time. A job active across several chunks is returned by each
+    of them; it is yielded only by the first. (One case is lost to chunking: a job whose
+    End is BEFORE its Eligible, i.e. cancelled before its ``--begin`` time, with the two in
+    different chunks; no chunk's query matches it. It never ran and costs nothing.)
+
+Differences from the sacct source (Slurm 22.05's JSON lacks them; see jsonparse): ``uid``
+and ``db_index`` are None, ``exit_code`` / ``derived_exit_code`` read ``0:0`` whatever the
+job's exit status, and ``state_raw`` is ``CANCELLED`` where sacct prints ``CANCELLED by
+<uid>``. Everything else is stored identically.
+
+Only the stdlib (http.client, socket, ssl, json) and billing.records are used.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import socket
+import ssl
+import time
+import urllib.parse
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from billing.records import FetchStats, QuarantinedRecord, Window
+from collector.slurm.jsonparse import parse_sacct_json
+from collector.slurm.source import Item, SourceError
+
+UTC = timezone.utc
+JOBS_PATH = "/slurmdb/v0.0.38/jobs"
+# slurm_errno.h: ESLURM_REST_EMPTY_RESULT, "Nothing found with query".
+EMPTY_RESULT = 9003
+_BODY_EXCERPT = 500
+_USER_AGENT = "hpc-billing"
+
+
+class SlurmrestdError(SourceError):
+    """slurmrestd could not deliver a window. Messages never contain the token."""
+
+
+class SlurmrestdConnectionError(SlurmrestdError):
+    """No connection: refused, no such socket, name not resolved, TLS failure."""
+
+
+class SlurmrestdTimeout(SlurmrestdError):
+    """No (complete) answer within the timeout."""
+
+
+class SlurmrestdHTTPError(SlurmrestdError):
+    """An HTTP status other than 200 (401: the user or token was refused)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SlurmrestdAPIError(SlurmrestdError):
+    """HTTP 200 whose ``errors`` array reports a failure (other than "nothing found")."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix stream socket (slurmrestd ``unix:/path`` listeners)."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def read_token_file(path: str) -> str:
+    """The JWT in ``path``: a ``SLURM_JWT=...`` line (what ``scontrol token`` prints,
+    optionally after ``export``) or the bare token. Comments and blank lines are skipped."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise SlurmrestdError(f"slurmrestd: cannot read the token file {path!r}: "
+                              f"{exc.strerror}") from None
+    bare: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].strip()
+        if line.startswith("SLURM_JWT="):
+            return _clean_token(line[len("SLURM_JWT="):], path)
+        if bare is None:
+            bare = line
+    if bare is None:
+        raise SlurmrestdError(f"slurmrestd: the token file {path!r} is empty")
+    return _clean_token(bare, path)
+
+
+def _clean_token(value: str, path: str) -> str:
+    token = value.strip().strip("'\"")
+    if not token or any(c.isspace() for c in token) or "=" in token.rstrip("="):
+        raise SlurmrestdError(f"slurmrestd: the token file {path!r} does not hold a token "
+                              f"(expected SLURM_JWT=<token> or the token alone)")
+    return token
+
+
+def _whole_seconds(dt: datetime, *, round_up: bool) -> datetime:
+    dt = dt.astimezone(UTC)
+    if round_up and dt.microsecond:
+        return dt.replace(microsecond=0) + timedelta(seconds=1)
+    return dt.replace(microsecond=0)
+
+
+def _fold(dt: datetime, tz: tzinfo) -> timedelta:
+    """How far apart the two instants of ``dt``'s local wall time in ``tz`` are (zero
+    unless the wall time falls in a DST fold, where it names two instants)."""
+    wall = dt.astimezone(tz).replace(tzinfo=None)
+    first = wall.replace(tzinfo=tz, fold=0).utcoffset() or timedelta(0)
+    second = wall.replace(tzinfo=tz, fold=1).utcoffset() or timedelta(0)
+    return abs(first - second)
+
+
+def server_time(dt: datetime, tz: tzinfo, *, lower: bool) -> str:
+    """``dt`` as the percent-encoded ISO wall time slurmrestd reads in its zone ``tz``.
+
+    In a DST fold the wall time is ambiguous; a lower bound is moved earlier and an upper
+    bound later by the fold, so whichever instant slurmrestd picks, the window only grows.
+    """
+    fold = _fold(dt, tz)
+    if fold:
+        dt = dt - fold if lower else dt + fold
+    text = dt.astimezone(tz).strftime("%Y-%m-%dT%H:%M:%S")
+    return urllib.parse.quote(text, safe="")
+
+
+def _epoch(value: Any) -> int:
+    """A dbv0.0.38 time (epoch int; 0 = unset) or a later plugin's {"set", "number"}."""
+    if isinstance(value, dict):
+        if not value.get("set", True):
+            return 0
+        value = value.get("number")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return value
+
+
+def in_window(job: Any, since: int, until: int) -> bool:
+    """sacct's rule without --state: Eligible < until and (End >= since or not ended).
+    Jobs never eligible (held: Eligible unknown) are in no window. A non-object passes,
+    so that the parser quarantines it."""
+    if not isinstance(job, dict):
+        return True
+    times = job.get("time") or {}
+    eligible = _epoch(times.get("eligible"))
+    end = _epoch(times.get("end"))
+    return 0 < eligible < until and (end == 0 or end >= since)
+
+
+class SlurmrestdSource:
+    """Source: one window of accounting from slurmrestd's ``/slurmdb/v0.0.38/jobs``.
+
+    ``url``: ``http://host:port``, ``https://host:port`` (optionally with a path prefix,
+    for a proxy) or ``unix:/path/to/socket``. ``user`` / ``token`` / ``token_file``: the
+    ``X-SLURM-USER-NAME`` and ``X-SLURM-USER-TOKEN`` headers (JWT, rest_auth/jwt); the
+    file, when given, wins and is re-read at every fetch. Headers are sent only when
+    configured: a Unix socket with rest_auth/local needs (and accepts) none.
+    ``timeout_s`` bounds each request; ``cluster`` is sent as the ``cluster`` parameter
+    and used for jobs without one; ``max_window_s`` is the longest span one request
+    covers; ``server_timezone`` is the zone slurmrestd reads times in (its TZ).
+    """
+
+    name = "slurmrestd"
+    windowed = True
+
+    def __init__(self, *, url: str, user: str | None, token: str | None,
+                 token_file: str | None, timeout_s: float, cluster: str | None,
+                 max_window_s: float = 3600, server_timezone: str | tzinfo = "UTC") -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        if max_window_s < 1:
+            raise ValueError(f"max_window_s must be at least 1 second, got {max_window_s!r}")
+        self.url = url.strip().rstrip("/")
+        self.user = user or None
+        self.token = token or None
+        self.token_file = token_file or None
+        self.timeout_s = float(timeout_s)
+        self.cluster = cluster or None
+        self.max_window_s = math.ceil(max_window_s)
+        self.server_tz = (ZoneInfo(server_timezone) if isinstance(server_timezone, str)
+                          else server_timezone)
+        self._connect, self._prefix, self._display = self._parse_url(self.url)
+        self._stats = FetchStats()
+
+    # ------------------------------------------------------------------ configuration
+
+    def _parse_url(self, url: str):
+        if url.startswith("unix:"):
+            path = url[len("unix:"):]
+            if not path.startswith("/"):
+                raise ValueError(f"slurmrestd URL {url!r}: a unix: URL needs an absolute "
+                                 f"socket path (unix:/run/slurmrestd/slurmrestd.sock)")
+            return (lambda: _UnixHTTPConnection(path, self.timeout_s)), "", url
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"slurmrestd URL {url!r}: expected http(s)://host:port or "
+                             f"unix:/path/to/socket")
+        if parts.username or parts.password:
+            raise ValueError("slurmrestd URL: put credentials in the token (file), not the URL")
+        host, port = parts.hostname, parts.port
+        if parts.scheme == "https":
+            context = ssl.create_default_context()
+            connect = (lambda: http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
+                                                           context=context))
+        else:
+            connect = (lambda: http.client.HTTPConnection(host, port, timeout=self.timeout_s))
+        return connect, parts.path.rstrip("/"), f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+    def _current_token(self) -> str | None:
+        if self.token_file:
+            return read_token_file(self.token_file)
+        return self.token
+
+    # ------------------------------------------------------------------ Source
+
+    @property
+    def stats(self) -> FetchStats:
+        return self._stats
+
+    def fetch(self, window: Window | None) -> Iterator[Item]:
+        if window is None:
+            raise SourceError("the slurmrestd source needs a window (it never reads everything)")
+        return self._fetch(window)
+
+    def chunks(self, window: Window) -> list[tuple[int, int]]:
+        """The window in whole epoch seconds (since floored, until rounded up, as sacct's
+        -S/-E), cut into spans of at most ``max_window_s``."""
+        since = int(_whole_seconds(window.since, round_up=False).timestamp())
+        until = int(_whole_seconds(window.until, round_up=True).timestamp())
+        out = []
+        cursor = since
+        while cursor < until:
+            nxt = min(cursor + self.max_window_s, until)
+            out.append((cursor, nxt))
+            cursor = nxt
+        return out
+
+    def _fetch(self, window: Window) -> Iterator[Item]:
+        token = self._current_token()          # once per fetch: picks up a rotated token
+        chunks = self.chunks(window)
+        counters = {"requests": 0, "bytes": 0, "wait": 0.0, "returned": 0, "kept": 0,
+                    "quarantined": 0}
+
+        def publish() -> None:
+            self._stats = FetchStats(
+                lines=0, bytes=counters["bytes"], slurm_seconds=counters["wait"],
+                extra={"url": self._display, "requests": counters["requests"],
+                       "chunks": len(chunks), "jobs_returned": counters["returned"],
+                       "jobs": counters["kept"], "quarantined": counters["quarantined"]})
+
+        publish()
+        try:
+            for index, (start, end) in enumerate(chunks):
+                jobs = self._get_jobs(start, end, token, counters)
+                counters["returned"] += len(jobs)
+                # Exactly sacct's rule for this chunk, and each job once: the chunks a
+                # job is in are consecutive, so it is yielded by the first of them.
+                previous = chunks[index - 1] if index else None
+                kept = [job for job in jobs
+                        if in_window(job, start, end)
+                        and (previous is None or not isinstance(job, dict)
+                             or not in_window(job, *previous))]
+                counters["kept"] += len(kept)
+                del jobs
+                for item in parse_sacct_json({"jobs": kept}, source=self.name,
+                                             default_cluster=self.cluster):
+                    if type(item) is QuarantinedRecord:
+                        counters["quarantined"] += 1
+                    yield item
+                publish()
+        finally:
+            publish()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _query(self, start: int, end: int) -> str:
+        since = datetime.fromtimestamp(start, UTC)
+        until = datetime.fromtimestamp(end, UTC)
+        params = [f"start_time={server_time(since, self.server_tz, lower=True)}",
+                  f"end_time={server_time(until, self.server_tz, lower=False)}"]
+        if self.cluster:
+            params.append("cluster=" + urllib.parse.quote(self.cluster, safe=""))
+        return "&".join(params)
+
+    def _get_jobs(self, start: int, end: int, token: str | None,
+                  counters: dict[str, Any]) -> list[Any]:
+        target = f"{self._prefix}{JOBS_PATH}?{self._query(start, end)}"
+        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+        if self.user:
+            headers["X-SLURM-USER-NAME"] = self.user
+        if token:
+            headers["X-SLURM-USER-TOKEN"] = token
+        where = f"slurmrestd {self._display}: GET {JOBS_PATH}"
+
+        def scrub(text: str) -> str:
+            return text.replace(token, "***") if token else text
+
+        conn = self._connect()
+        started = time.perf_counter()
+        try:
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            status, reason = response.status, response.reason
+        except TimeoutError:
+            raise SlurmrestdTimeout(f"{where}: no answer within {self.timeout_s:g}s") from None
+        except ConnectionRefusedError:
+            raise SlurmrestdConnectionError(
+                f"{where}: connection refused (is slurmrestd running and listening there?)") from None
+        except FileNotFoundError:
+            raise SlurmrestdConnectionError(f"{where}: no such socket") from None
+        except ssl.SSLError as exc:
+            raise SlurmrestdConnectionError(scrub(f"{where}: TLS error: {exc}")) from None
+        except (OSError, http.client.HTTPException) as exc:
+            detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise SlurmrestdConnectionError(scrub(f"{where}: {detail}")) from None
+        finally:
+            counters["wait"] += time.perf_counter() - started
+            counters["requests"] += 1
+            conn.close()
+        counters["bytes"] += len(body)
+
+        doc: Any = None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        errors = doc.get("errors") if isinstance(doc, dict) else None
+        if status != 200:
+            if isinstance(errors, list) and errors:
+                detail = _describe_errors(errors)
+            else:
+                detail = body[:_BODY_EXCERPT].decode("utf-8", "replace").strip() or "(empty body)"
+            hint = (" (the user name or token was refused: check the token's user, "
+                    "lifespan and the token file)" if status in (401, 403) else "")
+            raise SlurmrestdHTTPError(scrub(f"{where}: HTTP {status} {reason}{hint}: {detail}"),
+                                      status)
+        if not isinstance(doc, dict):
+            raise SlurmrestdError(scrub(f"{where}: the answer is not a JSON object: "
+                                        f"{body[:_BODY_EXCERPT].decode('utf-8', 'replace')!r}"))
+        failures = [e for e in (errors or []) if not _is_empty_result(e)]
+        if failures:
+            raise SlurmrestdAPIError(scrub(f"{where}: slurmrestd reports "
+                                           f"{_describe_errors(failures)}"), failures)
+        jobs = doc.get("jobs")
+        if jobs is None and errors:
+            return []                          # "Nothing found": no jobs list needed
+        if not isinstance(jobs, list):
+            raise SlurmrestdError(f"{where}: the answer has no 'jobs' list")
+        return jobs
+
+
+def _is_empty_result(error: Any) -> bool:
+    return isinstance(error, dict) and error.get("error_number") == EMPTY_RESULT
+
+
+def _describe_errors(errors: list[Any]) -> str:
+    parts = []
+    for error in errors[:5]:
+        if isinstance(error, dict):
+            text = error.get("error") or error.get("description") or "error"
+            number = error.get("error_number")
+            source = error.get("source")
+            parts.append(f"{text}" + (f" (error {number}" + (f" in {source}" if source else "")
+                                      + ")" if number is not None else ""))
+        else:
+            parts.append(str(error))
+    more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
