@@ -21,10 +21,22 @@ times in UTC) the way Slurm 22.05's sacct would print it for the given arguments
 
 Environment knobs:
   FAKE_SACCT_MODE      normal (default) | hang | fail | garbage | truncate | truncate_fail | empty
+                       | stderr | fail_full
                        (truncate_fail: half the output, cut mid-line, then a database
-                       error on stderr and exit 1, as when slurmdbd goes away mid-query)
+                       error on stderr and exit 1, as when slurmdbd goes away mid-query;
+                       stderr: the normal output plus warnings on stderr, exit 0;
+                       fail_full: the whole output, then an error and exit 1)
+  FAKE_SACCT_MODE_FILE when set and the file exists, its stripped content is the mode
+                       (read at every call, so a test switches faults between polls of one
+                       long-running collector)
   FAKE_SACCT_ARGV_LOG  write {"argv": [...], "env": {...}} (JSON) to this path
+  FAKE_SACCT_ARGV_LOG_APPEND  append the same JSON, one line per call, to this path
   FAKE_SACCT_PID_FILE  (hang) write "<own pid> <child pid>" here once both run
+  FAKE_SACCT_GATE      pause mid-output: after FAKE_SACCT_GATE_AFTER lines (default: half)
+                       are written and flushed, create FAKE_SACCT_GATE + ".reached" (holding
+                       our pid) and wait until the file FAKE_SACCT_GATE exists (at most
+                       FAKE_SACCT_GATE_TIMEOUT s, default 120), then write the rest. Only
+                       calls that find no ".reached" file pause (one pause per test).
 """
 
 from __future__ import annotations
@@ -135,14 +147,48 @@ def noconvert(column: str, value: str) -> str:
     return value
 
 
+def current_mode() -> str:
+    mode_file = os.environ.get("FAKE_SACCT_MODE_FILE")
+    if mode_file:
+        try:
+            text = Path(mode_file).read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if text:
+            return text
+    return os.environ.get("FAKE_SACCT_MODE", "normal")
+
+
+def write_lines(out, body: list[bytes]) -> None:
+    """Write the output lines, pausing at the gate when one is configured."""
+    gate = os.environ.get("FAKE_SACCT_GATE")
+    reached = Path(gate + ".reached") if gate else None
+    if reached is None or reached.exists():
+        out.write(b"".join(line + b"\n" for line in body))
+        return
+    after = int(os.environ.get("FAKE_SACCT_GATE_AFTER") or len(body) // 2)
+    out.write(b"".join(line + b"\n" for line in body[:after]))
+    out.flush()
+    reached.write_text(str(os.getpid()))
+    deadline = time.monotonic() + float(os.environ.get("FAKE_SACCT_GATE_TIMEOUT", "120"))
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out.write(b"".join(line + b"\n" for line in body[after:]))
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    record = json.dumps({"argv": argv, "env": {
+        "TZ": os.environ.get("TZ"),
+        "SLURM_TIME_FORMAT": os.environ.get("SLURM_TIME_FORMAT")}})
     log = os.environ.get("FAKE_SACCT_ARGV_LOG")
     if log:
-        Path(log).write_text(json.dumps({"argv": argv, "env": {
-            "TZ": os.environ.get("TZ"),
-            "SLURM_TIME_FORMAT": os.environ.get("SLURM_TIME_FORMAT")}}))
-    mode = os.environ.get("FAKE_SACCT_MODE", "normal")
+        Path(log).write_text(record)
+    append_log = os.environ.get("FAKE_SACCT_ARGV_LOG_APPEND")
+    if append_log:
+        with open(append_log, "a", encoding="utf-8") as handle:
+            handle.write(record + "\n")
+    mode = current_mode()
     opts = parse_args(argv)
 
     if mode == "fail":
@@ -252,9 +298,24 @@ def main() -> None:
         out.write("\n".join(half).encode())
         out.flush()
         fail("sacct: error: slurmdbd: Connection reset by peer")
-    else:
+    elif mode == "fail_full":
         out.write(("\n".join(lines) + "\n").encode() if lines else b"")
-    out.flush()
+        out.flush()
+        fail("sacct: error: slurmdbd: Getting response to message type: DBD_GET_JOBS_COND")
+    else:
+        if mode == "stderr":
+            sys.stderr.write("sacct: error: Problem with some other sacct option (a warning)\n"
+                             "sacct: fatal: not really\n")
+            sys.stderr.flush()
+        try:
+            write_lines(out, [line.encode() for line in lines])
+        except BrokenPipeError:
+            # Our reader went away (its collector was killed): exit quietly like sacct.
+            os._exit(141)
+    try:
+        out.flush()
+    except BrokenPipeError:
+        os._exit(141)
 
 
 if __name__ == "__main__":

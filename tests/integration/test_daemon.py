@@ -7,111 +7,24 @@ PostgreSQL and a fake sacct executable (the process boundary), talks to it over 
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from collector.store import db as store_db
+from tests.daemonkit import FAKE_SACCT, Daemon
+from tests.daemonkit import poll_runs as _poll_runs
+from tests.daemonkit import wait_for as _wait
 from tests.helpers import executable_wrapper
-
-ROOT = Path(__file__).resolve().parents[2]
-FAKE_SACCT = ROOT / "tests" / "fakes" / "fake_sacct.py"
-DEMO_CARD = ROOT / "collector" / "data" / "demo-rates.toml"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get(port: int, path: str, timeout: float = 5) -> tuple[int, dict | str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
-            body = resp.read().decode()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        body, status = exc.read().decode(), exc.code
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body
-
-
-def _wait(predicate, timeout: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except (urllib.error.URLError, ConnectionError, OSError) as exc:
-            last = exc
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class Daemon:
-    def __init__(self, db_url: str, sacct: Path, *extra: str, env: dict[str, str] | None = None):
-        self.port = _free_port()
-        self.log = Path(f"/tmp/hpcb-daemon-{self.port}.log")
-        self.log_handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "collector.cli", "run", "--source", "sacct", "--sacct", str(sacct),
-                "--cluster", "lab", "--lookback", "3650d", "--poll-interval", "1s",
-                "--node-interval", "1h", "--stale-after", "30s", "--bind", f"127.0.0.1:{self.port}",
-                "--rates", str(DEMO_CARD), *extra]
-        self.proc = subprocess.Popen(argv, stdout=self.log_handle, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, "DATABASE_URL": db_url, **(env or {})})
-
-    def get(self, path: str, timeout: float = 5):
-        return _get(self.port, path, timeout)
-
-    def ready(self) -> bool:
-        status, _ = self.get("/readyz")
-        return status == 200
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.log_handle.close()
-
-    def output(self) -> str:
-        if not self.log_handle.closed:
-            self.log_handle.flush()
-        return self.log.read_text()
 
 
 @pytest.fixture()
 def fake_sacct(tmp_path) -> Path:
     return executable_wrapper(tmp_path / "bin", "sacct", FAKE_SACCT)
-
-
-def _poll_runs(db_url: str) -> list[tuple]:
-    engine = store_db.make_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(
-                "SELECT id, outcome, started_at, finished_at, jobs_inserted FROM collector_runs "
-                "WHERE kind = 'poll' ORDER BY id")))
-    finally:
-        engine.dispose()
 
 
 def test_run_serves_probes_polls_and_stops_cleanly_on_sigterm(db_url, fake_sacct):
