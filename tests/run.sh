@@ -35,6 +35,17 @@ if ! command -v promtool >/dev/null; then
         echo "tests: promtool is missing (apt-get install prometheus); its test will be skipped" >&2
     fi
 fi
+if ! command -v docker-compose >/dev/null || ! command -v systemd-analyze >/dev/null; then
+    # tests/deploy: `docker-compose config` validates compose.yaml (no Docker engine needed),
+    # `systemd-analyze security --offline` rates the systemd unit.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "tests: installing docker-compose and systemd-analyze (Debian packages docker-compose, systemd)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose systemd >/dev/null
+    else
+        echo "tests: docker-compose or systemd-analyze is missing; their tests will be skipped" >&2
+    fi
+fi
 if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
