@@ -117,12 +117,18 @@ def _money_unit_overrides(*columns: str) -> list[dict[str, Any]]:
              "properties": [{"id": "decimals", "value": 2}]} for c in columns]
 
 
-def money() -> Board:
-    b = Board("hpcb-money", "hpc-billing: money",
-              "Charges posted by hpc-billing, from the reporting views in PostgreSQL. "
-              "Per-period panels show whole billing periods overlapping the time range "
-              "(what finance bills); per-day panels place each line at its job's end.")
+def _sql_board(uid: str, title: str, description: str) -> Board:
+    """A PostgreSQL dashboard with its cluster variable."""
+    b = Board(uid, title, description)
     b.variable("cluster", "cluster", PG, "SELECT cluster FROM reporting.clusters ORDER BY 1")
+    return b
+
+
+def money() -> Board:
+    b = _sql_board("hpcb-money", "hpc-billing: money",
+                   "Charges posted by hpc-billing, from the reporting views in PostgreSQL. "
+                   "Per-period panels show whole billing periods overlapping the time range "
+                   "(what finance bills); per-day panels place each line at its job's end.")
     b.variable("account", "account", PG,
                "SELECT account FROM reporting.charges "
                "WHERE account IS NOT NULL AND $__timeFilter(spent_at) "
@@ -218,11 +224,10 @@ def money() -> Board:
 
 
 def usage() -> Board:
-    b = Board("hpcb-usage", "hpc-billing: usage",
-              "Allocated CPU, GPU and memory hours of the jobs that ended in the range "
-              "(reporting.job_usage), and the utilisation of the nodes from the node "
-              "inventory snapshots (reporting.node_utilisation_daily).")
-    b.variable("cluster", "cluster", PG, "SELECT cluster FROM reporting.clusters ORDER BY 1")
+    b = _sql_board("hpcb-usage", "hpc-billing: usage",
+                   "Allocated CPU, GPU and memory hours of the jobs that ended in the range "
+                   "(reporting.job_usage), and the utilisation of the nodes from the node "
+                   "inventory snapshots (reporting.node_utilisation_daily).")
     b.variable("account", "account", PG,
                "SELECT DISTINCT account FROM reporting.job_usage "
                "WHERE account IS NOT NULL AND $__timeFilter(end_time) ORDER BY 1")
