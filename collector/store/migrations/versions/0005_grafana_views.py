@@ -21,6 +21,10 @@ role needs; the base tables stay closed to it.
 - ``reporting.node_utilisation_daily(since, until, cluster)``: the utilisation function
   of 0004, SECURITY DEFINER so that the role needs no access to ``node_snapshots``.
 
+Views pin what they read: a later revision that changes the type of a column a view reads,
+or rebuilds ``jobs`` or ``charge_lines`` (partitioning), must drop the views first and
+create them again (``CREATE OR REPLACE VIEW`` with the same columns keeps the grants).
+
 Periods here are calendar months in UTC (a card with another zone starts its periods a few
 hours earlier or later; ``spent_at`` is clipped into the UTC month).
 
@@ -32,7 +36,7 @@ deploy/sql/roles.sql grants the same after the fact. Nothing here needs CREATERO
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-11-29
+Create Date: 2026-11-22
 """
 
 from __future__ import annotations
