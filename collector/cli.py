@@ -282,19 +282,24 @@ def _make_pricer(database: Database, settings: Settings, card_and_text, *, as_of
 
 
 def _collect_once(database: Database, settings: Settings, card_and_text=None) -> int:
+    """One poll; when it stored a bounded catch-up window that ends before now (a backlog
+    after an outage, see pipeline.poll_window), the next windows follow until caught up."""
     from collector import pipeline
-    from collector.scheduler import poll_once
+    from collector.scheduler import behind, poll_once
 
-    try:
-        result = poll_once(database.sessions, settings, card_and_text)
-    except pipeline.CollectError as exc:
-        log.error("%s", exc.result.summary())
-        return EXIT_FAILED
-    log.info("%s", result.summary())
-    if result.quarantined:
-        log.warning("%d record(s) quarantined: see 'hpc-billing quarantine --run %d'",
-                    result.quarantined, result.run_id)
-    return EXIT_OK
+    while True:
+        now = datetime.now(timezone.utc)
+        try:
+            result = poll_once(database.sessions, settings, card_and_text, now=now)
+        except pipeline.CollectError as exc:
+            log.error("%s", exc.result.summary())
+            return EXIT_FAILED
+        log.info("%s", result.summary())
+        if result.quarantined:
+            log.warning("%d record(s) quarantined: see 'hpc-billing quarantine --run %d'",
+                        result.quarantined, result.run_id)
+        if not behind(result, now):
+            return EXIT_OK
 
 
 def _card_for(settings: Settings):

@@ -223,12 +223,18 @@ def floor_second(dt: datetime) -> datetime:
 
 
 def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
-                overlap_s: float, lookback_s: float, stream: str = POLL_STREAM) -> Window:
+                overlap_s: float, lookback_s: float, stream: str = POLL_STREAM,
+                max_ahead_s: float | None = None) -> Window:
     """The next poll's window: [watermark - overlap, now), or [now - lookback, now) at first.
 
     sacct selects jobs eligible before -E that ended after -S or are still pending or
     running (sacct(1), "Without --state"; see RECIPE §6), so re-reading an overlap before
     the watermark catches records slurmdbd wrote late without missing running jobs.
+
+    ``max_ahead_s`` bounds how far past the watermark one window reaches: after an outage
+    the backlog is read in windows of at most that much new time (each its own
+    transaction and sacct call, within the sacct timeout) instead of in one window as long
+    as the outage; the window then ends before ``now`` and the caller polls again.
     """
     until = floor_second(now.astimezone(timezone.utc))
     with session_factory() as session:  # type: ignore[attr-defined]
@@ -237,6 +243,8 @@ def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
         since = until - timedelta(seconds=lookback_s)
     else:
         since = floor_second(mark - timedelta(seconds=overlap_s))
+        if max_ahead_s is not None:
+            until = min(until, floor_second(mark) + timedelta(seconds=max(max_ahead_s, 1)))
     if since >= until:
         since = until - timedelta(seconds=max(overlap_s, 1))
     return Window(since, until)

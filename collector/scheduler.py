@@ -47,7 +47,8 @@ def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] 
     source = make_source(settings)
     if source.windowed:
         window = pipeline.poll_window(sessions, cluster=settings.cluster, now=now,  # type: ignore[arg-type]
-                                      overlap_s=settings.overlap_s, lookback_s=settings.lookback_s)
+                                      overlap_s=settings.overlap_s, lookback_s=settings.lookback_s,
+                                      max_ahead_s=settings.backfill_chunk_s)
         kind, stream = "poll", pipeline.POLL_STREAM
     else:
         window, kind, stream = None, "file", None
@@ -58,6 +59,13 @@ def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] 
                                       as_of=now.replace(microsecond=0))
     return pipeline.collect(sessions, source, cluster=settings.cluster, window=window, kind=kind,
                             stream=stream, batch_rows=settings.batch_rows, pricer=pricer)
+
+
+def behind(result: pipeline.RunResult, now: datetime) -> bool:
+    """True when an ok poll stored a window that ends before ``now``: a backlog (after an
+    outage) is being caught up in bounded windows, and the next one should follow at once."""
+    return (result.outcome == "ok" and result.window is not None
+            and result.window.until < pipeline.floor_second(now.astimezone(timezone.utc)))
 
 
 def _report(result: pipeline.RunResult, cluster: str) -> PollReport:
@@ -120,12 +128,22 @@ class Daemon:
     def _is_leader(self) -> bool:
         leader = self.leader.ensure()
         self.health.set_leader(leader)
-        if leader != self._was_leader:
+        if leader != self._was_leader and self.leader.error is None:
             if not leader:
                 log.info("not the leader: another collector polls cluster %s; serving the API only",
                          self.settings.cluster)
             self._was_leader = leader
         return leader
+
+    def _election_failed(self, error: str) -> None:
+        """No database to elect a leader with: that poll failed (logged and counted), it
+        was not skipped for another collector. The watermark stays where it was."""
+        self._was_leader = None
+        log.error("poll failed: the database is unreachable (leader election): %s", error)
+        self.health.poll_started()
+        self.health.poll_finished(PollReport(cluster=self.cluster, outcome="failed",
+                                             duration_s=0.0, source_s=0.0,
+                                             error=f"leader election: {error}"))
 
     def _poll_job(self) -> None:
         if self._stopping.is_set():
@@ -133,15 +151,26 @@ class Daemon:
         started = False
         try:
             if not self._is_leader():
+                if self.leader.error is not None:
+                    self._election_failed(self.leader.error)
                 return
-            self.health.poll_started()
-            started = True
-            try:
-                result = poll_once(self.sessions, self.settings, self.card_and_text)
-            except pipeline.CollectError as exc:
-                result = exc.result
-            (log.info if result.outcome == "ok" else log.error)("%s", result.summary())
-            self.health.poll_finished(_report(result, self.cluster))
+            while True:
+                self.health.poll_started()
+                started = True
+                now = datetime.now(timezone.utc)
+                try:
+                    result = poll_once(self.sessions, self.settings, self.card_and_text, now=now)
+                except pipeline.CollectError as exc:
+                    result = exc.result
+                (log.info if result.outcome == "ok" else log.error)("%s", result.summary())
+                started = False
+                self.health.poll_finished(_report(result, self.cluster))
+                # Catching up a backlog: the next bounded window at once, not an interval later.
+                if not behind(result, now) or self._stopping.is_set() or not self._is_leader():
+                    break
+                log.info("catching up: the stored windows end at %s, %s behind",
+                         f"{result.window.until:%Y-%m-%dT%H:%M:%SZ}",  # type: ignore[union-attr]
+                         now.replace(microsecond=0) - result.window.until)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - the one catch-all: log once, keep scheduling
             log.error("poll failed before it could be logged as a run: %s: %s", type(exc).__name__, exc)
             if started:

@@ -44,6 +44,9 @@ class LeaderLock:
         self._conn: Connection | None = None
         self._lock = threading.Lock()
         self.held = False
+        # Why the last ensure() could not answer (the database, not another collector,
+        # said no): "OperationalError: ...". None when the database answered.
+        self.error: str | None = None
 
     def ensure(self) -> bool:
         """True when this process is the leader now (taking the lock if it is free)."""
@@ -56,6 +59,7 @@ class LeaderLock:
                     log.warning("lost leadership: the lock's database session failed (%s)",
                                 type(exc).__name__)
                     self._drop()
+                    self.error = _describe(exc)
             try:
                 if self._conn is None:
                     self._conn = self._engine.connect()
@@ -65,7 +69,9 @@ class LeaderLock:
             except Exception as exc:  # noqa: BLE001 - no database, no leadership; retried next time
                 log.debug("leader election failed: %s", type(exc).__name__)
                 self._drop()
+                self.error = _describe(exc)
                 return False
+            self.error = None
             if got and not self.held:
                 log.info("this process is now the leader (advisory lock %d)", self.key)
             self.held = got
@@ -91,6 +97,13 @@ class LeaderLock:
                 pass
         self._conn = None
         self.held = False
+
+
+def _describe(exc: Exception) -> str:
+    """``Type: first line`` of a database error (libpq messages name host and port, never a
+    password)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:500]
 
 
 def _connect_args(engine: Engine) -> dict[str, object]:
