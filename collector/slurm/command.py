@@ -12,7 +12,11 @@ Output is streamed: the function is a generator that yields stdout lines as they
 so a 100,000-job window never sits in memory as one string.
 
 * Lines are yielded WITHOUT their trailing ``"\\n"``. Only ``"\\n"`` ends a line; a ``"\\r"``
-  inside a field is kept as data. A last line without a newline is yielded as is.
+  inside a field is kept as data. A last line without a newline is yielded as is, and then, even when the command exited 0,
+  ``SlurmCommandError`` is raised: Slurm's clients end every line they print, so such
+  output was cut short (a killed or crashed client, a broken pipe) and the poll must fail
+  rather than move its watermark past records it never saw (``complete_lines=False``
+  turns the check off).
 * Bytes are decoded as UTF-8 with ``errors="replace"``: an invalid byte (a job name typed in
   Latin-1, say) becomes U+FFFD instead of crashing the poll. "replace" rather than
   "surrogateescape" because the text ends up in PostgreSQL, which rejects lone surrogates.
@@ -55,7 +59,8 @@ def _kill_group(pid: int) -> None:
 
 
 def slurm_command(argv: Sequence[str], *, timeout_s: float,
-                  env: Mapping[str, str] | None = None) -> Iterator[str]:
+                  env: Mapping[str, str] | None = None,
+                  complete_lines: bool = True) -> Iterator[str]:
     """Run ``argv`` and yield its stdout lines (newline stripped) as they arrive.
 
     The child's environment is ``os.environ`` plus ``TZ=UTC`` plus ``env``. The child leads
@@ -63,8 +68,9 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
 
     Raises (during iteration):
       SlurmTimeout       the command ran past ``timeout_s``; its process group was killed.
-      SlurmCommandError  the binary could not be started, or it exited non-zero (raised
-                         after all of stdout has been yielded).
+      SlurmCommandError  the binary could not be started, or it exited non-zero, or (with
+                         ``complete_lines``) its output ended in the middle of a line
+                         (raised after all of stdout has been yielded).
     Closing the generator early (``close()``, ``break`` in a for loop, garbage collection)
     kills the process group and reaps the child.
     """
@@ -110,11 +116,14 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
         timer.daemon = True
         timer.start()
         finished = False
+        unterminated = b""
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:          # BufferedReader: lines end only at b"\n"
                 if raw.endswith(b"\n"):
                     raw = raw[:-1]
+                else:
+                    unterminated = raw       # only the last line can lack its newline
                 yield raw.decode("utf-8", errors="replace")
             returncode = proc.wait()
             with lock:
@@ -140,3 +149,9 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
                 raise SlurmCommandError(argv, returncode, stderr,
                                         f"killed by signal {-returncode}")
             raise SlurmCommandError(argv, returncode, stderr)
+        if unterminated and complete_lines:
+            raise SlurmCommandError(
+                argv, returncode, stderr,
+                "output ended in the middle of a line (truncated): the last record is "
+                "incomplete, so this output is not trusted; the cut line begins "
+                + repr(unterminated[:200].decode("utf-8", errors="replace")))

@@ -78,7 +78,18 @@ def test_child_environment_has_tz_utc_and_extra_env(monkeypatch):
 
 def test_undecodable_bytes_and_missing_final_newline():
     code = r"import sys; sys.stdout.buffer.write(b'ok\xff\n\rcr\x1fus\nlast')"
-    assert list(slurm_command(py(code), timeout_s=30)) == ["ok\ufffd", "\rcr\x1fus", "last"]
+    seen = []
+    # A last line without its newline is still yielded (the parser quarantines it), then
+    # the output is refused as truncated although the command exited 0.
+    with pytest.raises(SlurmCommandError, match="truncated") as caught:
+        for line in slurm_command(py(code), timeout_s=30):
+            seen.append(line)
+    assert seen == ["ok\ufffd", "\rcr\x1fus", "last"]
+    assert caught.value.returncode == 0
+    assert list(slurm_command(py(code), timeout_s=30, complete_lines=False)) == [
+        "ok\ufffd", "\rcr\x1fus", "last"]
+    assert list(slurm_command(py("print('a'); print('b')"), timeout_s=30)) == ["a", "b"]
+    assert list(slurm_command(py("pass"), timeout_s=30)) == []
 
 
 def test_timeout_kills_the_whole_process_group(sacct, tmp_path, monkeypatch):

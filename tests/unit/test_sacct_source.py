@@ -147,13 +147,18 @@ def test_garbage_is_quarantined_and_good_records_survive(sacct, monkeypatch):
     assert without_line_no(good) == without_line_no(direct_parse())
 
 
-def test_truncated_output_quarantines_the_last_record(sacct, monkeypatch):
+def test_truncated_output_fails_the_fetch_after_every_complete_record(sacct, monkeypatch):
+    """sacct exits 0 but its last line has no newline: every complete record before it
+    arrives, then the fetch fails (naming the cut line), so the poll stores nothing and
+    its watermark stays (tests/integration/test_collect.py)."""
     monkeypatch.setenv("FAKE_SACCT_MODE", "truncate")
-    items = list(SacctSource(sacct_path=sacct, timeout_s=30, cluster=None).fetch(ALL_DAY))
-    last = items[-1]
-    assert isinstance(last, QuarantinedRecord) and "truncated" in last.reason
-    assert last.job_id == "21.batch"
-    assert without_line_no(items[:-1]) == without_line_no(direct_parse()[:-1])
+    items = []
+    with pytest.raises(SlurmCommandError, match="truncated") as caught:
+        for item in SacctSource(sacct_path=sacct, timeout_s=30, cluster=None).fetch(ALL_DAY):
+            items.append(item)
+    assert caught.value.returncode == 0
+    assert "the cut line begins '21.batch" in str(caught.value)
+    assert without_line_no(items) == without_line_no(direct_parse()[:-1])
 
 
 def test_empty_output(sacct, monkeypatch):
