@@ -33,6 +33,11 @@ from collector.store.leader import LeaderLock
 
 log = logging.getLogger("hpc_billing.scheduler")
 
+# On SIGTERM a running poll gets this long to finish before its Slurm command is killed
+# (it then fails and rolls back). Below Docker's default 10 s stop timeout, so the
+# process exits cleanly before it would be SIGKILLed.
+STOP_GRACE_S = 5.0
+
 
 def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] | None, *,
               now: datetime | None = None) -> pipeline.RunResult:
@@ -90,6 +95,8 @@ class Daemon:
         self.cluster = settings.cluster or "(file)"
         self.leader = LeaderLock(engine, settings.cluster)
         self._stopping = threading.Event()
+        self._idle = threading.Event()       # set while no poll runs
+        self._idle.set()
         self._was_leader: bool | None = None
         self._nodes_disabled_logged = False
         self.scheduler = BackgroundScheduler(
@@ -111,12 +118,22 @@ class Daemon:
                  self.settings.poll_interval_s, self.settings.node_interval_s,
                  self.settings.source, self.settings.cluster)
 
-    def stop(self) -> None:
-        """Let a running poll finish, stop the scheduler, give up leadership."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Let a running poll finish (for at most ``grace_s``; after that its Slurm command
+        is killed, so the poll fails and rolls back), stop the scheduler, give up
+        leadership."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        log.info("stopping: waiting for a running poll to finish")
+        if not self._idle.is_set():
+            log.info("stopping: waiting up to %ss for the running poll to finish", grace_s)
+            if not self._idle.wait(grace_s):
+                from collector.slurm.command import cancel_running
+
+                cancelled = cancel_running()
+                log.warning("stopping: the poll is still running after %ss; cancelled %d "
+                            "Slurm command(s), the poll rolls back and the next run "
+                            "repeats its window", grace_s, cancelled)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.leader.release()
@@ -146,6 +163,15 @@ class Daemon:
                                              error=f"leader election: {error}"))
 
     def _poll_job(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._idle.clear()
+        try:
+            self._poll_job_body()
+        finally:
+            self._idle.set()
+
+    def _poll_job_body(self) -> None:
         if self._stopping.is_set():
             return
         started = False

@@ -38,6 +38,23 @@ from collector.slurm.source import SlurmCommandError, SlurmTimeout
 # Keep at most this much of stderr for the error message / log (the tail is what matters).
 _STDERR_LIMIT = 64 * 1024
 
+# The cancel functions of the Slurm commands running now (cancel_running kills them all).
+_RUNNING: dict[int, object] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def cancel_running() -> int:
+    """Kill every Slurm command this process is running now (with its children); each
+    one's reader then raises ``SlurmCommandError("cancelled ...")``. The daemon calls it on
+    shutdown when a poll is still waiting for sacct after the grace period: the poll fails
+    and rolls back instead of holding SIGTERM for up to the sacct timeout. Returns how
+    many commands were cancelled."""
+    with _RUNNING_LOCK:
+        cancels = list(_RUNNING.values())
+    for cancel in cancels:
+        cancel()  # type: ignore[operator]
+    return len(cancels)
+
 
 def _read_stderr(handle) -> str:
     """Return (the tail of) what the child wrote to its stderr temp file."""
@@ -104,7 +121,7 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
         # the group", so a deadline that falls just after a clean exit neither kills a
         # reaped pid nor turns a success into a timeout.
         lock = threading.Lock()
-        state = {"done": False, "timed_out": False}
+        state = {"done": False, "timed_out": False, "cancelled": False}
 
         def _watchdog() -> None:
             with lock:
@@ -112,6 +129,14 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
                     state["timed_out"] = True
                     _kill_group(proc.pid)
 
+        def _cancel() -> None:
+            with lock:
+                if not state["done"]:
+                    state["cancelled"] = True
+                    _kill_group(proc.pid)
+
+        with _RUNNING_LOCK:
+            _RUNNING[proc.pid] = _cancel
         timer = threading.Timer(timeout_s, _watchdog)
         timer.daemon = True
         timer.start()
@@ -131,6 +156,8 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
             finished = True
         finally:
             timer.cancel()
+            with _RUNNING_LOCK:
+                _RUNNING.pop(proc.pid, None)
             if not finished:
                 # Consumer closed us early, or an exception came through the yield.
                 with lock:
@@ -142,6 +169,9 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
                 proc.stdout.close()
 
         stderr = _read_stderr(err)
+        if state["cancelled"]:
+            raise SlurmCommandError(argv, None, stderr,
+                                    "cancelled: the collector is shutting down")
         if state["timed_out"]:
             raise SlurmTimeout(argv, None, stderr, f"timed out after {timeout_s}s")
         if returncode != 0:
