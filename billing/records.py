@@ -113,6 +113,10 @@ class JobRecord:
     energy_j: int | None = None              # ConsumedEnergyRaw
     db_index: int | None = None              # DBIndex: slurmdbd's row id (not a key)
     final: bool = False
+    # blake2b-128 hex of the raw lines this record was parsed from (job line and steps,
+    # with the parser's settings), when they were all parsed: lets a later read of the
+    # same lines skip the job before parsing. Not part of the record's value.
+    raw_digest: str | None = field(default=None, compare=False)
 
     @property
     def gpu_count(self) -> int:

@@ -391,7 +391,8 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
             try:
                 result = pipeline.collect(database.sessions, source, cluster=settings.cluster,
                                           window=window, kind="backfill", stream=stream,
-                                          batch_rows=settings.batch_rows, pricer=pricer)
+                                          batch_rows=settings.batch_rows, pricer=pricer,
+                                          skip_unchanged=settings.skip_unchanged)
             except pipeline.CollectError as exc:
                 if progress.tty:
                     sys.stderr.write("\n")

@@ -128,12 +128,16 @@ class Pricer:
 
 def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,
             window: Window | None, kind: str, stream: str | None,
-            batch_rows: int = 20_000, pricer: Pricer | None = None) -> RunResult:
+            batch_rows: int = 20_000, pricer: Pricer | None = None,
+            skip_unchanged: bool = True) -> RunResult:
     """Store one window (or one whole file) from ``source``; raise CollectError on failure.
 
     ``stream`` names the watermark to move to ``window.until`` on success (None: move
     none, as for file imports). The caller's session factory yields SQLAlchemy sessions.
     With a ``pricer``, every inserted or changed job is priced in the same transaction.
+    With ``skip_unchanged`` (and a source that supports it: sacct, parsable files), jobs
+    whose raw lines are exactly those they were stored from are skipped before parsing
+    and counted as unchanged.
     """
     started = time.monotonic()
     with session_factory() as session:  # type: ignore[attr-defined]
@@ -154,7 +158,13 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
             writer = store_jobs.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
                                           on_changed=on_changed)
             pending_q: list[QuarantinedRecord] = []
-            for item in rollup_steps(source.fetch(window), source=source.name):
+            unchanged = None
+            if skip_unchanged and getattr(source, "skips_unchanged", False):
+                unchanged = store_jobs.UnchangedJobs(session)
+                items = source.fetch(window, unchanged=unchanged)  # type: ignore[call-arg]
+            else:
+                items = source.fetch(window)
+            for item in rollup_steps(items, source=source.name):
                 if isinstance(item, JobRecord):
                     writer.add(item)
                     records += 1
@@ -169,6 +179,10 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
             if pending_q:
                 quarantined += store_runs.add_quarantined(session, run_id, pending_q, cluster)
             counts = writer.counts
+            if unchanged is not None and unchanged.count:
+                records += unchanged.count
+                clusters |= unchanged.clusters
+                counts = counts + store_jobs.UpsertCounts(0, 0, unchanged.count)
             stats = source.stats
             if stream is not None and window is not None:
                 if cluster is None:

@@ -63,7 +63,8 @@ def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] 
         pricer = pipeline.make_pricer(sessions, card, text, source=str(settings.rates),
                                       as_of=now.replace(microsecond=0))
     return pipeline.collect(sessions, source, cluster=settings.cluster, window=window, kind=kind,
-                            stream=stream, batch_rows=settings.batch_rows, pricer=pricer)
+                            stream=stream, batch_rows=settings.batch_rows, pricer=pricer,
+                            skip_unchanged=settings.skip_unchanged)
 
 
 def behind(result: pipeline.RunResult, now: datetime) -> bool:

@@ -99,6 +99,15 @@ def _parse_positive_int(text: str) -> int:
     return value
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def _parse_log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -174,6 +183,9 @@ SPECS: tuple[Spec, ...] = (
          "Size of one backfill window."),
     Spec("batch_rows", "HPC_BILLING_BATCH_ROWS", "--batch-rows", _parse_positive_int, "20000",
          "Jobs per COPY/MERGE batch (memory is bounded by one batch)."),
+    Spec("skip_unchanged", "HPC_BILLING_SKIP_UNCHANGED", "--skip-unchanged", _parse_bool, "true",
+         "Skip jobs whose raw sacct lines are exactly those they were stored from, before "
+         "parsing them (false: parse and compare every job)."),
     Spec("rates", "HPC_BILLING_RATES", "--rates", str.strip, None,
          "Rate-card TOML file."),
     Spec("bind", "HPC_BILLING_BIND", "--bind", _parse_bind, "127.0.0.1:8000",
@@ -217,6 +229,7 @@ class Settings:
     lookback_s: float
     backfill_chunk_s: float
     batch_rows: int
+    skip_unchanged: bool
     rates: str | None
     bind: tuple[str, int]
     api_tokens_file: str | None

@@ -31,7 +31,7 @@ from datetime import tzinfo
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.fields import REQUIRED_FIELDS, SACCT_DELIMITER
 from collector.slurm.jsonparse import parse_sacct_json
-from collector.slurm.sacct import ParsableParser
+from collector.slurm.sacct import ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
 
 _KNOWN_HEADER_HINT = frozenset(name.lower() for name in REQUIRED_FIELDS)
@@ -50,6 +50,7 @@ class FileSource:
     """Source over one exported file (see the module docstring for the formats)."""
 
     windowed = False
+    skips_unchanged = True   # fetch(..., unchanged=) is supported (parsable text only)
 
     def __init__(self, path: str | os.PathLike, *, tz: tzinfo, cluster: str | None) -> None:
         self.path = os.fspath(path)
@@ -62,8 +63,11 @@ class FileSource:
     def stats(self) -> FetchStats:
         return self._stats
 
-    def fetch(self, window: Window | None = None) -> Iterator[Item]:
-        """Yield every record of the file; ``window`` is ignored (windowed is False)."""
+    def fetch(self, window: Window | None = None, *,
+              unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
+        """Yield every record of the file; ``window`` is ignored (windowed is False).
+        ``unchanged``: skip jobs stored from exactly the same lines (parsable text only;
+        see ParsableParser.parse_lines)."""
         try:
             handle = open(self.path, encoding="utf-8", errors="replace", newline="\n")
         except OSError as exc:
@@ -76,7 +80,7 @@ class FileSource:
             if head.lstrip()[:1] == "{":
                 yield from self._json(handle)
             else:
-                yield from self._text(handle)
+                yield from self._text(handle, unchanged)
 
     # ------------------------------------------------------------------------- JSON
 
@@ -104,7 +108,7 @@ class FileSource:
 
     # ------------------------------------------------------------------------- text
 
-    def _text(self, handle) -> Iterator[Item]:
+    def _text(self, handle, unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
         header_line = handle.readline()
         header = header_line.rstrip("\r\n")
         delimiter = SACCT_DELIMITER if SACCT_DELIMITER in header else "|"
@@ -142,7 +146,7 @@ class FileSource:
 
         quarantined = 0
         try:
-            for item in parser.parse_lines(lines(), first_line_no=2):
+            for item in parser.parse_lines(lines(), first_line_no=2, unchanged=unchanged):
                 if type(item) is QuarantinedRecord:
                     quarantined += 1
                 yield item

@@ -26,10 +26,13 @@ The parser never raises on one bad record: any failure converting a record becom
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
@@ -322,6 +325,23 @@ def _opt_int(value: str) -> int | None:
     return None if value in SENTINELS else int(value)
 
 
+# Part of every raw digest: bump it when a change to the parser or the roll-up changes
+# the record some raw lines give, so that every job is parsed (and stored) again once.
+RAW_DIGEST_VERSION = "1"
+# Groups (jobs) per lookup of stored digests.
+SKIP_BATCH_GROUPS = 1000
+
+
+class UnchangedLookup(Protocol):
+    """What ``ParsableParser.parse_lines(unchanged=...)`` asks to skip unchanged jobs."""
+
+    def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
+        """Of these (cluster, job_id_raw, raw_digest), the digests already stored."""
+
+    def skipped(self, cluster: str) -> None:
+        """One job of ``cluster`` was skipped: stored from exactly these lines."""
+
+
 class ParsableParser:
     """Turns ``sacct --parsable2`` lines into Items, streaming, one line of look-ahead.
 
@@ -407,14 +427,35 @@ class ParsableParser:
 
     # ---------------------------------------------------------------- record assembly
 
-    def parse_lines(self, lines: Iterable[str], *, first_line_no: int = 1) -> Iterator[Item]:
-        """Yield one Item per logical record of ``lines`` (numbered from first_line_no)."""
+    def parse_lines(self, lines: Iterable[str], *, first_line_no: int = 1,
+                    unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
+        """Yield one Item per logical record of ``lines`` (numbered from first_line_no).
+
+        With ``unchanged`` (see ``UnchangedLookup``), jobs whose raw lines are exactly
+        those already stored are skipped before they are converted (``_parse_skipping``).
+        """
+        if unchanged is not None:
+            yield from self._parse_skipping(self._assemble(lines, first_line_no), unchanged)
+            return
+        ncols = self._ncols
+        convert = self._convert
+        finish = self._finish
+        for rec in self._assemble(lines, first_line_no):
+            if type(rec) is tuple:
+                fields, raw, ln = rec
+                yield convert(fields, raw, ln) if len(fields) == ncols else finish(fields, raw, ln)
+            else:
+                yield rec
+
+    def _assemble(self, lines: Iterable[str], first_line_no: int
+                  ) -> Iterator[tuple[list[str], str, int] | QuarantinedRecord]:
+        """Physical lines -> logical records: ``(fields, raw, line_no)`` with exactly
+        ncols fields (convert) or more (``_finish`` repairs or quarantines), or a
+        QuarantinedRecord for a record that cannot be completed."""
         ncols = self._ncols
         delim = self.delimiter
         free = self._free
         last_free = self._last_free
-        convert = self._convert
-        finish = self._finish
         source = self.source
 
         src = iter(lines)
@@ -441,12 +482,12 @@ class ParsableParser:
             if n == ncols:
                 if held is not None:
                     hf, hraw, hln = held
-                    yield convert(hf, hraw, hln) if len(hf) == ncols else finish(hf, hraw, hln)
+                    yield hf, hraw, hln
                 if last_free:
                     held = (fields, text, ln)
                 else:
                     held = None
-                    yield convert(fields, text, ln)
+                    yield fields, text, ln
                 continue
             if n == 1 and held is not None and last_free:
                 hf, hraw, hln = held
@@ -456,12 +497,12 @@ class ParsableParser:
             if held is not None:
                 hf, hraw, hln = held
                 held = None
-                yield convert(hf, hraw, hln) if len(hf) == ncols else finish(hf, hraw, hln)
+                yield hf, hraw, hln
             if n > ncols:
                 if last_free:
                     held = (fields, text, ln)
                 else:
-                    yield finish(fields, text, ln)
+                    yield fields, text, ln
                 continue
             # Too few fields: try to rebuild a record split by newlines in free-text fields.
             parts = [text]
@@ -492,7 +533,7 @@ class ParsableParser:
                 if last_free:
                     held = (joined_fields, joined, ln)
                 else:
-                    yield convert(joined_fields, joined, ln)
+                    yield joined_fields, joined, ln
                 continue
             back.extendleft(reversed(consumed))
             if not consumed and not back and not eof:
@@ -516,7 +557,101 @@ class ParsableParser:
                                     job_id=self._best_job_id(fields))
         if held is not None:
             hf, hraw, hln = held
-            yield convert(hf, hraw, hln) if len(hf) == ncols else finish(hf, hraw, hln)
+            yield hf, hraw, hln
+
+    def _digest_salt(self) -> bytes:
+        """What, besides the raw lines, decides the records parsed from them."""
+        return "\x1e".join((RAW_DIGEST_VERSION, self.delimiter, "\x1f".join(self.columns),
+                            str(self.tz), self.default_cluster or "")).encode(
+                                "utf-8", "surrogatepass")
+
+    def _parse_skipping(self, records: Iterator[tuple[list[str], str, int] | QuarantinedRecord],
+                        unchanged: UnchangedLookup) -> Iterator[Item]:
+        """Convert records, skipping the jobs stored from exactly these raw lines.
+
+        Records are grouped per job: a job line and the step lines after it with the same
+        JobIDRaw (how sacct prints them). A group's digest (blake2b-128 over the parser's
+        settings and the group's raw lines, ``RAW_DIGEST_VERSION``) is looked up once per
+        ``SKIP_BATCH_GROUPS`` groups; a job whose stored ``raw_digest`` equals it is
+        skipped without being converted (``unchanged.skipped``). Other jobs are converted
+        and carry the digest to the store (``JobRecord.raw_digest``), unless a record of
+        their group was quarantined. Never skipped: groups with a quarantined or
+        over-long record, step lines without their job line before them, and, within one
+        batch, a job whose step lines also appear apart from it.
+        """
+        ncols = self._ncols
+        convert = self._convert
+        finish = self._finish
+        i_jobid, i_raw, i_cluster = self._ix[0], self._ix[1], self._ix[3]
+        default_cluster = self.default_cluster or ""
+        salt = self._digest_salt()
+        person = b"hpcb-raw"
+        blake2b = hashlib.blake2b
+
+        # group: [cluster, head, skippable, items, digest]
+        groups: list[list] = []
+        current: list | None = None
+
+        def flush() -> Iterator[Item]:
+            asks = []
+            for g in groups:
+                if g[2]:
+                    h = blake2b(salt, digest_size=16, person=person)
+                    for item in g[3]:
+                        h.update(b"\n")
+                        h.update(item[1].encode("utf-8", "surrogatepass"))
+                    g[4] = h.hexdigest()
+                    asks.append((g[0], int(g[1]), g[4]))
+            stored = unchanged.stored(asks) if asks else set()
+            # A job whose steps also appear in a group of their own (no job line before
+            # them) is parsed in full, so that those steps find their job.
+            loose = {g[1] for g in groups if not g[2] and g[1] is not None} if stored else ()
+            for g in groups:
+                if g[2] and g[4] in stored and g[1] not in loose:
+                    unchanged.skipped(g[0])
+                    continue
+                digest = g[4]
+                items = g[3]
+                out: list[Item] = []
+                for item in items:
+                    if type(item) is tuple:
+                        f, raw, ln = item
+                        out.append(convert(f, raw, ln, digest) if len(f) == ncols
+                                   else finish(f, raw, ln))
+                    else:
+                        out.append(item)
+                if digest is not None and len(out) > 1:
+                    if any(type(o) is QuarantinedRecord for o in out):
+                        first = out[0]
+                        if type(first) is JobRecord:
+                            out[0] = dataclasses.replace(first, raw_digest=None)
+                yield from out
+            groups.clear()
+
+        for rec in records:
+            if type(rec) is not tuple or len(rec[0]) != ncols:
+                # Quarantined or over-long: stays with the job it interrupts, which is
+                # then never skipped (nor given a digest).
+                if current is None:
+                    current = [None, None, False, [], None]
+                    groups.append(current)
+                current[2] = False
+                current[3].append(rec)
+                continue
+            f = rec[0]
+            raw_id = f[i_raw]
+            head, dot, _ = raw_id.partition(".")
+            if dot or "." in f[i_jobid]:
+                if current is not None and current[1] == head:
+                    current[3].append(rec)
+                    continue
+                current = [f[i_cluster] or default_cluster, head, False, [rec], None]
+            else:
+                if len(groups) >= SKIP_BATCH_GROUPS:
+                    yield from flush()
+                current = [f[i_cluster] or default_cluster, head, head.isdigit(), [rec], None]
+            groups.append(current)
+        yield from flush()
 
     def _finish(self, fields: list[str], raw: str, line_no: int) -> Item:
         """A record with too many fields: repair it into the one free-text column, or
@@ -545,7 +680,7 @@ class ParsableParser:
 
     # ---------------------------------------------------------------- record conversion
 
-    def _convert(self, f: list[str], raw: str, line_no: int) -> Item:
+    def _convert(self, f: list[str], raw: str, line_no: int, digest: str | None = None) -> Item:
         """One record of exactly ncols fields -> JobRecord / StepUsage / QuarantinedRecord."""
         f.append("")  # the sentinel slot missing columns point at
         (i_jobid, i_raw, i_name, i_cluster, i_part, i_acct, i_user, i_uid, i_group, i_qos,
@@ -648,7 +783,7 @@ class ParsableParser:
                 timelimit_min=tlimit, nodes=nodes, cpus=cpus, mem_bytes=mem,
                 billing=billing, gpus=gpus, node_list=_opt(f[i_nodelist]),
                 cpu_time_alloc_s=cpu_time_alloc, cpu_used_s=cpu_used, energy_j=energy,
-                db_index=db_index, final=is_final_record(state, end),
+                db_index=db_index, final=is_final_record(state, end), raw_digest=digest,
             )
         except Exception as exc:  # noqa: BLE001 - one bad record must never stop a poll
             del f[-1]
@@ -684,6 +819,7 @@ class SacctSource:
 
     name = "sacct"
     windowed = True
+    skips_unchanged = True   # fetch(..., unchanged=) is supported
 
     def __init__(self, *, sacct_path: str, timeout_s: float, cluster: str | None) -> None:
         self.sacct_path = sacct_path
@@ -695,15 +831,18 @@ class SacctSource:
     def stats(self) -> FetchStats:
         return self._stats
 
-    def fetch(self, window: Window | None) -> Iterator[Item]:
+    def fetch(self, window: Window | None, *,
+              unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
+        """``unchanged``: skip jobs stored from exactly the same lines (see parse_lines)."""
         if window is None:
             raise SourceError("the sacct source needs a window (it never reads everything)")
         argv = sacct_argv(self.sacct_path, window, self.cluster)
         parser = ParsableParser(SACCT_FIELDS, delimiter=SACCT_DELIMITER, source=self.name,
                                 tz=UTC, default_cluster=self.cluster)
-        return self._run(argv, parser)
+        return self._run(argv, parser, unchanged)
 
-    def _run(self, argv: list[str], parser: ParsableParser) -> Iterator[Item]:
+    def _run(self, argv: list[str], parser: ParsableParser,
+             unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
         counters = {"lines": 0, "chars": 0, "wait": 0.0}
         self._stats = FetchStats(extra={"argv": argv})
 
@@ -725,7 +864,7 @@ class SacctSource:
 
         quarantined = 0
         try:
-            for item in parser.parse_lines(timed_lines()):
+            for item in parser.parse_lines(timed_lines(), unchanged=unchanged):
                 if type(item) is QuarantinedRecord:
                     quarantined += 1
                 yield item

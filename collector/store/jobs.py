@@ -105,14 +105,15 @@ RECORD_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 _COLUMNS = tuple(col for col, _ in RECORD_COLUMNS)
 _KEY_COLUMNS = ("cluster", "job_id_raw", "submit_time")
-_STAGE_COLUMNS = _COLUMNS + ("content_hash",)
-_WRITER_COLUMNS = frozenset(("content_hash", "first_run_id", "last_run_id", "updated_at"))
+_STAGE_COLUMNS = _COLUMNS + ("content_hash", "raw_digest")
+_WRITER_COLUMNS = frozenset(("content_hash", "raw_digest", "first_run_id", "last_run_id",
+                             "updated_at"))
 
 # Every column of the model is either a record column or set by the writer, and the
 # other way round: a new column in models.py without a place here fails at import.
 if set(Job.__table__.columns.keys()) != set(_STAGE_COLUMNS) | _WRITER_COLUMNS:
     raise RuntimeError("jobs columns and JobWriter's RECORD_COLUMNS disagree")
-if {attr for _, attr in RECORD_COLUMNS} - {"gpu_count"} != set(JobRecord.__slots__):
+if {attr for _, attr in RECORD_COLUMNS} - {"gpu_count"} != set(JobRecord.__slots__) - {"raw_digest"}:
     raise RuntimeError("JobRecord fields and JobWriter's RECORD_COLUMNS disagree")
 
 _NULL = "\\N"
@@ -288,7 +289,8 @@ _SQL_CHANGED = (
 _UPDATE_COLUMNS = tuple(c for c in _STAGE_COLUMNS if c not in _KEY_COLUMNS)
 _SQL_MERGE = (
     f"MERGE INTO jobs AS j USING {_STAGE} AS s ON {_KEY_MATCH}"
-    " WHEN MATCHED AND j.content_hash IS DISTINCT FROM s.content_hash THEN UPDATE SET "
+    " WHEN MATCHED AND (j.content_hash IS DISTINCT FROM s.content_hash"
+    " OR j.raw_digest IS DISTINCT FROM s.raw_digest) THEN UPDATE SET "
     + ", ".join(f"{_quote(c)} = s.{_quote(c)}" for c in _UPDATE_COLUMNS)
     + ", last_run_id = %(run_id)s, updated_at = now()"
     " WHEN NOT MATCHED THEN INSERT ("
@@ -351,8 +353,10 @@ class JobWriter:
     def add(self, rec: JobRecord) -> None:
         line, data = _utf8(_encode(rec))
         # The key uses the aware datetime: equal instants hash equal whatever their zone.
+        digest = rec.raw_digest
         self._batch[(rec.cluster, rec.job_id_raw, rec.submit)] = (
-            line + "\t" + _hash_line(data) + "\n", rec)
+            line + "\t" + _hash_line(data) + ("\t\\N\n" if digest is None else
+                                              "\t" + digest + "\n"), rec)
         self._clusters.add(rec.cluster)
         if len(self._batch) >= self._batch_rows:
             self.flush()
@@ -386,6 +390,43 @@ class JobWriter:
         self._batch = {}
         self._clusters = set()
         return batch_counts
+
+
+_SQL_STORED_DIGESTS = (
+    "SELECT j.raw_digest FROM jobs j"
+    " JOIN unnest(%s::text[], %s::bigint[]) AS k(cluster, job_id_raw)"
+    " ON j.cluster = k.cluster AND j.job_id_raw = k.job_id_raw"
+    " WHERE j.raw_digest = ANY(%s::text[])"
+)
+
+
+class UnchangedJobs:
+    """The store's side of skipping unchanged jobs (``ParsableParser`` ``unchanged=``).
+
+    ``stored`` answers, for one batch of (cluster, job_id_raw, raw_digest), which digests
+    ``jobs`` already holds: one query per batch through the primary key's prefix, in the
+    caller's transaction (so jobs written earlier in the same poll count too). ``count``
+    and ``clusters`` say what was skipped; those jobs are unchanged by definition.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.count = 0
+        self.clusters: set[str] = set()
+
+    def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
+        if not keys:
+            return set()
+        pairs = sorted({(cluster, raw) for cluster, raw, _ in keys})
+        dbapi_conn = self._session.connection().connection.dbapi_connection
+        with dbapi_conn.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(_SQL_STORED_DIGESTS, ([c for c, _ in pairs], [r for _, r in pairs],
+                                              [d for _, _, d in keys]))
+            return {row[0] for row in cur.fetchall()}
+
+    def skipped(self, cluster: str) -> None:
+        self.count += 1
+        self.clusters.add(cluster)
 
 
 def _as_stored(rec: JobRecord) -> JobRecord:

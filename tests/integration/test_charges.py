@@ -116,7 +116,15 @@ def test_migration_0002_up_down_and_matches_models(fresh_database_url: str):
             assert store_db.schema_revision(conn) == "0001"
             assert not charge_tables & set(inspect(conn).get_table_names())
         with Session(engine) as session:
-            store_jobs(session, [job(1)])
+            # A row as revision 0001 stored it (the writer always targets the head schema).
+            j = job(1)
+            session.execute(text(
+                "INSERT INTO clusters (name) VALUES (:c);"
+                "INSERT INTO jobs (cluster, job_id_raw, submit_time, job_id, state, state_raw,"
+                " elapsed_s, nodes, cpus, mem_bytes, final, content_hash)"
+                " VALUES (:c, :raw, :submit, :id, :state, :state, 3600, 1, 8, :mem, true, 'x')"),
+                {"c": j.cluster, "raw": j.job_id_raw, "submit": j.submit, "id": j.job_id,
+                 "state": j.state, "mem": j.mem_bytes})
             session.commit()
 
         store_db.migrate(engine, "0002")
