@@ -686,6 +686,7 @@ def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
     """Price stored jobs in [since, until) again with the current card, in one transaction."""
+    from collector.store import charges as store_charges
     from collector.store import jobs as store_jobs
     from collector.store import runs as store_runs
     from collector.store.jobs import UpsertCounts
@@ -721,6 +722,7 @@ def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
                         chunk = []
                 if chunk:
                     pricer.price(session, chunk, run_id=run_id)
+                store_charges.refresh_rollups(session)
                 store_runs.finish_run(session, run_id, outcome="ok", records_read=read,
                                       counts=UpsertCounts(0, 0, 0), quarantined=0, lines_read=0,
                                       jobs_priced=pricer.jobs_priced, charge_lines=pricer.lines_written,

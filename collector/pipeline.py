@@ -184,6 +184,8 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 clusters |= unchanged.clusters
                 counts = counts + store_jobs.UpsertCounts(0, 0, unchanged.count)
             stats = source.stats
+            # The rollups of the days this window touched, in the same transaction.
+            store_charges.refresh_rollups(session)
             if stream is not None and window is not None:
                 if cluster is None:
                     raise ValueError("a windowed collection needs a cluster for its watermark")

@@ -82,6 +82,9 @@ from collector.store.models import (
     BillingPeriod,
     Budget,
     Charge,
+    ChargeRollupDaily,
+    ChargeRollupDailyJobs,
+    ChargeRollupDirty,
     Job,
     RateCard,
 )
@@ -95,6 +98,9 @@ _JOBS = Job.__table__
 _CARDS = RateCard.__table__
 _PERIODS = BillingPeriod.__table__
 _BUDGETS = Budget.__table__
+_ROLLUP = ChargeRollupDaily.__table__
+_ROLLUP_JOBS = ChargeRollupDailyJobs.__table__
+_DIRTY = ChargeRollupDirty.__table__
 
 
 # ------------------------------------------------------------------------------ errors
@@ -752,9 +758,116 @@ def charge_report(session: Session, *, period: str, group_by: Sequence[str],
     qos; validated against that whitelist) and per currency: amounts in different
     currencies are never added. Sorted by the group values (None last), then currency.
 
-    One SQL statement with two grouping sets: the group totals (distinct jobs, amount)
-    and the per-resource totals within each group.
+    Read from the daily rollups (``charge_report_rollup``) when none is stale, else from
+    the charge lines themselves (``charge_report_raw``); both give the same rows.
     """
+    if session.execute(select(exists().select_from(_DIRTY))).scalar():
+        return charge_report_raw(session, period=period, group_by=group_by, cluster=cluster)
+    return charge_report_rollup(session, period=period, group_by=group_by, cluster=cluster)
+
+
+# The report's group names on the rollup tables ('' there is NULL in jobs).
+def _rollup_group_by(table: Any) -> dict[str, ColumnElement[Any]]:
+    c = table.c
+    return {"account": func.nullif(c.account, ""), "user": func.nullif(c.user_name, ""),
+            "partition": func.nullif(c.partition, ""), "qos": func.nullif(c.qos, ""),
+            "cluster": c.cluster, "resource": c.resource if "resource" in c else None}
+
+
+def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[str],
+                         cluster: str | None = None) -> list[ReportRow]:
+    """``charge_report`` from the daily rollups (migration 0007): per-resource sums from
+    ``charge_rollup_daily``; group totals (distinct jobs, amount) from
+    ``charge_rollup_daily_jobs``, or, when grouping by resource, from the resource rows
+    (a job is in one rollup bucket only, so its distinct counts add up). Only valid when
+    no bucket is dirty (``charge_report`` checks)."""
+    check_period(period)
+    names = [name for name, _ in _group_columns(group_by)]
+    by_resource = "resource" in names
+    fine = _ROLLUP
+    totals_table = fine if by_resource else _ROLLUP_JOBS
+    fine_exprs = [_rollup_group_by(fine)[n] for n in names]
+    total_exprs = [_rollup_group_by(totals_table)[n] for n in names]
+
+    def scoped(stmt: Any, table: Any) -> Any:
+        stmt = stmt.where(table.c.posted_period == period)
+        return stmt.where(table.c.cluster == cluster) if cluster is not None else stmt
+
+    t = totals_table.c
+    totals = scoped(
+        select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), t.currency,
+               func.sum(t.jobs).label("jobs"), func.sum(t.amount).label("amount"))
+        .group_by(*total_exprs, t.currency)
+        .order_by(*(e.asc().nulls_last() for e in total_exprs), t.currency), totals_table)
+    f = fine.c
+    per_resource = scoped(
+        select(*(e.label(f"g{i}") for i, e in enumerate(fine_exprs)), f.currency, f.resource,
+               f.unit, func.sum(f.quantity).label("quantity"),
+               func.sum(f.amount).label("amount"))
+        .group_by(*fine_exprs, f.currency, f.resource, f.unit)
+        .order_by(f.resource, f.unit), fine)
+    rows: dict[tuple[Any, ...], ReportRow] = {}
+    for r in session.execute(totals):
+        values = tuple(r[i] for i in range(len(names)))
+        rows[(values, r.currency)] = ReportRow(group=dict(zip(names, values)),
+                                               currency=r.currency, jobs=int(r.jobs),
+                                               amount=r.amount)
+    for r in session.execute(per_resource):
+        values = tuple(r[i] for i in range(len(names)))
+        resources = rows[(values, r.currency)].resources
+        if r.resource in resources:  # pragma: no cover - replace_charges checks units
+            raise RuntimeError(f"resource {r.resource!r} stored in two units")
+        resources[r.resource] = ResourceTotal(r.quantity, r.unit, r.amount)
+    return list(rows.values())
+
+
+# Recompute the dirty (cluster, submit day) buckets of both rollups, then forget them.
+# The day's jobs come through ix_jobs_cluster_submit_time, their lines through the
+# charge lines' job index.
+_BUCKET_LINES = (
+    " FROM charge_rollup_dirty d"
+    " JOIN jobs j ON j.cluster = d.cluster"
+    "  AND j.submit_time >= (d.submit_day::timestamp AT TIME ZONE 'UTC')"
+    "  AND j.submit_time < ((d.submit_day + 1)::timestamp AT TIME ZONE 'UTC')"
+    " JOIN charge_lines l ON l.cluster = j.cluster AND l.job_id_raw = j.job_id_raw"
+    "  AND l.submit_time = j.submit_time"
+)
+_BUCKET_GROUP = ("l.posted_period, l.cluster, d.submit_day, coalesce(j.account, ''),"
+                 " coalesce(j.user_name, ''), coalesce(j.partition, ''), coalesce(j.qos, ''),"
+                 " l.currency")
+_SQL_REFRESH = (
+    "DELETE FROM charge_rollup_daily r USING charge_rollup_dirty d"
+    " WHERE r.cluster = d.cluster AND r.submit_day = d.submit_day",
+    "DELETE FROM charge_rollup_daily_jobs r USING charge_rollup_dirty d"
+    " WHERE r.cluster = d.cluster AND r.submit_day = d.submit_day",
+    "INSERT INTO charge_rollup_daily (posted_period, cluster, submit_day, account, user_name,"
+    " partition, qos, currency, resource, unit, quantity, amount, lines, jobs)"
+    f" SELECT {_BUCKET_GROUP}, l.resource, l.unit, sum(l.quantity), sum(l.amount), count(*),"
+    " count(DISTINCT (l.job_id_raw, l.submit_time))"
+    f"{_BUCKET_LINES} GROUP BY {_BUCKET_GROUP}, l.resource, l.unit",
+    "INSERT INTO charge_rollup_daily_jobs (posted_period, cluster, submit_day, account,"
+    " user_name, partition, qos, currency, amount, jobs)"
+    f" SELECT {_BUCKET_GROUP}, sum(l.amount), count(DISTINCT (l.job_id_raw, l.submit_time))"
+    f"{_BUCKET_LINES} GROUP BY {_BUCKET_GROUP}",
+    "DELETE FROM charge_rollup_dirty",
+)
+
+
+def refresh_rollups(session: Session) -> int:
+    """Recompute the rollups of every dirty bucket in the caller's transaction (writers
+    call it before they commit); returns how many buckets were refreshed."""
+    dirty = session.execute(select(func.count()).select_from(_DIRTY)).scalar_one()
+    if dirty:
+        for statement in _SQL_REFRESH:
+            session.execute(text(statement))
+    return int(dirty)
+
+
+def charge_report_raw(session: Session, *, period: str, group_by: Sequence[str],
+                      cluster: str | None = None) -> list[ReportRow]:
+    """``charge_report`` from the charge lines joined to their jobs: one SQL statement
+    with two grouping sets, the group totals (distinct jobs, amount) and the per-resource
+    totals within each group."""
     check_period(period)
     groups = _group_columns(group_by)
     exprs = [expr for _, expr in groups]
@@ -967,6 +1080,8 @@ __all__ = [
     "ResourceTotal",
     "StatementLine",
     "charge_report",
+    "charge_report_raw",
+    "charge_report_rollup",
     "check_period",
     "close_period",
     "closed_periods",
@@ -977,6 +1092,7 @@ __all__ = [
     "list_budgets",
     "list_periods",
     "list_rate_cards",
+    "refresh_rollups",
     "replace_charges",
     "set_budget",
     "statement_lines",

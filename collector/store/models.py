@@ -33,7 +33,7 @@ changing the key.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -42,6 +42,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Double,
     ForeignKey,
@@ -51,6 +52,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     Text,
     UniqueConstraint,
     text,
@@ -306,6 +308,67 @@ class Charge(Base):
         # What finance bills: one posted period, optionally one cluster.
         Index("ix_charge_lines_posted_period_cluster", "posted_period", "cluster"),
     )
+
+
+# ------------------------------------------------------------ charge rollups (rev. 0007)
+
+_ROLLUP_GROUP = ("posted_period", "cluster", "submit_day", "account", "user_name", "partition",
+                 "qos", "currency")
+
+
+class _RollupGroup:
+    """The grain shared by the daily rollups (see migration 0007). NULL names are ''."""
+
+    posted_period: Mapped[str] = mapped_column(Text)
+    cluster: Mapped[str] = mapped_column(Text)
+    submit_day: Mapped[date] = mapped_column(Date)
+    account: Mapped[str] = mapped_column(Text)
+    user_name: Mapped[str] = mapped_column(Text)
+    partition: Mapped[str] = mapped_column(Text)
+    qos: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(Text)
+
+
+class ChargeRollupDaily(_RollupGroup, Base):
+    """Charge lines summed per posted period, cluster, submit day (UTC), the jobs'
+    account/user/partition/QOS, currency, resource and unit; ``jobs`` is distinct jobs."""
+
+    __tablename__ = "charge_rollup_daily"
+
+    resource: Mapped[str] = mapped_column(Text)
+    unit: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[Decimal] = mapped_column(Numeric(38, 6))
+    amount: Mapped[Decimal] = mapped_column(Numeric(38, 6))
+    lines: Mapped[int] = mapped_column(BigInteger)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        PrimaryKeyConstraint(*_ROLLUP_GROUP, "resource", "unit"),
+        Index("ix_charge_rollup_daily_cluster_submit_day", "cluster", "submit_day"),
+    )
+
+
+class ChargeRollupDailyJobs(_RollupGroup, Base):
+    """Distinct jobs and amount per rollup group, without the resource."""
+
+    __tablename__ = "charge_rollup_daily_jobs"
+
+    amount: Mapped[Decimal] = mapped_column(Numeric(38, 6))
+    jobs: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        PrimaryKeyConstraint(*_ROLLUP_GROUP),
+        Index("ix_charge_rollup_daily_jobs_cluster_submit_day", "cluster", "submit_day"),
+    )
+
+
+class ChargeRollupDirty(Base):
+    """(cluster, submit day) buckets whose rollups are stale (set by triggers)."""
+
+    __tablename__ = "charge_rollup_dirty"
+
+    cluster: Mapped[str] = mapped_column(Text, primary_key=True)
+    submit_day: Mapped[date] = mapped_column(Date, primary_key=True)
 
 
 class BillingPeriod(Base):

@@ -1,0 +1,120 @@
+"""The daily charge rollups (migration 0007) give exactly the report of the raw charge
+lines, after imports, re-imports with changed jobs, reprices, closed-period corrections
+and deletes; a write that did not refresh makes the report read the raw lines."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from bench.gen_sacct import generate
+from tests.helpers import run_cli
+from collector.store import charges as store_charges
+from collector.store import db as store_db
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CARD = ROOT / "collector" / "data" / "demo-rates.toml"
+NAMES = ("account", "user", "partition", "qos", "cluster", "resource")
+GROUPINGS = [list(c) for n in (1, 2, 3) for c in combinations(NAMES, n)]
+
+
+@pytest.fixture()
+def sessions(db_url):
+    engine = store_db.make_engine(db_url)
+    yield store_db.session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture()
+def export(tmp_path):
+    path = tmp_path / "export.psv"
+    with open(path, "w") as fh:
+        generate(8000, fh, seed=13)
+    return path
+
+
+def collect(db_url, path, card=DEMO_CARD):
+    assert run_cli("collect", "--once", "--source", "file", "--input", str(path),
+                   "--rates", str(card), "--database-url", db_url) == 0
+
+
+def scalar(sessions, sql):
+    with sessions() as s:
+        return s.execute(text(sql)).scalar()
+
+
+def assert_rollups_equal_raw(sessions):
+    with sessions() as s:
+        assert s.execute(text("SELECT count(*) FROM charge_rollup_dirty")).scalar() == 0
+        periods = [p for (p,) in s.execute(text(
+            "SELECT DISTINCT posted_period FROM charge_lines ORDER BY 1"))]
+        assert periods
+        compared = 0
+        for period in periods:
+            for group_by in GROUPINGS:
+                for cluster in (None, "bench"):
+                    raw = store_charges.charge_report_raw(s, period=period, group_by=group_by,
+                                                          cluster=cluster)
+                    assert store_charges.charge_report_rollup(
+                        s, period=period, group_by=group_by, cluster=cluster) == raw, \
+                        (period, group_by, cluster)
+                    assert store_charges.charge_report(
+                        s, period=period, group_by=group_by, cluster=cluster) == raw
+                    compared += len(raw)
+        assert compared > 1000
+
+
+def test_rollups_equal_the_raw_report_through_every_kind_of_write(db_url, sessions, export, tmp_path):
+    collect(db_url, export)
+    assert scalar(sessions, "SELECT count(*) FROM charge_rollup_daily") > 0
+    assert_rollups_equal_raw(sessions)
+
+    # A job moves to another account (its lines may not change at all): the jobs trigger
+    # marks its day, the refresh moves its amounts.
+    lines = export.read_text().split("\n")
+    header = lines[0].split("|")
+    col_raw, col_account = header.index("JobIDRaw"), header.index("Account")
+    k = next(i for i, line in enumerate(lines[1:], 1) if "." not in line.split("|")[col_raw])
+    cells = lines[k].split("|")
+    cells[col_account] = "moved-account"
+    lines[k] = "|".join(cells)
+    export.write_text("\n".join(lines))
+    collect(db_url, export)
+    with sessions() as s:
+        period = s.execute(text("SELECT max(posted_period) FROM charge_lines l JOIN jobs j"
+                                " USING (cluster, job_id_raw, submit_time)"
+                                " WHERE j.account = 'moved-account'")).scalar()
+        rows = store_charges.charge_report(s, period=period, group_by=["account"])
+    assert any(r["account"] == "moved-account" for r in rows)
+    assert_rollups_equal_raw(sessions)
+
+    # A reprice with another card, after closing the earliest period: new lines in open
+    # periods, corrections posted into the first open one.
+    first = scalar(sessions, "SELECT min(posted_period) FROM charge_lines")
+    assert run_cli("period", "close", first, "--database-url", db_url) == 0
+    doubled = tmp_path / "doubled.toml"
+    doubled.write_text(DEMO_CARD.read_text().replace('cpu_hour = "36"', 'cpu_hour = "72"'))
+    assert run_cli("reprice", "--since", "2026-01-01", "--until", "2027-01-01", "--rates",
+                   str(doubled), "--database-url", db_url) == 0
+    assert scalar(sessions, "SELECT count(*) FROM charge_lines WHERE kind = 'correction'") > 0
+    assert_rollups_equal_raw(sessions)
+
+
+def test_a_write_without_a_refresh_makes_the_report_read_the_raw_lines(db_url, sessions, export):
+    collect(db_url, export)
+    with sessions() as s:
+        period = s.execute(text("SELECT max(posted_period) FROM charge_lines")).scalar()
+        s.execute(text("DELETE FROM jobs WHERE job_id_raw IN (SELECT job_id_raw FROM jobs"
+                       " ORDER BY job_id_raw LIMIT 50)"))
+        assert s.execute(text("SELECT count(*) FROM charge_rollup_dirty")).scalar() > 0
+        raw = store_charges.charge_report_raw(s, period=period, group_by=["account"])
+        stale = store_charges.charge_report_rollup(s, period=period, group_by=["account"])
+        assert stale != raw                     # the rollups do not know yet ...
+        assert store_charges.charge_report(s, period=period, group_by=["account"]) == raw
+        assert store_charges.refresh_rollups(s) > 0   # ... until a refresh
+        assert store_charges.charge_report_rollup(s, period=period, group_by=["account"]) == raw
+        s.commit()
+    assert_rollups_equal_raw(sessions)
