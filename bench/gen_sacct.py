@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate a realistic synthetic sacct export (``--parsable2`` with a header line).
 
-The mix imitates a busy site: several accounts, users, partitions and QOS; jobs with a
+The mix imitates a busy site: several accounts, users (each mostly charging its own
+group's account) and partitions, mostly the default QOS; jobs with a
 ``.batch`` and ``.extern`` step and often srun steps; array tasks (JobID ``A_T`` with their
 own JobIDRaw, the last task keeping the array id); typed and untyped GPUs; every common
 state including ``CANCELLED by <uid>``, pending jobs with no allocation, running jobs with
@@ -27,7 +28,7 @@ from collector.slurm.fields import SACCT_FIELDS  # noqa: E402
 ACCOUNTS = ["physics", "chemistry", "biology", "astro", "climate", "materials", "genomics", "ml"]
 USERS = [f"user{i:03d}" for i in range(120)]
 PARTITIONS = [("batch", 0.55), ("gpu", 0.25), ("long", 0.1), ("debug", 0.1)]
-QOS = ["normal", "high", "low", "debug"]
+QOS = [("normal", 0.8), ("high", 0.08), ("low", 0.08), ("debug", 0.04)]
 GPU_TYPES = ["a100", "h100", "v100", None]
 STATES = [("COMPLETED", 0.72), ("FAILED", 0.08), ("CANCELLED by {uid}", 0.07), ("TIMEOUT", 0.04),
           ("OUT_OF_MEMORY", 0.02), ("NODE_FAIL", 0.005), ("RUNNING", 0.04), ("PENDING", 0.025)]
@@ -75,11 +76,14 @@ def generate(lines: int, out, seed: int = 7, start: datetime | None = None) -> i
     db_index = 1
     blank = [""] * len(SACCT_FIELDS)
     while written < lines:
-        account = rng.choice(ACCOUNTS)
+        # As at a real site, a user mostly charges their own group's account and the
+        # default QOS (uniform picks would make nearly every job its own report group).
         user = rng.choice(USERS)
         uid = 2000 + USERS.index(user)
+        home = ACCOUNTS[USERS.index(user) % len(ACCOUNTS)]
+        account = home if rng.random() < 0.9 else rng.choice(ACCOUNTS)
         partition = _pick(rng, PARTITIONS)
-        qos = rng.choice(QOS)
+        qos = _pick(rng, QOS)
         state = _pick(rng, STATES).format(uid=uid)
         array = rng.random() < 0.2
         tasks = rng.randint(2, 10) if array else 1

@@ -37,12 +37,19 @@ most recently seen record.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
+_FIELD_VALUES = operator.attrgetter(*_FIELDS)
+_I_MAX_RSS, _I_MEM_USED, _I_CPU_USED, _I_ENERGY = (
+    _FIELDS.index(name) for name in ("max_rss_bytes", "mem_used_byte_s", "cpu_used_s", "energy_j"))
 
 
 class _Pending:
@@ -74,13 +81,16 @@ class _Pending:
         job = self.job
         if not self.steps:
             return job
-        return dataclasses.replace(
-            job,
-            max_rss_bytes=self.max_rss,
-            mem_used_byte_s=self.mem_byte_s,
-            cpu_used_s=job.cpu_used_s if job.cpu_used_s is not None else self.cpu,
-            energy_j=job.energy_j if job.energy_j is not None else self.energy,
-        )
+        # dataclasses.replace, without its per-field introspection (a third of the cost;
+        # this runs once per job with steps).
+        values = list(_FIELD_VALUES(job))
+        values[_I_MAX_RSS] = self.max_rss
+        values[_I_MEM_USED] = self.mem_byte_s
+        if job.cpu_used_s is None:
+            values[_I_CPU_USED] = self.cpu
+        if job.energy_j is None:
+            values[_I_ENERGY] = self.energy
+        return JobRecord(*values)
 
 
 def _render_step(step: StepUsage) -> str:

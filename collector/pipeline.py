@@ -103,7 +103,10 @@ class Pricer:
             candidate = next_period(candidate)
         return candidate
 
-    def price(self, session, records: list[JobRecord], *, run_id: int) -> None:
+    def price(self, session, records: list[JobRecord], *, run_id: int,
+              new_jobs: bool = False) -> None:
+        """Price ``records`` and make their open-period lines match. ``new_jobs``: the
+        jobs were inserted in this transaction, so they have no lines to compare with."""
         # Read the closed periods in this transaction, under the lock close_period waits
         # for: a period closed by another process is respected from the next batch on,
         # and cannot close under a batch being written.
@@ -120,7 +123,8 @@ class Pricer:
         else:
             lines = [line for key in keys for line in desired[key]]
         counts = store_charges.replace_charges(session, keys, lines, run_id=run_id,
-                                               rate_card_ids={self.card.version: self.rate_card_id})
+                                               rate_card_ids={self.card.version: self.rate_card_id},
+                                               new_jobs=new_jobs)
         self.jobs_priced += len(records)
         self.lines_written += counts.inserted
         self.lines_deleted += counts.deleted
@@ -151,12 +155,15 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     counts = store_jobs.UpsertCounts(0, 0, 0)
     try:
         with session_factory() as session:  # type: ignore[attr-defined]
-            on_changed = None
+            on_changed = on_inserted = None
             if pricer is not None:
                 def on_changed(records: list[JobRecord], _session=session) -> None:
                     pricer.price(_session, records, run_id=run_id)
+
+                def on_inserted(records: list[JobRecord], _session=session) -> None:
+                    pricer.price(_session, records, run_id=run_id, new_jobs=True)
             writer = store_jobs.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
-                                          on_changed=on_changed)
+                                          on_changed=on_changed, on_inserted=on_inserted)
             pending_q: list[QuarantinedRecord] = []
             unchanged = None
             if skip_unchanged and getattr(source, "skips_unchanged", False):

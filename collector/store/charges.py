@@ -584,6 +584,11 @@ _SQL_REPLACE = (
     f" (SELECT count(*) FROM inserted), (SELECT count(*) FROM {_STAGE_KEYS})"
 )
 
+_SQL_INSERT_NEW = (
+    f"INSERT INTO charge_lines ({', '.join(_STAGE_LINE_COLUMNS)}, run_id)"
+    f" SELECT {', '.join('s.' + c for c in _STAGE_LINE_COLUMNS)}, %(run_id)s FROM {_STAGE_LINES} s"
+)
+
 _KINDS = frozenset(CHARGE_KINDS)
 _BASES = frozenset(CHARGE_BASES)
 
@@ -617,7 +622,8 @@ def _encode_attributes(line: ChargeLine, card: tuple[int, str]) -> str:
 
 
 def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[ChargeLine],
-                    *, run_id: int | None, rate_card_ids: Mapping[str, int]) -> ChargeCounts:
+                    *, run_id: int | None, rate_card_ids: Mapping[str, int],
+                    new_jobs: bool = False) -> ChargeCounts:
     """Make the OPEN-period lines of the jobs ``keys`` equal to ``lines``.
 
     For each job in ``keys``: its stored lines posted in closed periods are kept as they
@@ -634,6 +640,10 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
 
     Bulk: two COPYs into TEMP stage tables and one statement per call, whatever the
     number of jobs. Never commits.
+
+    ``new_jobs``: the caller inserted these jobs in this transaction (``JobWriter``'s
+    ``on_inserted``), so no line of theirs can exist (lines reference their job): the
+    lines are inserted without comparing digests.
     """
     unique = _unique_keys(keys)
     if not unique:
@@ -682,11 +692,18 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     key_lines = (prefix[:-1] + "\n" for prefix in prefixes.values())
     with _dbapi_cursor(session) as cur:
         cur.execute(_SQL_CREATE_STAGES)
-        cur.copy_expert(_SQL_COPY_KEYS, LinesReader(key_lines), size=LinesReader.CHUNK)
+        if not new_jobs:
+            cur.copy_expert(_SQL_COPY_KEYS, LinesReader(key_lines), size=LinesReader.CHUNK)
         cur.copy_expert(_SQL_COPY_LINES, LinesReader(encoded), size=LinesReader.CHUNK)
-        cur.execute(_SQL_ANALYZE)
-        cur.execute(_SQL_REPLACE, {"run_id": run_id})
-        changed, deleted, inserted, total = cur.fetchone()
+        if new_jobs:
+            cur.execute(_SQL_INSERT_NEW, {"run_id": run_id})
+            inserted = cur.rowcount
+            changed = len({line.job_key for line in lines})
+            deleted, total = 0, len(prefixes)
+        else:
+            cur.execute(_SQL_ANALYZE)
+            cur.execute(_SQL_REPLACE, {"run_id": run_id})
+            changed, deleted, inserted, total = cur.fetchone()
     return ChargeCounts(deleted=int(deleted), inserted=int(inserted),
                         unchanged_jobs=int(total) - int(changed))
 

@@ -317,11 +317,13 @@ class JobWriter:
 
     ``on_changed`` is called after each batch's MERGE, inside the same transaction, with
     the records that were inserted or changed (as stored: cpu_used_s rounded to the
-    column's scale), so the pipeline can price exactly those.
+    column's scale), so the pipeline can price exactly those. With ``on_inserted``, the
+    inserted ones go there instead (a job that did not exist has no charge lines yet).
     """
 
     def __init__(self, session: Session, *, run_id: int, batch_rows: int = 20_000,
-                 on_changed: Callable[[list[JobRecord]], None] | None = None) -> None:
+                 on_changed: Callable[[list[JobRecord]], None] | None = None,
+                 on_inserted: Callable[[list[JobRecord]], None] | None = None) -> None:
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
         self._session = session
@@ -332,6 +334,7 @@ class JobWriter:
         # than tuples of 40 Python objects, and the line is needed for the hash anyway.
         self._batch: dict[tuple[str, int, datetime], tuple[str, JobRecord]] = {}
         self._on_changed = on_changed
+        self._on_inserted = on_inserted
         self._clusters: set[str] = set()
         self._counts = UpsertCounts()
         self._batches = 0
@@ -382,6 +385,11 @@ class JobWriter:
             cur.execute(_SQL_MERGE, {"run_id": self._run_id})
         inserted = sum(1 for row in changed if row[3])
         batch_counts = UpsertCounts(inserted, len(changed) - inserted, len(batch) - len(changed))
+        if changed and self._on_inserted is not None:
+            new = [_as_stored(batch[(c, raw, _aware(sub))][1]) for c, raw, sub, ins in changed if ins]
+            if new:
+                self._on_inserted(new)
+            changed = [row for row in changed if not row[3]]
         if self._on_changed is not None and changed:
             records = [_as_stored(batch[(c, raw, _aware(sub))][1]) for c, raw, sub, _ in changed]
             self._on_changed(records)

@@ -68,14 +68,14 @@ def test_reimport_skips_every_stored_job_and_picks_up_a_changed_line(sessions, e
              if ".batch" in line.split("|")[col_raw] and line.split("|")[col_rss])
     cells = lines[k].split("|")
     job_raw = int(cells[col_raw].split(".")[0])
-    cells[col_rss] = "987654321"
+    cells[col_rss] = "999999999999"
     lines[k] = "|".join(cells)
     export.write_text("\n".join(lines))
     old_digest = _scalar(sessions, f"SELECT raw_digest FROM jobs WHERE job_id_raw = {job_raw}")
     third = _collect(sessions, export)
     assert (third.inserted, third.updated, third.unchanged) == (0, 1, n - 1)
     assert _scalar(sessions, f"SELECT raw_digest FROM jobs WHERE job_id_raw = {job_raw}") != old_digest
-    assert _scalar(sessions, f"SELECT max_rss_bytes FROM jobs WHERE job_id_raw = {job_raw}") == 987654321
+    assert _scalar(sessions, f"SELECT max_rss_bytes FROM jobs WHERE job_id_raw = {job_raw}") == 999999999999
 
     # Without the skip every job is parsed and compared: the edited row is put right.
     full = _collect(sessions, export, skip_unchanged=False)

@@ -44,3 +44,19 @@ def test_on_changed_gets_new_and_changed_records_only(session):
 
     counts, changed = _write(session, jobs[:1] + [replace(jobs[1], elapsed_s=61)] + jobs[2:])
     assert counts == UpsertCounts(0, 0, 3) and changed == []
+
+
+def test_on_inserted_takes_the_new_records_and_on_changed_the_rest(session):
+    jobs = [_job(1), _job(2)]
+    _write(session, jobs)
+    new: list[list[JobRecord]] = []
+    changed: list[list[JobRecord]] = []
+    run_id = store_runs.start_run(session, cluster="lab", source="test", kind="file", window=None)
+    writer = JobWriter(session, run_id=run_id, batch_rows=10, on_changed=changed.append,
+                       on_inserted=new.append)
+    for rec in [jobs[0], replace(jobs[1], elapsed_s=61), _job(3)]:
+        writer.add(rec)
+    writer.flush()
+    assert writer.counts == UpsertCounts(1, 1, 1)
+    assert [[r.job_id_raw for r in batch] for batch in new] == [[3]]
+    assert [[(r.job_id_raw, r.elapsed_s) for r in batch] for batch in changed] == [[(2, 61)]]
