@@ -8,9 +8,12 @@ window is either stored whole or not at all, and a failed window moves no waterm
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -130,6 +133,42 @@ class Pricer:
         self.lines_deleted += counts.deleted
 
 
+_GC_LOCK = threading.Lock()
+_GC_USERS = [0]
+# Allocations between young-generation collections while a window streams (default 700).
+BULK_GC_THRESHOLD = 100_000
+
+
+@contextmanager
+def bulk_gc() -> Iterator[None]:
+    """Fewer cyclic-GC passes while a window streams.
+
+    A window allocates millions of short-lived, acyclic objects (fields, records, lines);
+    with the default thresholds the collector spent about 15% of a 1,000,000-line import
+    in the cyclic GC, mostly re-traversing long-lived objects in full collections. For
+    the duration, the objects alive before it are frozen (never traversed) and young
+    collections run every BULK_GC_THRESHOLD allocations; both are undone afterwards.
+    Reference counting still frees everything as usual; memory stays bounded by a batch.
+    """
+    with _GC_LOCK:
+        _GC_USERS[0] += 1
+        if _GC_USERS[0] == 1:
+            _GC_SAVED[:] = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(max(_GC_SAVED[0], BULK_GC_THRESHOLD), *_GC_SAVED[1:])
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_USERS[0] -= 1
+            if _GC_USERS[0] == 0:
+                gc.set_threshold(*_GC_SAVED)
+                gc.unfreeze()
+
+
+_GC_SAVED: list[int] = []
+
+
 def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,
             window: Window | None, kind: str, stream: str | None,
             batch_rows: int = 20_000, pricer: Pricer | None = None,
@@ -154,7 +193,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     clusters: set[str] = set()
     counts = store_jobs.UpsertCounts(0, 0, 0)
     try:
-        with session_factory() as session:  # type: ignore[attr-defined]
+        with bulk_gc(), session_factory() as session:  # type: ignore[attr-defined]
             on_changed = on_inserted = None
             if pricer is not None:
                 def on_changed(records: list[JobRecord], _session=session) -> None:

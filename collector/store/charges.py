@@ -839,33 +839,47 @@ def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[st
 
 
 # Recompute the dirty (cluster, submit day) buckets of both rollups, then forget them.
-# The day's jobs come through ix_jobs_cluster_submit_time, their lines through the
-# charge lines' job index.
-_BUCKET_LINES = (
-    " FROM charge_rollup_dirty d"
-    " JOIN jobs j ON j.cluster = d.cluster"
-    "  AND j.submit_time >= (d.submit_day::timestamp AT TIME ZONE 'UTC')"
-    "  AND j.submit_time < ((d.submit_day + 1)::timestamp AT TIME ZONE 'UTC')"
-    " JOIN charge_lines l ON l.cluster = j.cluster AND l.job_id_raw = j.job_id_raw"
-    "  AND l.submit_time = j.submit_time"
-)
-_BUCKET_GROUP = ("l.posted_period, l.cluster, d.submit_day, coalesce(j.account, ''),"
-                 " coalesce(j.user_name, ''), coalesce(j.partition, ''), coalesce(j.qos, ''),"
-                 " l.currency")
+# The dirty days' jobs first (through ix_jobs_cluster_submit_time: a poll dirties a day or
+# two), then their lines by job key, summed per job and cell, then per cell: distinct jobs
+# are counted as rows of the per-job step, with no DISTINCT sort. The planner cannot
+# estimate the per-job step, so the hash aggregates are asked for explicitly, for this
+# statement only (a bulk import refreshes hundreds of thousands of lines at once).
+_DIRTY_GROUP = "posted_period, cluster, submit_day, account, user_name, partition, qos, currency"
 _SQL_REFRESH = (
     "DELETE FROM charge_rollup_daily r USING charge_rollup_dirty d"
     " WHERE r.cluster = d.cluster AND r.submit_day = d.submit_day",
     "DELETE FROM charge_rollup_daily_jobs r USING charge_rollup_dirty d"
     " WHERE r.cluster = d.cluster AND r.submit_day = d.submit_day",
-    "INSERT INTO charge_rollup_daily (posted_period, cluster, submit_day, account, user_name,"
-    " partition, qos, currency, resource, unit, quantity, amount, lines, jobs)"
-    f" SELECT {_BUCKET_GROUP}, l.resource, l.unit, sum(l.quantity), sum(l.amount), count(*),"
-    " count(DISTINCT (l.job_id_raw, l.submit_time))"
-    f"{_BUCKET_LINES} GROUP BY {_BUCKET_GROUP}, l.resource, l.unit",
-    "INSERT INTO charge_rollup_daily_jobs (posted_period, cluster, submit_day, account,"
-    " user_name, partition, qos, currency, amount, jobs)"
-    f" SELECT {_BUCKET_GROUP}, sum(l.amount), count(DISTINCT (l.job_id_raw, l.submit_time))"
-    f"{_BUCKET_LINES} GROUP BY {_BUCKET_GROUP}",
+    "SET LOCAL work_mem = '128MB'",
+    "SET LOCAL enable_sort = off",
+    "WITH dirty_jobs AS MATERIALIZED ("
+    " SELECT j.cluster, j.job_id_raw, j.submit_time, d.submit_day,"
+    " coalesce(j.account, '') AS account, coalesce(j.user_name, '') AS user_name,"
+    " coalesce(j.partition, '') AS partition, coalesce(j.qos, '') AS qos"
+    " FROM charge_rollup_dirty d JOIN jobs j ON j.cluster = d.cluster"
+    " AND j.submit_time >= (d.submit_day::timestamp AT TIME ZONE 'UTC')"
+    " AND j.submit_time < ((d.submit_day + 1)::timestamp AT TIME ZONE 'UTC')"
+    "), per_job AS MATERIALIZED ("
+    " SELECT l.posted_period, l.cluster, j.submit_day, j.account, j.user_name, j.partition,"
+    " j.qos, l.currency, l.resource, l.unit, l.job_id_raw, l.submit_time,"
+    " sum(l.quantity) AS quantity, sum(l.amount) AS amount, count(*) AS lines"
+    " FROM dirty_jobs j JOIN charge_lines l ON l.cluster = j.cluster"
+    " AND l.job_id_raw = j.job_id_raw AND l.submit_time = j.submit_time"
+    " GROUP BY l.posted_period, l.cluster, j.submit_day, j.account, j.user_name, j.partition,"
+    " j.qos, l.currency, l.resource, l.unit, l.job_id_raw, l.submit_time"
+    "), fine AS ("
+    f" INSERT INTO charge_rollup_daily ({_DIRTY_GROUP}, resource, unit, quantity, amount,"
+    " lines, jobs)"
+    f" SELECT {_DIRTY_GROUP}, resource, unit, sum(quantity), sum(amount), sum(lines), count(*)"
+    f" FROM per_job GROUP BY {_DIRTY_GROUP}, resource, unit"
+    ")"
+    f" INSERT INTO charge_rollup_daily_jobs ({_DIRTY_GROUP}, amount, jobs)"
+    f" SELECT {_DIRTY_GROUP}, sum(amount), count(*) FROM ("
+    f"  SELECT {_DIRTY_GROUP}, job_id_raw, submit_time, sum(amount) AS amount FROM per_job"
+    f"  GROUP BY {_DIRTY_GROUP}, job_id_raw, submit_time) per_group_job"
+    f" GROUP BY {_DIRTY_GROUP}",
+    "RESET enable_sort",
+    "RESET work_mem",
     "DELETE FROM charge_rollup_dirty",
 )
 

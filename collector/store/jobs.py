@@ -400,11 +400,12 @@ class JobWriter:
         return batch_counts
 
 
+# The digests of the batch's (cluster, job_id_raw): one primary-key probe per key; the
+# digests are matched in Python (an "= ANY(array)" filter costs more than it saves).
 _SQL_STORED_DIGESTS = (
-    "SELECT j.raw_digest FROM jobs j"
-    " JOIN unnest(%s::text[], %s::bigint[]) AS k(cluster, job_id_raw)"
-    " ON j.cluster = k.cluster AND j.job_id_raw = k.job_id_raw"
-    " WHERE j.raw_digest = ANY(%s::text[])"
+    "SELECT j.raw_digest FROM unnest(%s::text[], %s::bigint[]) AS k(cluster, job_id_raw)"
+    " JOIN jobs j ON j.cluster = k.cluster AND j.job_id_raw = k.job_id_raw"
+    " WHERE j.raw_digest IS NOT NULL"
 )
 
 
@@ -428,9 +429,9 @@ class UnchangedJobs:
         pairs = sorted({(cluster, raw) for cluster, raw, _ in keys})
         dbapi_conn = self._session.connection().connection.dbapi_connection
         with dbapi_conn.cursor() as cur:  # type: ignore[union-attr]
-            cur.execute(_SQL_STORED_DIGESTS, ([c for c, _ in pairs], [r for _, r in pairs],
-                                              [d for _, _, d in keys]))
-            return {row[0] for row in cur.fetchall()}
+            cur.execute(_SQL_STORED_DIGESTS, ([c for c, _ in pairs], [r for _, r in pairs]))
+            found = {row[0] for row in cur.fetchall()}
+        return {digest for _, _, digest in keys if digest in found}
 
     def skipped(self, cluster: str) -> None:
         self.count += 1
