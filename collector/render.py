@@ -38,7 +38,9 @@ def iso(dt: datetime | None) -> str | None:
     """ISO 8601 in UTC with a Z, seconds precision."""
     if dt is None:
         return None
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: glibc's %Y prints year 138 as "138", which is not ISO 8601
+    # (schemathesis found it through /api/v1/jobs?until=0138-...).
+    return dt.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def _plain(value: Any) -> Any:

@@ -32,9 +32,9 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Protocol
 
 from billing.records import (UNTYPED_GPU, FetchStats, JobRecord, QuarantinedRecord,
                              StepUsage, Window, is_final_record, is_final_state)
@@ -64,7 +64,8 @@ def _sacct_time(dt: datetime, *, round_up: bool) -> str:
     dt = dt.astimezone(UTC)
     if round_up and dt.microsecond:
         dt = dt.replace(microsecond=0) + timedelta(seconds=1)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: glibc's %Y does not pad years before 1000 to four digits.
+    return dt.replace(microsecond=0, tzinfo=None).isoformat()
 
 
 def sacct_argv(sacct_path: str, window: Window, cluster: str | None) -> list[str]:

@@ -174,3 +174,16 @@ def test_missing_binary_and_no_window(tmp_path):
         list(source.fetch(ALL_DAY))
     with pytest.raises(SourceError, match="needs a window"):
         source.fetch(None)
+
+
+def test_early_years_keep_four_digits_in_argv_and_in_rendered_times():
+    # glibc's strftime("%Y") prints year 138 as "138"; both formats must stay ISO 8601.
+    from collector.render import iso
+
+    window = Window(datetime(138, 10, 9, 23, 29, 5, tzinfo=UTC),
+                    datetime(999, 1, 1, tzinfo=UTC))
+    assert sacct_argv("sacct", window, None)[-4:] == [
+        "-S", "0138-10-09T23:29:05", "-E", "0999-01-01T00:00:00"]
+    assert iso(datetime(138, 10, 9, 23, 29, 5, 600000, tzinfo=UTC)) == "0138-10-09T23:29:05Z"
+    assert iso(datetime(2026, 11, 23, 6, 0, tzinfo=timezone(timedelta(hours=1)))) == \
+        "2026-11-23T05:00:00Z"
