@@ -134,7 +134,8 @@ class Pricer:
 
 
 _GC_LOCK = threading.Lock()
-_GC_USERS = [0]
+_GC_USERS = [0]              # windows streaming now (the settings are process-wide)
+_GC_SAVED: list[int] = []    # the thresholds to restore after the last one
 # Allocations between young-generation collections while a window streams (default 700).
 BULK_GC_THRESHOLD = 100_000
 
@@ -164,9 +165,6 @@ def bulk_gc() -> Iterator[None]:
             if _GC_USERS[0] == 0:
                 gc.set_threshold(*_GC_SAVED)
                 gc.unfreeze()
-
-
-_GC_SAVED: list[int] = []
 
 
 def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,

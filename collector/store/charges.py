@@ -8,7 +8,9 @@ back out, and the tables around them (revision 0002):
   rewritten (DESIGN.md §5). Only closed periods have a row in ``billing_periods``.
 - ``replace_charges``: the bulk, idempotent writer of a batch of jobs' lines (below).
 - ``frozen_lines`` / ``job_charges``: lines read back as ``ChargeLine``.
-- ``charge_report`` / ``statement_lines``: what finance bills, by POSTED period.
+- ``charge_report`` / ``statement_lines``: what finance bills, by POSTED period; the
+  report reads the daily rollups of revision 0007 (``refresh_rollups`` keeps them, the
+  writer calls it before committing) and falls back to the lines while any is stale.
 - ``set_budget`` / ``list_budgets``: account budgets and how much of each is used.
 - ``job_keys_in_range``: the jobs a ``reprice`` of a time range must price again.
 
