@@ -150,11 +150,22 @@ def line_amount(rate: Decimal, quantity: Decimal, scale: int) -> Decimal:
 
 def quantize_quantity(value: Fraction | Decimal | int) -> Decimal:
     """A quantity rounded half-even to 6 decimal places, always with 6 places."""
-    return _from_micro(round(Fraction(value) * _MICRO))
+    ratio = Fraction(value)
+    return _from_micro(_div_half_even(ratio.numerator * _MICRO, ratio.denominator))
 
 
 def _from_micro(units: int) -> Decimal:
     return Decimal(units).scaleb(-QUANTITY_PLACES, context=_EXACT)
+
+
+def _div_half_even(num: int, den: int) -> int:
+    """``num / den`` (den > 0) rounded to an integer, ties to even: exactly what
+    ``round(Fraction(num, den))`` gives, in integer arithmetic."""
+    q, r = divmod(num, den)
+    twice = r + r
+    if twice > den or (twice == den and q & 1):
+        q += 1
+    return q
 
 
 def largest_remainder(total: int, weights: list[int]) -> list[int]:
@@ -162,6 +173,10 @@ def largest_remainder(total: int, weights: list[int]) -> list[int]:
     so that the parts add up to ``total``: each part is the floor of its exact share, and
     what is left goes one unit each to the largest remainders, earlier parts first on ties.
     """
+    if len(weights) == 1:                   # one period: the whole (most jobs)
+        if weights[0] <= 0 or total < 0:
+            raise ValueError(f"largest_remainder: bad input total={total} weights={weights}")
+        return [total]
     whole = sum(weights)
     if whole <= 0 or any(w < 0 for w in weights) or total < 0:
         raise ValueError(f"largest_remainder: bad input total={total} weights={weights}")
@@ -179,36 +194,52 @@ def _has_allocation(job: JobRecord) -> bool:
     return bool(job.cpus or job.mem_bytes or job.nodes or job.gpu_count or job.billing)
 
 
+_HOUR_S = 3600
+_GIB_HOUR = _GIB * _HOUR_S
+
+
 def _raw_quantity(job: JobRecord, resource: str, basis: str, gpu_types: tuple[str, ...],
-                  elapsed_s: int) -> Fraction:
-    """The exact whole-job quantity of one line (see the table in the module docstring)."""
-    used: Fraction | None = None
+                  elapsed_s: int) -> tuple[int, int]:
+    """The exact whole-job quantity of one line (see the table in the module docstring)
+    as an integer ratio ``(numerator, denominator)``, denominator > 0."""
+    used: tuple[int, int] | None = None
     if resource == "cpu":
-        allocated = Fraction(job.cpus * elapsed_s, 3600)
+        allocated = (job.cpus * elapsed_s, _HOUR_S)
         if job.cpu_used_s is not None:
-            used = Fraction(job.cpu_used_s) / 3600
+            num, den = Decimal(job.cpu_used_s).as_integer_ratio()
+            used = (num, den * _HOUR_S)
     elif resource == "mem":
-        allocated = Fraction(job.mem_bytes * elapsed_s, _GIB * 3600)
+        allocated = (job.mem_bytes * elapsed_s, _GIB_HOUR)
         if job.mem_used_byte_s is not None:
-            used = Fraction(job.mem_used_byte_s, _GIB * 3600)
+            used = (job.mem_used_byte_s, _GIB_HOUR)
     elif resource == "gpu" or resource.startswith("gpu:"):
         by_type = job.gpus_by_type
-        return Fraction(sum(by_type.get(t, 0) for t in gpu_types) * elapsed_s, 3600)
+        return (sum(by_type.get(t, 0) for t in gpu_types) * elapsed_s, _HOUR_S)
     elif resource == "node":
-        return Fraction(job.nodes * elapsed_s, 3600)
+        return (job.nodes * elapsed_s, _HOUR_S)
     elif resource == "billing":
-        return Fraction((job.billing or 0) * elapsed_s, 3600)
+        return ((job.billing or 0) * elapsed_s, _HOUR_S)
     elif resource == "energy":
-        return Fraction(job.energy_j or 0, _KWH_J)
+        return (job.energy_j or 0, _KWH_J)
     else:
         raise ValueError(f"unknown resource {resource!r}")
     if basis == "allocated":
         return allocated
     if basis == "used":
-        return used if used is not None else Fraction(0)
+        return used if used is not None else (0, 1)
     if basis == "max":
-        return allocated if used is None else max(allocated, used)
+        if used is None:
+            return allocated
+        # the larger of two ratios with positive denominators, by cross-multiplying
+        return used if used[0] * allocated[1] > allocated[0] * used[1] else allocated
     raise ValueError(f"unknown basis {basis!r}")
+
+
+def _quantity_units(job: JobRecord, resource: str, basis: str, gpu_types: tuple[str, ...],
+                    elapsed_s: int) -> int:
+    """The whole-job quantity of one line in millionths, rounded half-even (exact)."""
+    num, den = _raw_quantity(job, resource, basis, gpu_types, elapsed_s)
+    return _div_half_even(num * _MICRO, den)
 
 
 @dataclass(frozen=True)
@@ -262,8 +293,7 @@ def job_quantities(job: JobRecord, rule: Rule, *,
     elapsed = job.elapsed_s if elapsed_s is None else elapsed_s
     out: dict[str, tuple[Decimal, str]] = {}
     for spec in _specs(rule, job):
-        units = round(_raw_quantity(job, spec.resource, spec.basis, spec.gpu_types,
-                                    elapsed) * _MICRO)
+        units = _quantity_units(job, spec.resource, spec.basis, spec.gpu_types, elapsed)
         if units:
             out[spec.resource] = (_from_micro(units), spec.basis)
     return out
@@ -347,8 +377,8 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
     for specs in specs_by_slice:
         for spec in specs:
             if spec.key not in shares:
-                units = round(_raw_quantity(job, spec.resource, spec.basis, spec.gpu_types,
-                                            elapsed) * _MICRO)
+                units = _quantity_units(job, spec.resource, spec.basis, spec.gpu_types,
+                                        elapsed)
                 shares[spec.key] = largest_remainder(units, weights)
 
     lines: list[ChargeLine] = []

@@ -238,3 +238,42 @@ def test_plan_lines_never_touches_closed_periods(desired, billed, closed_upto, g
             assert l.usage_period not in closed and l in desired
         else:
             assert l.kind == "correction" and (l.quantity, l.amount) != (D(0), D(0))
+
+
+# ----------------------------------------------------- integer arithmetic against Fraction
+
+@SETTINGS
+@given(num=st.integers(-10**30, 10**30), den=st.integers(1, 10**18))
+def test_integer_half_even_division_is_fractions_round(num, den):
+    from billing.price import _div_half_even
+
+    assert _div_half_even(num, den) == round(Fraction(num, den))
+    assert _div_half_even(2 * num + den, 2 * den) == round(Fraction(2 * num + den, 2 * den))
+
+
+@SETTINGS
+@given(job=jobs(), basis=st.sampled_from(["allocated", "used", "max"]))
+def test_cpu_and_mem_quantities_match_an_exact_fraction_oracle(job, basis):
+    card = load_rate_card(
+        'currency = "EUR"\nscale = 2\nperiod = "month"\ntimezone = "UTC"\n'
+        '[[rules]]\nname = "r"\nfrom = 2025-01-01\n[rules.rates]\ncpu_hour = "1"\n'
+        f'mem_gib_hour = "1"\n[rules.basis]\ncpu = "{basis}"\nmem = "{basis}"\n')
+    hour = Fraction(3600)
+    alloc_cpu = Fraction(job.cpus * job.elapsed_s) / hour
+    used_cpu = None if job.cpu_used_s is None else Fraction(job.cpu_used_s) / hour
+    alloc_mem = Fraction(job.mem_bytes * job.elapsed_s, 2**30) / hour
+    used_mem = None if job.mem_used_byte_s is None else Fraction(job.mem_used_byte_s, 2**30) / hour
+
+    def pick(allocated, used):
+        if basis == "allocated":
+            return allocated
+        if basis == "used":
+            return used or Fraction(0)
+        return allocated if used is None else max(allocated, used)
+
+    expected = {}
+    for resource, exact in (("cpu", pick(alloc_cpu, used_cpu)), ("mem", pick(alloc_mem, used_mem))):
+        units = round(exact * 10**6)                  # Fraction's round(): half-even
+        if units:
+            expected[resource] = (D(units).scaleb(-6), basis)
+    assert job_quantities(job, card.rules[0]) == expected
