@@ -9,7 +9,9 @@ temporary file so a chatty child can never dead-lock on a full pipe, and one err
 exit code and stderr.
 
 Output is streamed: the function is a generator that yields stdout lines as they arrive,
-so a 100,000-job window never sits in memory as one string.
+so a 100,000-job window never sits in memory as one string. A reader thread drains the
+pipe ahead of the consumer (at most 64 MiB), so the child is never held back while the
+collector parses and writes what it has already printed.
 
 * Lines are yielded WITHOUT their trailing ``"\\n"``. Only ``"\\n"`` ends a line; a ``"\\r"``
   inside a field is kept as data. A last line without a newline is yielded as is, and then, even when the command exited 0,
@@ -27,6 +29,7 @@ so a 100,000-job window never sits in memory as one string.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import tempfile
@@ -65,6 +68,38 @@ def _read_stderr(handle) -> str:
         return handle.read().decode("utf-8", errors="replace")
     except (OSError, ValueError):
         return ""
+
+
+# Read-ahead: a thread drains the child's stdout into at most this many chunks of up to
+# _READ_CHUNK bytes (64 MiB), so the child never waits on a full pipe while the consumer
+# parses and writes: sacct's own output phase overlaps the collector's work.
+_READ_CHUNK = 1 << 20
+_READ_AHEAD_CHUNKS = 64
+
+
+def _read_ahead(stream, chunks: queue.Queue, stop: threading.Event) -> None:
+    """Put the stream's bytes on ``chunks`` (then None at EOF, or the exception); give up
+    when ``stop`` is set (the consumer left) instead of blocking on a full queue."""
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        while True:
+            chunk = stream.read1(_READ_CHUNK)
+            if not chunk:
+                break
+            if not put(chunk):
+                return
+    except (OSError, ValueError) as exc:   # the stream closed under us, or a read error
+        put(exc)
+        return
+    put(None)
 
 
 def _kill_group(pid: int) -> None:
@@ -142,14 +177,27 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
         timer.start()
         finished = False
         unterminated = b""
+        assert proc.stdout is not None
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(_READ_AHEAD_CHUNKS)
+        stop = threading.Event()
+        reader = threading.Thread(target=_read_ahead, args=(proc.stdout, chunks, stop),
+                                  name=f"slurm-read-{proc.pid}", daemon=True)
+        reader.start()
         try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:          # BufferedReader: lines end only at b"\n"
-                if raw.endswith(b"\n"):
-                    raw = raw[:-1]
-                else:
-                    unterminated = raw       # only the last line can lack its newline
-                yield raw.decode("utf-8", errors="replace")
+            tail = b""
+            while True:
+                chunk = chunks.get()
+                if chunk is None:
+                    break
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                lines = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
+                tail = lines.pop()           # b"" when the chunk ended with a newline
+                for raw in lines:            # lines end only at b"\n"
+                    yield raw.decode("utf-8", errors="replace")
+            if tail:
+                unterminated = tail          # only the last line can lack its newline
+                yield tail.decode("utf-8", errors="replace")
             returncode = proc.wait()
             with lock:
                 state["done"] = True
@@ -165,7 +213,11 @@ def slurm_command(argv: Sequence[str], *, timeout_s: float,
                     if proc.poll() is None:
                         _kill_group(proc.pid)
                 proc.wait()
-            if proc.stdout is not None:
+            stop.set()
+            # The group is dead or done, so the pipe is at EOF; a grandchild that left the
+            # group could still hold it open: never wait for the reader longer than this.
+            reader.join(timeout=5)
+            if not reader.is_alive():
                 proc.stdout.close()
 
         stderr = _read_stderr(err)
