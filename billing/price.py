@@ -125,6 +125,7 @@ _EXACT = Context(prec=60, rounding=ROUND_HALF_EVEN,
                  traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
 _ROUNDING = Context(prec=60, rounding=ROUND_HALF_EVEN,
                     traps=[InvalidOperation, DivisionByZero, Overflow])
+_QUANTUMS = {scale: Decimal((0, (1,), -scale)) for scale in range(29)}
 
 
 # ---------------------------------------------------------------------------- rounding
@@ -136,11 +137,13 @@ def round_amount(value: Decimal, scale: int) -> Decimal:
     errors do not drift one way over many lines). The result always has exactly ``scale``
     places (0.1 -> 0.10).
     """
-    if not 0 <= scale <= 28:
+    quantum = _QUANTUMS.get(scale)
+    if quantum is None:
         raise ValueError(f"scale out of range: {scale}")
-    quantum = Decimal((0, (1,), -scale))
-    # A fresh context per call: flags set while rounding never leak between threads.
-    return value.quantize(quantum, rounding=ROUND_HALF_EVEN, context=_ROUNDING.copy())
+    # An explicit context: the caller's (thread-local) context never changes the result.
+    # Its flags may be set by several threads at once; nothing reads them, and only its
+    # traps (the same for every caller) decide what raises.
+    return value.quantize(quantum, rounding=ROUND_HALF_EVEN, context=_ROUNDING)
 
 
 def line_amount(rate: Decimal, quantity: Decimal, scale: int) -> Decimal:
@@ -196,6 +199,8 @@ def _has_allocation(job: JobRecord) -> bool:
 
 _HOUR_S = 3600
 _GIB_HOUR = _GIB * _HOUR_S
+_UTC = timezone.utc
+_ONE_SECOND = timedelta(seconds=1)
 
 
 def _raw_quantity(job: JobRecord, resource: str, basis: str, gpu_types: tuple[str, ...],
@@ -250,14 +255,35 @@ class _Spec:
     basis: str
     gpu_types: tuple[str, ...]
     rate: Decimal
+    unit: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit", resource_unit(self.resource))
 
     @property
     def key(self) -> tuple[str, str, tuple[str, ...]]:
         return (self.resource, self.basis, self.gpu_types)
 
 
-def _specs(rule: Rule, job: JobRecord) -> list[_Spec]:
-    """The lines ``rule`` prices for ``job`` (before knowing whether they are zero)."""
+# Distinct GPU mixes a rule remembers its specs for (Rule.memo; it starts over when full).
+_SPECS_MEMO = 4096
+
+
+def _specs(rule: Rule, job: JobRecord) -> tuple[_Spec, ...]:
+    """The lines ``rule`` prices for ``job`` (before knowing whether they are zero).
+    They depend on the job only through its GPU mix and whether it has a billing TRES
+    and an energy figure, so they are remembered per rule for those (``Rule.memo``)."""
+    key = (job.gpus, job.billing is not None, job.energy_j is not None)
+    memo = rule.memo
+    specs = memo.get(key)
+    if specs is None:
+        if len(memo) >= _SPECS_MEMO:
+            memo.clear()
+        specs = memo[key] = tuple(_compute_specs(rule, job))
+    return specs
+
+
+def _compute_specs(rule: Rule, job: JobRecord) -> list[_Spec]:
     rates, basis = rule.rates, rule.basis
     out: list[_Spec] = []
     if rates.cpu_hour is not None:
@@ -326,6 +352,8 @@ class _Result:
 
 
 def _whole_seconds(dt: datetime) -> datetime:
+    if dt.tzinfo is _UTC and not dt.microsecond:     # what every parser produces
+        return dt
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"naive datetime {dt!r}: times must be timezone-aware")
     return dt.astimezone(timezone.utc).replace(microsecond=0)
@@ -357,14 +385,40 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
     end = max(end, start)
 
     parts = split_by_period(start, end, card.tz)
-    weights = [seconds for _, seconds in parts]
-    if sum(weights) == 0:                   # End == Start: all in the Start period
+    if len(parts) == 1:                     # most jobs: one period, one rule
         weights = [1]
-    slices: list[tuple[str, Rule | None]] = []
-    cursor = start
-    for period, seconds in parts:
-        slices.append((period, card.select_rule(job, cursor)))
-        cursor += timedelta(seconds=seconds)
+        slices = [(parts[0][0], card.select_rule(job, start))]
+    else:
+        weights = [seconds for _, seconds in parts]
+        if sum(weights) == 0:               # End == Start: all in the Start period
+            weights = [1]
+        slices = []
+        cursor = start
+        for period, seconds in parts:
+            slices.append((period, card.select_rule(job, cursor)))
+            cursor += seconds * _ONE_SECOND
+
+    lines: list[ChargeLine] = []
+    cluster, job_id_raw, submit = job.cluster, job.job_id_raw, job.submit
+    scale, currency, version = card.scale, card.currency, card.version
+    if len(slices) == 1:
+        # One slice takes the whole quantity (largest_remainder of one weight), so
+        # this is the general case below without the shares.
+        period, rule = slices[0]
+        if rule is None:
+            return _Result(NO_RULE, [], (period,))
+        for spec in _specs(rule, job):
+            units = _quantity_units(job, spec.resource, spec.basis, spec.gpu_types, elapsed)
+            if not units:
+                continue
+            quantity = _from_micro(units)
+            rate = spec.rate
+            # positional, in ChargeLine's field order (kind "charge")
+            lines.append(ChargeLine(
+                cluster, job_id_raw, submit, period, period, spec.resource, quantity,
+                spec.unit, rate, line_amount(rate, quantity, scale), currency, rule.name,
+                version, spec.basis, "charge"))
+        return _Result(PRICED if lines else NO_CHARGE, lines)
 
     unpriced = tuple(period for period, rule in slices if rule is None)
     if len(unpriced) == len(slices):
@@ -381,7 +435,6 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
                                         elapsed)
                 shares[spec.key] = largest_remainder(units, weights)
 
-    lines: list[ChargeLine] = []
     for i, ((period, rule), specs) in enumerate(zip(slices, specs_by_slice)):
         if rule is None:
             continue
@@ -390,13 +443,12 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
             if not units:
                 continue
             quantity = _from_micro(units)
+            rate = spec.rate
+            # positional, in ChargeLine's field order (kind "charge")
             lines.append(ChargeLine(
-                cluster=job.cluster, job_id_raw=job.job_id_raw, submit=job.submit,
-                usage_period=period, posted_period=period, resource=spec.resource,
-                quantity=quantity, unit=resource_unit(spec.resource), rate=spec.rate,
-                amount=line_amount(spec.rate, quantity, card.scale),
-                currency=card.currency, rule=rule.name, rate_card=card.version,
-                basis=spec.basis, kind="charge"))
+                cluster, job_id_raw, submit, period, period, spec.resource, quantity,
+                spec.unit, rate, line_amount(rate, quantity, scale), currency, rule.name,
+                version, spec.basis, "charge"))
     if unpriced:
         return _Result(PARTLY_PRICED, lines, unpriced)
     return _Result(PRICED if lines else NO_CHARGE, lines)

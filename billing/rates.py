@@ -78,6 +78,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, time, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -109,6 +110,8 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 MAX_SCALE = 6
 MAX_RATE = Decimal(10) ** 12
 MAX_RATE_DIGITS = 24
+# Distinct (cluster, partition, account, qos, user) combinations select_rule remembers.
+_FITTING_MEMO = 65_536
 
 
 class RateCardError(ValueError):
@@ -153,6 +156,10 @@ class Rule:
     priority: int
     rates: Rates
     basis: dict[str, str] = field(hash=False)   # every resource, defaults filled in
+    # billing.price's memo of the lines this rule asks for, per GPU mix: derived from the
+    # rule alone (so never stale), and not part of its value.
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False,
+                                 compare=False, hash=False)
 
     @property
     def specificity(self) -> int:
@@ -184,11 +191,34 @@ class RateCard:
     rules: tuple[Rule, ...]
     version: str
     slurm_billing_weights: dict[str, str] = field(default_factory=dict, hash=False)
+    # select_rule's memo: the rules whose match holds for a combination of the match
+    # fields, best first. Derived from the card alone; not part of its value.
+    _fitting: dict[tuple[str | None, ...], tuple[Rule, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
-    @property
+    @cached_property
     def tz(self) -> tzinfo:
         """The card's timezone as a tzinfo."""
         return _zone(self.timezone)
+
+    @cached_property
+    def _by_preference(self) -> tuple[Rule, ...]:
+        """The rules, the one that wins a tie first: most match keys, then highest
+        priority, then the earlier in the card."""
+        return tuple(sorted(self.rules, key=lambda r: (-r.specificity, -r.priority, r.index)))
+
+    def fitting_rules(self, job: JobRecord) -> tuple[Rule, ...]:
+        """The rules whose ``match`` holds for ``job`` (whatever their dates), the
+        winner of a tie first. Remembered per combination of the match fields (at most
+        _FITTING_MEMO of them; the memo starts over when full)."""
+        key = (job.cluster, job.partition, job.account, job.qos, job.user)
+        fitting = self._fitting.get(key)
+        if fitting is None:
+            if len(self._fitting) >= _FITTING_MEMO:
+                self._fitting.clear()
+            fitting = self._fitting[key] = tuple(
+                rule for rule in self._by_preference if rule.matches(job))
+        return fitting
 
     def select_rule(self, job: JobRecord, at: datetime) -> Rule | None:
         """The rule that prices ``job`` at the instant ``at`` (aware), or None.
@@ -200,14 +230,10 @@ class RateCard:
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError(f"select_rule: naive datetime {at!r}")
         day = at.astimezone(self.tz).date()
-        best: Rule | None = None
-        for rule in self.rules:
-            if not rule.in_effect(day) or not rule.matches(job):
-                continue
-            if best is None or (rule.specificity, rule.priority) > (best.specificity,
-                                                                     best.priority):
-                best = rule
-        return best
+        for rule in self.fitting_rules(job):     # best first: the first in effect wins
+            if rule.valid_from <= day and (rule.valid_until is None or day < rule.valid_until):
+                return rule
+        return None
 
     def rule_named(self, name: str) -> Rule:
         for rule in self.rules:
