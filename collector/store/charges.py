@@ -50,6 +50,7 @@ Like every store function these never commit.
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -591,6 +592,9 @@ _SQL_INSERT_NEW = (
     f" SELECT {', '.join('s.' + c for c in _STAGE_LINE_COLUMNS)}, %(run_id)s FROM {_STAGE_LINES} s"
 )
 
+# The columns that repeat across a batch's lines (a line's "combination").
+_COMBO = operator.attrgetter("usage_period", "posted_period", "resource", "unit", "currency",
+                             "rule", "rate_card", "basis", "kind")
 _KINDS = frozenset(CHARGE_KINDS)
 _BASES = frozenset(CHARGE_BASES)
 
@@ -670,6 +674,7 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     # has few of those (periods x resources x rules), so each is validated once.
     prefixes = {k: f"{_copy_text(k[0])}\t{k[1]}\t{k[2].isoformat()}\t" for k in unique}
     attributes: dict[tuple[Any, ...], str] = {}
+    rates: dict[Decimal, str] = {}      # a batch has few distinct rates: each encoded once
     encoded: list[str] = []
     in_closed: set[str] = set()
     for line in lines:
@@ -677,17 +682,21 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
         if prefix is None:
             raise ChargeValueError(
                 f"line for job {line.job_key!r} whose key is not in keys: {line!r}")
-        combo = (line.usage_period, line.posted_period, line.resource, line.unit,
-                 line.currency, line.rule, line.rate_card, line.basis, line.kind)
+        combo = _COMBO(line)
         middle = attributes.get(combo)
         if middle is None:
             middle = attributes[combo] = _encode_attributes(line, card_ids[line.rate_card])
             if line.posted_period in closed:
                 in_closed.add(line.posted_period)
+        rate = line.rate
+        rate_text = rates.get(rate) if type(rate) is Decimal else None
+        if rate_text is None:
+            rate_text = _decimal(rate, 'rate', _RATE, True)
+            if type(rate) is Decimal:
+                rates[rate] = rate_text
         encoded.append(
             f"{prefix}{middle}\t{_decimal(line.quantity, 'quantity', _QUANTITY, False)}"
-            f"\t{_decimal(line.rate, 'rate', _RATE, True)}"
-            f"\t{_decimal(line.amount, 'amount', _AMOUNT, True)}\n")
+            f"\t{rate_text}\t{_decimal(line.amount, 'amount', _AMOUNT, True)}\n")
     if in_closed:
         raise ClosedPeriodError(in_closed, "replace_charges would post lines in a closed period")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -171,6 +172,31 @@ def _gpus(gpus: tuple[tuple[str, int], ...]) -> tuple[str, int]:
     return _text(doc), sum(mapping.values())
 
 
+_GPUS_MEMO: dict[tuple[tuple[str, int], ...], tuple[str, int]] = {}
+
+
+def _gpus_cached(gpus: tuple[tuple[str, int], ...]) -> tuple[str, int]:
+    """``_gpus``, remembered: a site has a handful of GPU mixes (at most 4096 kept)."""
+    try:
+        hit = _GPUS_MEMO.get(gpus)
+    except TypeError:               # unhashable (not the tuple JobRecord declares)
+        return _gpus(gpus)
+    if hit is None:
+        hit = _gpus(gpus)
+        if len(_GPUS_MEMO) < 4096:
+            _GPUS_MEMO[gpus] = hit
+    return hit
+
+
+# Every record column except gpu_count (derived from gpus), in _COLUMNS order.
+_RECORD_VALUES = operator.attrgetter(*(attr for _, attr in RECORD_COLUMNS if attr != "gpu_count"))
+_TEXT_TYPES = frozenset({str, type(None)})
+_INT_TYPES = frozenset({int, type(None)})
+# Characters a text value must not contain for the fast path (COPY escapes them; a tab
+# would also shift the columns); ``_encode_checked`` handles records that have them.
+_SPECIAL = ("\\", "\n", "\r", "\x00")
+
+
 def _encode(rec: JobRecord) -> str:
     """The record as one COPY text line (no newline), in ``_COLUMNS`` order.
 
@@ -178,7 +204,78 @@ def _encode(rec: JobRecord) -> str:
     ``\\N`` (distinct from an empty string), times are UTC ISO-8601, Decimals are rounded
     to the column's scale, gpus is compact JSON with sorted keys. If the COPY format ever
     changes, keep this function for hashing or every row is rewritten once.
+
+    The common record (values of the expected types, times in UTC, text without
+    characters COPY escapes) is encoded here in one pass; anything else goes through
+    ``_encode_checked``, which validates each value (and raises) and escapes. Both give
+    the same line for any record the fast path accepts.
     """
+    (cluster, job_id_raw, submit, job_id, state, state_raw, array_job_id, array_task_id,
+     het_job_id, het_job_offset, name, user, uid, group, account, partition, qos, wckey,
+     reservation, exit_code, derived_exit_code, eligible, start, end, elapsed_s,
+     timelimit_min, nodes, cpus, mem_bytes, billing, gpus, node_list, cpu_time_alloc_s,
+     cpu_used_s, max_rss_bytes, mem_used_byte_s, energy_j, db_index, final
+     ) = _RECORD_VALUES(rec)
+    texts = (cluster, job_id, state, state_raw, name, user, group, account, partition, qos,
+             wckey, reservation, exit_code, derived_exit_code, node_list)
+    if (not _TEXT_TYPES.issuperset(map(type, texts))
+            or not _INT_TYPES.issuperset(map(type, (
+                job_id_raw, array_job_id, array_task_id, het_job_id, het_job_offset, uid,
+                elapsed_s, timelimit_min, nodes, cpus, mem_bytes, billing, cpu_time_alloc_s,
+                max_rss_bytes, mem_used_byte_s, energy_j, db_index)))
+            or (final is not True and final is not False)
+            or None in (cluster, job_id_raw, job_id, state, state_raw, elapsed_s, nodes, cpus,
+                        mem_bytes)
+            or (submit is None or submit.tzinfo is not UTC)
+            or (eligible is not None and eligible.tzinfo is not UTC)
+            or (start is not None and start.tzinfo is not UTC)
+            or (end is not None and end.tzinfo is not UTC)):
+        return _encode_checked(rec)
+    joined = "\t".join([t for t in texts if t is not None])
+    if (joined.count("\t") != sum(1 for t in texts if t is not None) - 1
+            or any(c in joined for c in _SPECIAL)):
+        return _encode_checked(rec)
+    gpus_json, gpu_count = _gpus_cached(gpus)
+    n = _NULL
+    return "\t".join((
+        cluster, str(job_id_raw), submit.isoformat(), job_id, state, state_raw,
+        n if array_job_id is None else str(array_job_id),
+        n if array_task_id is None else str(array_task_id),
+        n if het_job_id is None else str(het_job_id),
+        n if het_job_offset is None else str(het_job_offset),
+        n if name is None else name,
+        n if user is None else user,
+        n if uid is None else str(uid),
+        n if group is None else group,
+        n if account is None else account,
+        n if partition is None else partition,
+        n if qos is None else qos,
+        n if wckey is None else wckey,
+        n if reservation is None else reservation,
+        n if exit_code is None else exit_code,
+        n if derived_exit_code is None else derived_exit_code,
+        n if eligible is None else eligible.isoformat(),
+        n if start is None else start.isoformat(),
+        n if end is None else end.isoformat(),
+        str(elapsed_s),
+        n if timelimit_min is None else str(timelimit_min),
+        str(nodes), str(cpus), str(mem_bytes),
+        n if billing is None else str(billing),
+        gpus_json, str(gpu_count),
+        n if node_list is None else node_list,
+        n if cpu_time_alloc_s is None else str(cpu_time_alloc_s),
+        n if cpu_used_s is None else _cpu(cpu_used_s),
+        n if max_rss_bytes is None else str(max_rss_bytes),
+        n if mem_used_byte_s is None else str(mem_used_byte_s),
+        n if energy_j is None else str(energy_j),
+        n if db_index is None else str(db_index),
+        "t" if final else "f",
+    ))
+
+
+def _encode_checked(rec: JobRecord) -> str:
+    """``_encode`` for any record: each value validated (TypeError / ValueError) and
+    escaped on its own."""
     gpus_json, gpu_count = _gpus(rec.gpus)
     final = rec.final
     if final is not True and final is not False:
