@@ -314,6 +314,24 @@ _FREE_LOWER = frozenset(name.lower() for name in FREE_TEXT_FIELDS)
 _MAX_CONTINUATION = 64
 
 
+# JobRecord's fields in declaration order: _convert builds records positionally.
+_JOB_RECORD_FIELDS = (
+    "cluster", "job_id", "job_id_raw", "submit", "state", "state_raw",
+    "array_job_id", "array_task_id", "het_job_id", "het_job_offset",
+    "name", "user", "uid", "group", "account", "partition", "qos", "wckey", "reservation",
+    "exit_code", "derived_exit_code", "eligible", "start", "end", "elapsed_s",
+    "timelimit_min", "nodes", "cpus", "mem_bytes", "billing", "gpus", "node_list",
+    "cpu_time_alloc_s", "cpu_used_s", "max_rss_bytes", "mem_used_byte_s", "energy_j",
+    "db_index", "final", "raw_digest",
+)
+if tuple(f.name for f in dataclasses.fields(JobRecord)) != _JOB_RECORD_FIELDS:
+    raise RuntimeError("JobRecord's fields changed: update _JOB_RECORD_FIELDS and _convert")
+_STEP_USAGE_FIELDS = ("cluster", "job_id_raw", "step", "job_db_index", "state", "elapsed_s",
+                      "cpu_used_s", "max_rss_bytes", "mem_total_bytes", "energy_j", "line_no")
+if tuple(f.name for f in dataclasses.fields(StepUsage)) != _STEP_USAGE_FIELDS:
+    raise RuntimeError("StepUsage's fields changed: update _STEP_USAGE_FIELDS and _convert")
+
+
 class _BadValue(ValueError):
     """A record-level problem that already has its full reason text."""
 
@@ -593,39 +611,40 @@ class ParsableParser:
         groups: list[list] = []
         current: list | None = None
 
+        # The digest is blake2b(salt + "\n" + raw line + "\n" + raw line ...), hashed in
+        # one call per group.
+        salt_nl = salt + b"\n"
+
         def flush() -> Iterator[Item]:
             asks = []
             for g in groups:
                 if g[2]:
-                    h = blake2b(salt, digest_size=16, person=person)
-                    for item in g[3]:
-                        h.update(b"\n")
-                        h.update(item[1].encode("utf-8", "surrogatepass"))
-                    g[4] = h.hexdigest()
+                    g[4] = blake2b(salt_nl + "\n".join([item[1] for item in g[3]]).encode(
+                        "utf-8", "surrogatepass"), digest_size=16, person=person).hexdigest()
                     asks.append((g[0], int(g[1]), g[4]))
             stored = unchanged.stored(asks) if asks else set()
             # A job whose steps also appear in a group of their own (no job line before
             # them) is parsed in full, so that those steps find their job.
             loose = {g[1] for g in groups if not g[2] and g[1] is not None} if stored else ()
             for g in groups:
-                if g[2] and g[4] in stored and g[1] not in loose:
+                digest = g[4]          # set for skippable groups only
+                if digest is not None and digest in stored and g[1] not in loose:
                     unchanged.skipped(g[0])
                     continue
-                digest = g[4]
-                items = g[3]
                 out: list[Item] = []
-                for item in items:
+                bad = False
+                for item in g[3]:
                     if type(item) is tuple:
                         f, raw, ln = item
-                        out.append(convert(f, raw, ln, digest) if len(f) == ncols
-                                   else finish(f, raw, ln))
-                    else:
-                        out.append(item)
-                if digest is not None and len(out) > 1:
-                    if any(type(o) is QuarantinedRecord for o in out):
-                        first = out[0]
-                        if type(first) is JobRecord:
-                            out[0] = dataclasses.replace(first, raw_digest=None)
+                        item = (convert(f, raw, ln, digest) if len(f) == ncols
+                                else finish(f, raw, ln))
+                    if type(item) is QuarantinedRecord:
+                        bad = True
+                    out.append(item)
+                if bad and digest is not None and len(out) > 1:
+                    first = out[0]
+                    if type(first) is JobRecord:
+                        out[0] = dataclasses.replace(first, raw_digest=None)
                 yield from out
             groups.clear()
 
@@ -771,20 +790,20 @@ class ParsableParser:
             what = "UID"
             uid = _opt_int(f[i_uid])
             name = f[i_name]
+            # Positional, in _JOB_RECORD_FIELDS order (a call with 40 keywords costs a
+            # third of a conversion); max_rss_bytes and mem_used_byte_s come from steps.
             return JobRecord(
-                cluster=cluster, job_id=job_id, job_id_raw=job_id_raw, submit=submit,
-                state=state, state_raw=state_raw,
-                array_job_id=array_job, array_task_id=array_task,
-                het_job_id=het_job, het_job_offset=het_offset,
-                name=name or None, user=_opt(f[i_user]), uid=uid, group=_opt(f[i_group]),
-                account=_opt(f[i_acct]), partition=_opt(f[i_part]), qos=_opt(f[i_qos]),
-                wckey=_opt(f[i_wckey]), reservation=_opt(f[i_resv]),
-                exit_code=f[i_exit] or None, derived_exit_code=f[i_dexit] or None,
-                eligible=eligible, start=start, end=end, elapsed_s=elapsed,
-                timelimit_min=tlimit, nodes=nodes, cpus=cpus, mem_bytes=mem,
-                billing=billing, gpus=gpus, node_list=_opt(f[i_nodelist]),
-                cpu_time_alloc_s=cpu_time_alloc, cpu_used_s=cpu_used, energy_j=energy,
-                db_index=db_index, final=is_final_record(state, end), raw_digest=digest,
+                cluster, job_id, job_id_raw, submit, state, state_raw,
+                array_job, array_task, het_job, het_offset,
+                name or None, _opt(f[i_user]), uid, _opt(f[i_group]),
+                _opt(f[i_acct]), _opt(f[i_part]), _opt(f[i_qos]),
+                _opt(f[i_wckey]), _opt(f[i_resv]),
+                f[i_exit] or None, f[i_dexit] or None,
+                eligible, start, end, elapsed,
+                tlimit, nodes, cpus, mem,
+                billing, gpus, _opt(f[i_nodelist]),
+                cpu_time_alloc, cpu_used, None, None, energy,
+                db_index, is_final_record(state, end), digest,
             )
         except Exception as exc:  # noqa: BLE001 - one bad record must never stop a poll
             del f[-1]
