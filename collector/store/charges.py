@@ -587,10 +587,10 @@ _SQL_REPLACE = (
     f" (SELECT count(*) FROM inserted), (SELECT count(*) FROM {_STAGE_KEYS})"
 )
 
-_SQL_INSERT_NEW = (
-    f"INSERT INTO charge_lines ({', '.join(_STAGE_LINE_COLUMNS)}, run_id)"
-    f" SELECT {', '.join('s.' + c for c in _STAGE_LINE_COLUMNS)}, %(run_id)s FROM {_STAGE_LINES} s"
-)
+# New jobs' lines go straight into charge_lines (no stage): the same columns plus run_id,
+# whose value ends every COPY line.
+_SQL_COPY_NEW = (f"COPY charge_lines ({', '.join(_STAGE_LINE_COLUMNS)}, run_id) "
+                 "FROM STDIN (FORMAT text)")
 
 # The columns that repeat across a batch's lines (a line's "combination").
 _COMBO = operator.attrgetter("usage_period", "posted_period", "resource", "unit", "currency",
@@ -649,7 +649,7 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
 
     ``new_jobs``: the caller inserted these jobs in this transaction (``JobWriter``'s
     ``on_inserted``), so no line of theirs can exist (lines reference their job): the
-    lines are inserted without comparing digests.
+    lines are COPYed straight into charge_lines, without a stage or digests.
     """
     unique = _unique_keys(keys)
     if not unique:
@@ -702,16 +702,18 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
 
     key_lines = (prefix[:-1] + "\n" for prefix in prefixes.values())
     with _dbapi_cursor(session) as cur:
-        cur.execute(_SQL_CREATE_STAGES)
-        if not new_jobs:
-            cur.copy_expert(_SQL_COPY_KEYS, LinesReader(key_lines), size=LinesReader.CHUNK)
-        cur.copy_expert(_SQL_COPY_LINES, LinesReader(encoded), size=LinesReader.CHUNK)
         if new_jobs:
-            cur.execute(_SQL_INSERT_NEW, {"run_id": run_id})
+            run_text = "\\N" if run_id is None else str(run_id)
+            cur.copy_expert(_SQL_COPY_NEW,
+                            LinesReader(f"{line[:-1]}\t{run_text}\n" for line in encoded),
+                            size=LinesReader.BULK_CHUNK)
             inserted = cur.rowcount
             changed = len({line.job_key for line in lines})
             deleted, total = 0, len(prefixes)
         else:
+            cur.execute(_SQL_CREATE_STAGES)
+            cur.copy_expert(_SQL_COPY_KEYS, LinesReader(key_lines), size=LinesReader.CHUNK)
+            cur.copy_expert(_SQL_COPY_LINES, LinesReader(encoded), size=LinesReader.BULK_CHUNK)
             cur.execute(_SQL_ANALYZE)
             cur.execute(_SQL_REPLACE, {"run_id": run_id})
             changed, deleted, inserted, total = cur.fetchone()

@@ -25,6 +25,9 @@ class LinesReader(io.TextIOBase):
     without first joining it into one large string."""
 
     CHUNK = 1 << 16
+    # For the bulk writers: psycopg2 calls read() once per chunk, and each call needs
+    # the GIL back, so fewer, larger reads keep a COPY from waiting on another thread.
+    BULK_CHUNK = 1 << 20
 
     def __init__(self, lines: Iterable[str]) -> None:
         super().__init__()
