@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -99,6 +100,25 @@ class Pricer:
         self.lines_written = 0
         self.lines_deleted = 0
         self._closed: frozenset[str] = frozenset()
+        # key -> (record, its lines), priced ahead by the reading thread (``prepare``)
+        self._prepared: dict[tuple, tuple[JobRecord, list[ChargeLine]]] = {}
+
+    def prepare(self, rec: JobRecord) -> list[ChargeLine] | None:
+        """``price_job`` for ``rec``, for ``remember``; None when it fails (``price``
+        then prices the job again and raises). Pure: any thread."""
+        try:
+            return price_job(self.card, rec, as_of=self.as_of)
+        except Exception:  # noqa: BLE001 - priced again, and the failure raised, by price()
+            return None
+
+    def remember(self, rec: JobRecord, lines: list[ChargeLine] | None) -> None:
+        """Keep ``prepare``'s lines for ``rec`` until ``price`` asks for them."""
+        if lines is not None:
+            self._prepared[(rec.cluster, rec.job_id_raw, rec.submit)] = (rec, lines)
+
+    def forget_prepared(self) -> None:
+        """Drop what ``price`` did not use (jobs the writer found unchanged)."""
+        self._prepared.clear()
 
     def _first_open_after(self, period: str) -> str:
         candidate = next_period(period)
@@ -116,8 +136,16 @@ class Pricer:
         self._closed = store_charges.closed_periods(session, lock=True)
         keys = [(r.cluster, r.job_id_raw, r.submit) for r in records]
         desired: dict[tuple, list[ChargeLine]] = {}
+        prepared = self._prepared
         for rec in records:
-            desired[(rec.cluster, rec.job_id_raw, rec.submit)] = price_job(self.card, rec, as_of=self.as_of)
+            key = (rec.cluster, rec.job_id_raw, rec.submit)
+            hit = prepared.pop(key, None)
+            # Prepared lines serve only the very record the writer stored (the same
+            # object, or an equal one: not when storing rounded its cpu_used_s).
+            if hit is not None and (hit[0] is rec or hit[0] == rec):
+                desired[key] = hit[1]
+            else:
+                desired[key] = price_job(self.card, rec, as_of=self.as_of)
         if self._closed:
             frozen = store_charges.frozen_lines(session, keys)
             lines = [line for key in keys for line in plan_lines(
@@ -167,9 +195,114 @@ def bulk_gc() -> Iterator[None]:
                 gc.unfreeze()
 
 
+# Jobs and quarantined records handed to the writing thread at a time, and chunks that
+# may wait for it (bounded memory: at most WRITE_DEPTH x WRITE_CHUNK records ahead).
+WRITE_CHUNK = 500
+WRITE_DEPTH = 16
+_STOP = object()
+
+
+class _WriteBehind:
+    """A window's database work, in a thread of its own, behind the reading.
+
+    The caller's thread reads, parses, rolls up, prices (``Pricer.prepare``) and encodes
+    (``store_jobs.stage_row``) each job and ``put``s them in chunks; this thread adds them
+    to the JobWriter, whose flushes COPY, MERGE and write the charge lines (with the
+    prepared lines of inserted jobs), and stores quarantined records. psycopg2 releases
+    the GIL while PostgreSQL works, so the next jobs are parsed meanwhile: on 2 cores,
+    the Python work and PostgreSQL's overlap instead of taking turns.
+
+    The session (and its transaction) is used by this thread alone until ``finish`` or
+    ``abort`` returns. An exception here is raised again by the next ``put`` or by
+    ``finish``; ``abort`` makes the thread stop after the statement it is running and
+    waits for it, so the caller can roll back.
+    """
+
+    def __init__(self, writer: store_jobs.JobWriter, pricer: Pricer | None, session,
+                 run_id: int, cluster: str | None) -> None:
+        self._writer = writer
+        self._pricer = pricer
+        self._session = session
+        self._run_id = run_id
+        self._cluster = cluster
+        self._queue: queue.Queue[object] = queue.Queue(WRITE_DEPTH)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self.quarantined = 0
+        self._thread = threading.Thread(target=self._run, name="collect-write", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: list[JobRecord | QuarantinedRecord | tuple]) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Write what is left and wait for it; raises the thread's error, if any."""
+        self.put(_STOP)  # type: ignore[arg-type]
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop the thread (after its current statement) and wait for it."""
+        self._stop.set()
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            self._queue.put_nowait(_STOP)
+        except queue.Full:  # pragma: no cover - the queue was just emptied
+            pass
+        self._thread.join()
+
+    def _run(self) -> None:
+        writer, pricer, stop = self._writer, self._pricer, self._stop
+        pending_q: list[QuarantinedRecord] = []
+        try:
+            while True:
+                chunk = self._queue.get()
+                if chunk is _STOP or stop.is_set():
+                    break
+                for entry in chunk:  # type: ignore[attr-defined]
+                    if stop.is_set():
+                        return
+                    if type(entry) is tuple:          # (job, its stage row, its lines)
+                        rec, row, lines = entry
+                        if pricer is not None and lines is not None:
+                            pricer.remember(rec, lines)
+                        writer.add_encoded(rec, row)
+                        if pricer is not None and not writer.pending:   # it just flushed
+                            pricer.forget_prepared()
+                    else:
+                        pending_q.append(entry)
+                        if len(pending_q) >= QUARANTINE_BATCH:
+                            self.quarantined += store_runs.add_quarantined(
+                                self._session, self._run_id, pending_q, self._cluster)
+                            pending_q.clear()
+            if stop.is_set():
+                return
+            writer.flush()
+            if pending_q:
+                self.quarantined += store_runs.add_quarantined(
+                    self._session, self._run_id, pending_q, self._cluster)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            self._error = exc
+        finally:
+            if pricer is not None:
+                pricer.forget_prepared()
+
+
 def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,
             window: Window | None, kind: str, stream: str | None,
-            batch_rows: int = 20_000, pricer: Pricer | None = None,
+            batch_rows: int = 5_000, pricer: Pricer | None = None,
             skip_unchanged: bool = True) -> RunResult:
     """Store one window (or one whole file) from ``source``; raise CollectError on failure.
 
@@ -201,27 +334,47 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                     pricer.price(_session, records, run_id=run_id, new_jobs=True)
             writer = store_jobs.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
                                           on_changed=on_changed, on_inserted=on_inserted)
-            pending_q: list[QuarantinedRecord] = []
             unchanged = None
-            if skip_unchanged and getattr(source, "skips_unchanged", False):
-                unchanged = store_jobs.UnchangedJobs(session)
-                items = source.fetch(window, unchanged=unchanged)  # type: ignore[call-arg]
-            else:
-                items = source.fetch(window)
-            for item in rollup_steps(items, source=source.name):
-                if isinstance(item, JobRecord):
-                    writer.add(item)
-                    records += 1
-                    if item.cluster not in clusters:
-                        clusters.add(item.cluster)
+            with ExitStack() as cleanup:
+                if skip_unchanged and getattr(source, "skips_unchanged", False):
+                    # The digest lookups run in this thread while the writing thread
+                    # uses ``session``, so they get a session of their own (one psycopg2
+                    # connection must never serve two threads: a COPY in one would
+                    # break a query in the other). It sees what earlier polls committed;
+                    # a job met twice in one window is then parsed twice, and the writer
+                    # finds the second copy unchanged.
+                    lookup_session = cleanup.enter_context(session_factory())  # type: ignore[arg-type]
+                    unchanged = store_jobs.UnchangedJobs(lookup_session)
+                    items = source.fetch(window, unchanged=unchanged)  # type: ignore[call-arg]
                 else:
-                    pending_q.append(item)
-                    if len(pending_q) >= QUARANTINE_BATCH:
-                        quarantined += store_runs.add_quarantined(session, run_id, pending_q, cluster)
-                        pending_q.clear()
-            writer.flush()
-            if pending_q:
-                quarantined += store_runs.add_quarantined(session, run_id, pending_q, cluster)
+                    items = source.fetch(window)
+                # Price in this thread only where most jobs read are new or changed (the
+                # skip path drops the unchanged ones before parsing); elsewhere the
+                # writer prices just the jobs it finds changed.
+                prepare = pricer.prepare if pricer is not None and unchanged is not None else None
+                stage_row = store_jobs.stage_row
+                behind = _WriteBehind(writer, pricer, session, run_id, cluster)
+                try:
+                    chunk: list = []
+                    for item in rollup_steps(items, source=source.name):
+                        if isinstance(item, JobRecord):
+                            chunk.append((item, stage_row(item),
+                                          prepare(item) if prepare is not None else None))
+                            records += 1
+                            if item.cluster not in clusters:
+                                clusters.add(item.cluster)
+                        else:
+                            chunk.append(item)
+                        if len(chunk) >= WRITE_CHUNK:
+                            behind.put(chunk)
+                            chunk = []
+                    if chunk:
+                        behind.put(chunk)
+                    behind.finish()
+                except BaseException:
+                    behind.abort()
+                    raise
+            quarantined += behind.quarantined
             counts = writer.counts
             if unchanged is not None and unchanged.count:
                 records += unchanged.count

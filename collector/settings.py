@@ -181,7 +181,7 @@ SPECS: tuple[Spec, ...] = (
          "How far back the very first poll reads when there is no watermark yet."),
     Spec("backfill_chunk_s", "HPC_BILLING_BACKFILL_CHUNK", "--chunk", parse_duration_s, "1d",
          "Size of one backfill window."),
-    Spec("batch_rows", "HPC_BILLING_BATCH_ROWS", "--batch-rows", _parse_positive_int, "20000",
+    Spec("batch_rows", "HPC_BILLING_BATCH_ROWS", "--batch-rows", _parse_positive_int, "5000",
          "Jobs per COPY/MERGE batch (memory is bounded by one batch)."),
     Spec("skip_unchanged", "HPC_BILLING_SKIP_UNCHANGED", "--skip-unchanged", _parse_bool, "true",
          "Skip jobs whose raw sacct lines are exactly those they were stored from, before "

@@ -350,6 +350,15 @@ def content_hash(rec: JobRecord) -> str:
     return _hash_line(_utf8(_encode(rec))[1])
 
 
+def stage_row(rec: JobRecord) -> str:
+    """``rec``'s line for the stage table: its columns, content hash and raw digest,
+    newline-terminated. Pure (any thread)."""
+    line, data = _utf8(_encode(rec))
+    digest = rec.raw_digest
+    return (line + "\t" + _hash_line(data)
+            + ("\t\\N\n" if digest is None else "\t" + digest + "\n"))
+
+
 # ---------------------------------------------------------------------------- writing
 
 def _quote(ident: str) -> str:
@@ -418,7 +427,7 @@ class JobWriter:
     inserted ones go there instead (a job that did not exist has no charge lines yet).
     """
 
-    def __init__(self, session: Session, *, run_id: int, batch_rows: int = 20_000,
+    def __init__(self, session: Session, *, run_id: int, batch_rows: int = 5_000,
                  on_changed: Callable[[list[JobRecord]], None] | None = None,
                  on_inserted: Callable[[list[JobRecord]], None] | None = None) -> None:
         if batch_rows < 1:
@@ -451,12 +460,13 @@ class JobWriter:
         return len(self._batch)
 
     def add(self, rec: JobRecord) -> None:
-        line, data = _utf8(_encode(rec))
+        self.add_encoded(rec, stage_row(rec))
+
+    def add_encoded(self, rec: JobRecord, row: str) -> None:
+        """``add`` for a record whose ``stage_row`` was made already (elsewhere, say in
+        another thread: it is pure)."""
         # The key uses the aware datetime: equal instants hash equal whatever their zone.
-        digest = rec.raw_digest
-        self._batch[(rec.cluster, rec.job_id_raw, rec.submit)] = (
-            line + "\t" + _hash_line(data) + ("\t\\N\n" if digest is None else
-                                              "\t" + digest + "\n"), rec)
+        self._batch[(rec.cluster, rec.job_id_raw, rec.submit)] = (row, rec)
         self._clusters.add(rec.cluster)
         if len(self._batch) >= self._batch_rows:
             self.flush()
@@ -475,7 +485,7 @@ class JobWriter:
             cur.execute(_SQL_CREATE_STAGE)
             cur.execute(_SQL_TRUNCATE_STAGE)
             cur.copy_expert(_SQL_COPY, LinesReader(line for line, _ in batch.values()),
-                            size=LinesReader.CHUNK)
+                            size=LinesReader.BULK_CHUNK)
             cur.execute(_SQL_ENSURE_CLUSTERS, (sorted(clusters),))
             cur.execute(_SQL_CHANGED)
             changed = cur.fetchall()
@@ -516,8 +526,9 @@ class UnchangedJobs:
 
     ``stored`` answers, for one batch of (cluster, job_id_raw, raw_digest), which digests
     ``jobs`` already holds: one query per batch through the primary key's prefix, in the
-    caller's transaction (so jobs written earlier in the same poll count too). ``count``
-    and ``clusters`` say what was skipped; those jobs are unchanged by definition.
+    given session's transaction (the pipeline gives it a session of its own, so it sees
+    what earlier polls committed). ``count`` and ``clusters`` say what was skipped; those
+    jobs are unchanged by definition.
     """
 
     def __init__(self, session: Session) -> None:
