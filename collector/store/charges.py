@@ -592,6 +592,7 @@ _SQL_REPLACE = (
 _SQL_COPY_NEW = (f"COPY charge_lines ({', '.join(_STAGE_LINE_COLUMNS)}, run_id) "
                  "FROM STDIN (FORMAT text)")
 
+_LINE_KEY = operator.attrgetter("cluster", "job_id_raw", "submit")    # ChargeLine.job_key
 # The columns that repeat across a batch's lines (a line's "combination").
 _COMBO = operator.attrgetter("usage_period", "posted_period", "resource", "unit", "currency",
                              "rule", "rate_card", "basis", "kind")
@@ -677,11 +678,14 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     rates: dict[Decimal, str] = {}      # a batch has few distinct rates: each encoded once
     encoded: list[str] = []
     in_closed: set[str] = set()
+    with_lines: set[JobKey] = set()     # the jobs that have lines (new_jobs counts them)
     for line in lines:
-        prefix = prefixes.get(line.job_key)
+        key = _LINE_KEY(line)
+        prefix = prefixes.get(key)
         if prefix is None:
             raise ChargeValueError(
                 f"line for job {line.job_key!r} whose key is not in keys: {line!r}")
+        with_lines.add(key)
         combo = _COMBO(line)
         middle = attributes.get(combo)
         if middle is None:
@@ -708,7 +712,7 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
                             LinesReader(f"{line[:-1]}\t{run_text}\n" for line in encoded),
                             size=LinesReader.BULK_CHUNK)
             inserted = cur.rowcount
-            changed = len({line.job_key for line in lines})
+            changed = len(with_lines)
             deleted, total = 0, len(prefixes)
         else:
             cur.execute(_SQL_CREATE_STAGES)
