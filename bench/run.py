@@ -9,7 +9,10 @@ For a generated export of ``--lines`` sacct lines (bench/gen_sacct.py, seeded) i
    COPY (same driver, psycopg2) of the same job rows into a scratch table shaped like
    ``jobs`` with its primary key; their times add up to the ceiling's lines/s;
 3. end to end: parse, roll up, price (the demo rate card), upsert jobs and charge lines,
-   commit, as ``hpc-billing import`` does, lines/s and the ratio to the ceiling;
+   commit, as ``hpc-billing import`` does, lines/s and the ratio to the ceiling; and the
+   CPU it used, the collector's (all its threads) and the rest of the machine's busy
+   time over the phase (PostgreSQL's, on an otherwise idle machine), with the rates
+   those CPU seconds allow on this machine's cores even if all of it ran in parallel;
 4. a re-ingest of the same file, nothing changed, and its speed-up over the first;
 5. peak RSS of the end-to-end run at ``--small`` and at ``--lines`` lines;
 6. the monthly report (``hpc-billing report``, grouped by account) for the busiest
@@ -57,6 +60,24 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)          # all of this process's threads
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (user, nice, system, irq, softirq;
+    /proc/stat), or None off Linux. Over a phase, minus the collector's own CPU, this is
+    what PostgreSQL (and anything else running) used."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 # ------------------------------------------------------------------- phases (child side)
 
 def phase_split(path: str) -> dict:
@@ -99,17 +120,22 @@ def phase_ingest(path: str, url: str) -> dict:
     text = demo_rates_path().read_text(encoding="utf-8")
     card = load_rate_card(text)
     source = FileSource(path, tz=ZoneInfo("UTC"), cluster=None)
+    busy0, cpu0 = _machine_busy_s(), _own_cpu_s()
     t0 = time.perf_counter()
     pricer = pipeline.make_pricer(sessions, card, text, source="demo",
                                   as_of=datetime(2030, 1, 1, tzinfo=timezone.utc))
     result = pipeline.collect(sessions, source, cluster=None, window=None, kind="file",
                               stream=None, pricer=pricer)
     seconds = time.perf_counter() - t0
+    own_cpu = _own_cpu_s() - cpu0
+    busy1 = _machine_busy_s()
     engine.dispose()
     return {"lines": result.lines_read, "jobs": result.records_read, "inserted": result.inserted,
             "updated": result.updated, "unchanged": result.unchanged,
             "quarantined": result.quarantined, "charge_lines": result.charge_lines,
-            "seconds": seconds}
+            "seconds": seconds, "collector_cpu_s": own_cpu,
+            "other_cpu_s": None if busy0 is None or busy1 is None
+            else max(busy1 - busy0 - own_cpu, 0.0)}
 
 
 def phase_copy(dump: str, url: str) -> dict:
@@ -327,6 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling_lines_per_s": _rate(lines, ceiling_s),
         "end_to_end_lines_per_s": e2e,
         "end_to_end_vs_ceiling": e2e / _rate(lines, ceiling_s),
+        # The CPU the first ingest used, and the best rate it allows on this machine's
+        # cores even if all of it ran in parallel; the same for PostgreSQL's part alone
+        # (the machine's busy time minus the collector's: what storing these rows costs).
+        "end_to_end_cpu_s": r["ingest"]["collector_cpu_s"] + (r["ingest"]["other_cpu_s"] or 0),
+        "end_to_end_cpu_bound_lines_per_s": _rate(lines, (r["ingest"]["collector_cpu_s"] + (
+            r["ingest"]["other_cpu_s"] or 0)) / (os.cpu_count() or 1)),
+        "store_cpu_bound_lines_per_s": (_rate(lines, r["ingest"]["other_cpu_s"] / (os.cpu_count() or 1))
+                                        if r["ingest"]["other_cpu_s"] else None),
         "reingest_lines_per_s": _rate(lines, r["reingest"]["seconds"]),
         "reingest_speedup": r["ingest"]["seconds"] / r["reingest"]["seconds"],
         "peak_rss_small_mib": r["ingest_small"]["peak_rss_mib"],
@@ -365,6 +399,14 @@ def main(argv: list[str] | None = None) -> int:
          f"({_verdict(figures['end_to_end_vs_ceiling'] >= TARGETS['end_to_end_vs_ceiling'])}: "
          f">= 0.50); {e2e / 47_000:.2f} x seed "
          f"({_verdict(e2e >= TARGETS['end_to_end_vs_seed_lines_per_s'])}: >= 3)"),
+        ("3 its CPU: collector + PostgreSQL",
+         f"{r['ingest']['collector_cpu_s']:.0f} + {r['ingest']['other_cpu_s'] or 0:.0f} s", "",
+         f"on {os.cpu_count()} cores at best {figures['end_to_end_cpu_bound_lines_per_s']:,.0f}"
+         f" lines/s = {figures['end_to_end_cpu_bound_lines_per_s'] / figures['ceiling_lines_per_s']:.2f}"
+         f" x ceiling; PostgreSQL's part alone allows "
+         + (f"{figures['store_cpu_bound_lines_per_s']:,.0f} lines/s = "
+            f"{figures['store_cpu_bound_lines_per_s'] / figures['ceiling_lines_per_s']:.2f} x"
+            if figures["store_cpu_bound_lines_per_s"] else "(no /proc/stat)")),
         ("4 re-ingest, unchanged", f"{figures['reingest_lines_per_s']:,.0f} lines/s",
          f"{r['reingest']['seconds']:.2f} s",
          f"{figures['reingest_speedup']:.1f} x faster "
