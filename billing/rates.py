@@ -78,9 +78,9 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import date, datetime, time, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
