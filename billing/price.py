@@ -351,6 +351,17 @@ class _Result:
     unpriced: tuple[str, ...] = ()
 
 
+def _charge(job: JobRecord, card: RateCard, period: str, rule: Rule, spec: _Spec,
+            units: int) -> ChargeLine:
+    """The charge line of ``units`` millionths of ``spec``'s resource in ``period``."""
+    quantity = _from_micro(units)
+    rate = spec.rate
+    # positional, in ChargeLine's field order (kind "charge", posted in its usage period)
+    return ChargeLine(job.cluster, job.job_id_raw, job.submit, period, period, spec.resource,
+                      quantity, spec.unit, rate, line_amount(rate, quantity, card.scale),
+                      card.currency, rule.name, card.version, spec.basis, "charge")
+
+
 def _whole_seconds(dt: datetime) -> datetime:
     if dt.tzinfo is _UTC and not dt.microsecond:     # what every parser produces
         return dt
@@ -399,8 +410,6 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
             cursor += seconds * _ONE_SECOND
 
     lines: list[ChargeLine] = []
-    cluster, job_id_raw, submit = job.cluster, job.job_id_raw, job.submit
-    scale, currency, version = card.scale, card.currency, card.version
     if len(slices) == 1:
         # One slice takes the whole quantity (largest_remainder of one weight), so
         # this is the general case below without the shares.
@@ -411,13 +420,7 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
             units = _quantity_units(job, spec.resource, spec.basis, spec.gpu_types, elapsed)
             if not units:
                 continue
-            quantity = _from_micro(units)
-            rate = spec.rate
-            # positional, in ChargeLine's field order (kind "charge")
-            lines.append(ChargeLine(
-                cluster, job_id_raw, submit, period, period, spec.resource, quantity,
-                spec.unit, rate, line_amount(rate, quantity, scale), currency, rule.name,
-                version, spec.basis, "charge"))
+            lines.append(_charge(job, card, period, rule, spec, units))
         return _Result(PRICED if lines else NO_CHARGE, lines)
 
     unpriced = tuple(period for period, rule in slices if rule is None)
@@ -442,13 +445,7 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
             units = shares[spec.key][i]
             if not units:
                 continue
-            quantity = _from_micro(units)
-            rate = spec.rate
-            # positional, in ChargeLine's field order (kind "charge")
-            lines.append(ChargeLine(
-                cluster, job_id_raw, submit, period, period, spec.resource, quantity,
-                spec.unit, rate, line_amount(rate, quantity, scale), currency, rule.name,
-                version, spec.basis, "charge"))
+            lines.append(_charge(job, card, period, rule, spec, units))
     if unpriced:
         return _Result(PARTLY_PRICED, lines, unpriced)
     return _Result(PRICED if lines else NO_CHARGE, lines)

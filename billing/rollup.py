@@ -215,15 +215,12 @@ def period_after(period: str) -> str:
     return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
 
 
+@functools.lru_cache(maxsize=4096)
 def period_bounds(period: str, tz: tzinfo) -> tuple[datetime, datetime]:
     """[start, end) of a period as aware UTC datetimes: local midnight on the 1st of the
     month and of the next month, in ``tz``. (Where a DST change skips local midnight,
-    zoneinfo maps it to the instant of the change, i.e. the first instant of the day.)"""
-    return _period_bounds(period, tz)
-
-
-@functools.lru_cache(maxsize=4096)
-def _period_bounds(period: str, tz: tzinfo) -> tuple[datetime, datetime]:
+    zoneinfo maps it to the instant of the change, i.e. the first instant of the day.)
+    Remembered: a pure function of a few hundred (period, zone) pairs."""
     year, month = _parse_period(period)
     next_year, next_month = year + month // 12, month % 12 + 1
     start = datetime(year, month, 1, tzinfo=tz).astimezone(timezone.utc)
@@ -246,13 +243,13 @@ def split_by_period(start: datetime, end: datetime, tz: tzinfo) -> list[tuple[st
     period = period_of(start, tz)
     if end == start:
         return [(period, 0)]
-    boundary = _period_bounds(period, tz)[1]
+    boundary = period_bounds(period, tz)[1]
     if end <= boundary:                     # most jobs: within one period
         return [(period, (end - start) // _ONE_SECOND)]
     parts: list[tuple[str, int]] = []
     cursor = start
     while cursor < end:
-        boundary = _period_bounds(period, tz)[1]
+        boundary = period_bounds(period, tz)[1]
         stop = min(boundary, end)
         parts.append((period, (stop - cursor) // _ONE_SECOND))
         cursor = stop

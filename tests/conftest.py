@@ -34,7 +34,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
-from collector.store.db import make_engine, migrate
+from collector.store.db import make_engine, migrate, session_factory
 from collector.store.models import Base
 
 ENV_ADMIN_URL = "HPC_BILLING_TEST_DATABASE_URL"
@@ -191,6 +191,15 @@ def db_url(_migrated_database_url: str, _session_engine: Engine) -> str:
 def engine(db_url: str, _session_engine: Engine) -> Engine:
     """The shared engine on the emptied test database (do not dispose it)."""
     return _session_engine
+
+
+@pytest.fixture
+def sessions(db_url: str) -> Iterator[object]:
+    """A session factory on the emptied test database through an engine of the test's own
+    (as the collector makes one), disposed at the end."""
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture

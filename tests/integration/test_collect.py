@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import executable_wrapper, run_cli
-from collector.store import db as store_db
 from collector.store import jobs as store_jobs
 from collector.store import runs as store_runs
 
@@ -29,13 +28,6 @@ WIDE = FIXTURES / "sacct-wide-header.psv"
 # array tasks 6_1..6_5, 7-13, het components 14+0 and 14+1, the two records of the
 # requeued job 16 (REQUEUED, then COMPLETED with a later Submit), and the running job 21.
 WIDE_JOB_RECORDS = 22
-
-
-@pytest.fixture()
-def sessions(db_url):
-    engine = store_db.make_engine(db_url)
-    yield store_db.session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture()

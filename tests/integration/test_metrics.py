@@ -59,13 +59,6 @@ WATERMARK = datetime(2026, 11, 25, 11, 50, tzinfo=UTC)
 
 
 @pytest.fixture()
-def sessions(db_url):
-    engine = store_db.make_engine(db_url)
-    yield store_db.session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture()
 def settings() -> Settings:
     return Settings.load({"HPC_BILLING_CLUSTER": "lab"})
 

@@ -13,19 +13,11 @@ from sqlalchemy import text
 from bench.gen_sacct import generate
 from tests.helpers import run_cli
 from collector.store import charges as store_charges
-from collector.store import db as store_db
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CARD = ROOT / "collector" / "data" / "demo-rates.toml"
 NAMES = ("account", "user", "partition", "qos", "cluster", "resource")
 GROUPINGS = [list(c) for n in (1, 2, 3) for c in combinations(NAMES, n)]
-
-
-@pytest.fixture()
-def sessions(db_url):
-    engine = store_db.make_engine(db_url)
-    yield store_db.session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture()

@@ -12,15 +12,7 @@ from sqlalchemy import text
 from bench.gen_sacct import generate
 from collector import pipeline
 from collector.slurm.filesource import FileSource
-from collector.store import db as store_db
 from collector.store import jobs as store_jobs
-
-
-@pytest.fixture()
-def sessions(db_url):
-    engine = store_db.make_engine(db_url)
-    yield store_db.session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture()

@@ -22,19 +22,11 @@ from collector import pipeline
 from collector.cli import demo_rates_path
 from collector.slurm.filesource import FileSource
 from collector.store import charges as store_charges
-from collector.store import db as store_db
 from collector.store import jobs as store_jobs
 from collector.store import runs as store_runs
 
 UTC = timezone.utc
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture()
-def sessions(db_url):
-    engine = store_db.make_engine(db_url)
-    yield store_db.session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture()
