@@ -7,7 +7,7 @@ group's account) and partitions, mostly the default QOS; jobs with a
 own JobIDRaw, the last task keeping the array id); typed and untyped GPUs; every common
 state including ``CANCELLED by <uid>``, pending jobs with no allocation, running jobs with
 End ``Unknown``; short and multi-day jobs (Elapsed past a day, TotalCPU in both formats).
-Columns are hpc-billing's own field list (collector.slurm.fields.SACCT_FIELDS), times are
+Columns are hpc-billing's own field list (collector.slurm.sacct.SACCT_FIELDS), times are
 ISO local times as a site's hand export prints them (UTC here), sizes in sacct's default
 units. Same seed, same file.
 
@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from collector.slurm.fields import SACCT_FIELDS  # noqa: E402
+from collector.slurm.sacct import SACCT_FIELDS  # noqa: E402
 
 ACCOUNTS = ["physics", "chemistry", "biology", "astro", "climate", "materials", "genomics", "ml"]
 USERS = [f"user{i:03d}" for i in range(120)]

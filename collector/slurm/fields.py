@@ -1,23 +1,21 @@
-"""The sacct fields hpc-billing asks for: one tuple shared by the argv and the parser.
+"""Value parsers for what Slurm prints: sentinels, sizes, durations, states, JobIDs,
+TRES strings and times. Shared by the text reader (``parse.py``), the JSON reader
+(``jsonparse.py``) and the pyslurm source. Pure functions, cached where values repeat.
 
-Every name is accepted by Slurm 22.05's ``sacct --format`` (``sacct --helpformat``;
-22.05 rejects ArrayJobID, ArrayTaskID, HetJobID and Restarts, and one unknown field fails
-the whole command). Free-text fields we do not need (SubmitLine, WorkDir, Comment) are
-left out; JobName, the one free-text field we keep, is last so that a stray delimiter or
-newline inside it can only ever spill into the end of the record.
+Slurm facts (sacct(1), checked on tests/fixtures): sizes are 1024-based; under
+``--noconvert`` AllocTRES ``mem`` is MB while MaxRSS / TRESUsageInTot ``mem`` are bytes;
+times are epoch seconds under ``SLURM_TIME_FORMAT=%s``, else local time without a zone.
 """
 
-SACCT_FIELDS: tuple[str, ...] = (
-    "JobID", "JobIDRaw", "Cluster", "Partition", "Account", "User", "UID", "Group",
-    "QOS", "WCKey", "Reservation", "State", "ExitCode", "DerivedExitCode",
-    "Submit", "Eligible", "Start", "End", "ElapsedRaw", "TimelimitRaw",
-    "NNodes", "NCPUS", "AllocTRES", "TRESUsageInTot", "CPUTimeRAW", "TotalCPU",
-    "MaxRSS", "ConsumedEnergyRaw", "NodeList", "DBIndex", "JobName",
-)
+from __future__ import annotations
 
-# ASCII unit separator: cannot appear in a job name typed on a command line in practice,
-# unlike "|" (sacct -P escapes nothing; see samples/delimiter-hazards.txt).
-SACCT_DELIMITER = "\x1f"
+import functools
+from datetime import datetime, timezone, tzinfo
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from billing.records import UNTYPED_GPU, is_final_state
+
+UTC = timezone.utc
 
 # Columns without which a record has no identity.
 REQUIRED_FIELDS: tuple[str, ...] = ("JobID", "JobIDRaw", "Submit", "State")
@@ -28,3 +26,204 @@ REQUIRED_FIELDS: tuple[str, ...] = ("JobID", "JobIDRaw", "Submit", "State")
 FREE_TEXT_FIELDS: frozenset[str] = frozenset(
     {"JobName", "SubmitLine", "WorkDir", "Comment", "AdminComment", "SystemComment",
      "Constraints"})
+
+
+# Values sacct prints for "no value" (sacct(1); RECIPE §6 "Sentinel values").
+SENTINELS = frozenset({"", "Unknown", "None", "None assigned", "UNLIMITED", "(null)",
+                       "Partition_Limit", "INVALID"})
+
+_KIB = 1024
+_UNIT = {"K": _KIB, "M": _KIB ** 2, "G": _KIB ** 3, "T": _KIB ** 4, "P": _KIB ** 5,
+         "E": _KIB ** 6}
+MB = _UNIT["M"]
+
+
+def size_bytes(text: str, bare_unit: int) -> int:
+    """``"316820K"`` -> 324423680. Suffixes K/M/G/T/P are 1024-based (Slurm's unit
+    conversion); a bare number is multiplied by ``bare_unit`` (1 for MaxRSS and
+    TRESUsage mem, which --noconvert prints in bytes; MB for AllocTRES/ReqMem mem, the
+    TRES mem unit). Fractions (``--units=G`` prints ``0.30G``) are lossy: rounded half-even
+    to whole bytes."""
+    last = text[-1:]
+    if last.isdigit():
+        number, mult = text, bare_unit
+    else:
+        mult = _UNIT.get(last.upper())
+        if mult is None:
+            raise ValueError(f"unknown size unit {last!r}")
+        number = text[:-1]
+    if number.isdigit():
+        return int(number) * mult
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise ValueError(f"not a size: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"not a size: {text!r}")
+    return int((value * mult).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+@functools.lru_cache(maxsize=8192)
+def duration_s(text: str) -> Decimal:
+    """Parse a Slurm duration to seconds.
+
+    Formats (sacct(1), samples/duration-formats.psv): ``[D-]HH:MM:SS`` (Elapsed, CPUTime,
+    Timelimit, and TotalCPU from one hour up, where milliseconds are dropped),
+    ``MM:SS.mmm`` (TotalCPU/UserCPU/SystemCPU below one hour), ``MM:SS``, ``SS[.mmm]``.
+    """
+    days = 0
+    rest = text
+    if "-" in rest:
+        day_text, _, rest = rest.partition("-")
+        if not day_text.isdigit():
+            raise ValueError(f"not a duration: {text!r}")
+        days = int(day_text)
+    parts = rest.split(":")
+    if len(parts) == 3:
+        hours, minutes, seconds = parts
+    elif len(parts) == 2:
+        hours, (minutes, seconds) = "0", parts
+    elif len(parts) == 1 and not days:
+        hours, minutes, seconds = "0", "0", parts[0]
+    else:
+        raise ValueError(f"not a duration: {text!r}")
+    if not (hours.isdigit() and minutes.isdigit()
+            and seconds.replace(".", "", 1).isdigit()):
+        raise ValueError(f"not a duration: {text!r}")
+    whole = ((days * 24 + int(hours)) * 60 + int(minutes)) * 60
+    return Decimal(seconds) + whole if "." in seconds else Decimal(whole + int(seconds))
+
+
+def timelimit_min(text: str, *, raw: bool) -> int | None:
+    """TimelimitRaw (minutes, ``raw=True``) or Timelimit (``[D-]HH:MM:SS``/``MM:SS``) to
+    minutes; ``UNLIMITED``/``Partition_Limit``/empty -> None."""
+    if text in SENTINELS:
+        return None
+    if raw or text.isdigit():
+        return int(text)
+    return int(duration_s(text)) // 60
+
+
+@functools.lru_cache(maxsize=256)
+def normalise_state(raw: str) -> tuple[str, bool]:
+    """``"CANCELLED by 0"`` -> ("CANCELLED", True). sacct(1) appends ``by <uid>`` to
+    CANCELLED and, in fixed-width output, ``+`` to a truncated state."""
+    state = raw.strip().partition(" ")[0].rstrip("+").upper()
+    if not state:
+        raise ValueError("empty state")
+    return state, is_final_state(state)
+
+
+def split_job_id(job_id: str) -> tuple[int | None, int | None, int | None, int | None]:
+    """JobID as printed -> (array_job_id, array_task_id, het_job_id, het_job_offset).
+
+    ``6_3`` is task 3 of array 6; ``6_[1-5]`` / ``6_[1,3]`` is the not-yet-split pending
+    part of array 6 (no task id); ``14+1`` is component 1 of het job 14.
+    """
+    if job_id.isdigit():
+        return None, None, None, None
+    if "_" in job_id:
+        array_text, _, task_text = job_id.partition("_")
+        if task_text.startswith("["):
+            if not task_text.endswith("]"):
+                raise ValueError(f"bad array task list in JobID {job_id!r}")
+            return int(array_text), None, None, None
+        return int(array_text), int(task_text), None, None
+    if "+" in job_id:
+        het_text, _, offset_text = job_id.partition("+")
+        return None, None, int(het_text), int(offset_text)
+    raise ValueError(f"unrecognised JobID {job_id!r}")
+
+
+def gpu_breakdown(total: int | None, typed: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """GPU counts by type from Slurm's untyped total and typed entries.
+
+    AllocTRES lists ``gres/gpu=N`` (all GPUs) next to ``gres/gpu:TYPE=n`` (the typed part),
+    so the two must never be added: typed entries count as themselves and only the
+    remainder ``N - sum(n)`` is UNTYPED_GPU. With typed entries only, there is no remainder.
+    """
+    result = {gpu_type: count for gpu_type, count in typed.items() if count > 0}
+    if total is not None:
+        remainder = total - sum(typed.values())
+        if remainder > 0:
+            result[UNTYPED_GPU] = result.get(UNTYPED_GPU, 0) + remainder
+    return tuple(sorted(result.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_alloc_tres(text: str) -> tuple[int, int, int, int | None, tuple[tuple[str, int], ...]]:
+    """AllocTRES ``billing=4,cpu=2,gres/gpu=1,mem=1024M,node=1`` ->
+    (cpus, nodes, mem_bytes, billing, gpus).
+
+    AllocTRES is the whole job's allocation (never multiply by NNodes). A bare mem number
+    is MB (Slurm's TRES mem unit). An empty string (a job cancelled while pending has no
+    allocation) is a zero allocation with no billing.
+    """
+    cpus = nodes = mem = 0
+    billing: int | None = None
+    gpu_total: int | None = None
+    typed: dict[str, int] = {}
+    if not text:
+        return 0, 0, 0, None, ()
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"entry {item!r} has no '='")
+        if key == "cpu":
+            cpus = int(value)
+        elif key == "node":
+            nodes = int(value)
+        elif key == "mem":
+            mem = size_bytes(value, MB)
+        elif key == "billing":
+            # Slurm prints billing truncated to an integer; accept a fraction the same way.
+            billing = int(value) if value.isdigit() else int(Decimal(value))
+        elif key == "gres/gpu":
+            gpu_total = int(value)
+        elif key.startswith("gres/gpu:"):
+            gpu_type = key[9:]
+            typed[gpu_type] = typed.get(gpu_type, 0) + int(value)
+    return cpus, nodes, mem, billing, gpu_breakdown(gpu_total, typed)
+
+
+def tres_value(text: str, key: str) -> str | None:
+    """The value of ``key`` in a TRES string (``cpu=00:00:06,energy=0,mem=316820K``), or
+    None. Matches whole keys only (``mem`` does not match ``vmem``)."""
+    probe = key + "="
+    pos = text.find(probe)
+    while pos > 0 and text[pos - 1] != ",":
+        pos = text.find(probe, pos + 1)
+    if pos < 0:
+        return None
+    start = pos + len(probe)
+    end = text.find(",", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def _parse_time(text: str, tz: tzinfo) -> datetime | None:
+    if text.isdigit() and text.isascii():
+        seconds = int(text)
+        # sacct prints "Unknown"/"None" for unset times; treat a literal 0 the same way.
+        return datetime.fromtimestamp(seconds, UTC) if seconds else None
+    if text in SENTINELS:
+        return None
+    # YYYY-MM-DDTHH:MM:SS (or a space instead of T). zoneinfo with fold=0 picks the
+    # first of two ambiguous wall times at a DST fall-back and the pre-transition offset
+    # for a non-existent one: local times are ambiguous, which is why sacct runs with %s.
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz)
+    return dt.astimezone(UTC)
+
+
+def time_parser(tz: tzinfo):
+    """A cached ``text -> aware UTC datetime | None`` for times printed in ``tz``."""
+    @functools.lru_cache(maxsize=1 << 16)
+    def parse(text: str) -> datetime | None:
+        return _parse_time(text, tz)
+    return parse
+
+
+@functools.lru_cache(maxsize=8192)
+def _cpu_seconds(text: str) -> Decimal | None:
+    return None if text in SENTINELS else duration_s(text)

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from datetime import tzinfo
 
 from billing.records import FetchStats, QuarantinedRecord, Window
-from collector.slurm.fields import REQUIRED_FIELDS, SACCT_DELIMITER
+from collector.slurm.fields import REQUIRED_FIELDS
 from collector.slurm.jsonparse import parse_sacct_json
-from collector.slurm.sacct import ParsableParser, UnchangedLookup
+from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
 
 _KNOWN_HEADER_HINT = frozenset(name.lower() for name in REQUIRED_FIELDS)

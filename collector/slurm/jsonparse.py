@@ -55,7 +55,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, is_final_record
-from collector.slurm.sacct import MB, SENTINELS, gpu_breakdown, normalise_state
+from collector.slurm.fields import MB, SENTINELS, gpu_breakdown, normalise_state
 from collector.slurm.source import Item
 
 UTC = timezone.utc

@@ -60,7 +60,7 @@ from billing.records import (
     Window,
     is_final_record,
 )
-from collector.slurm.sacct import MB, SENTINELS, gpu_breakdown, normalise_state
+from collector.slurm.fields import MB, SENTINELS, gpu_breakdown, normalise_state
 from collector.slurm.source import Item, SourceError
 
 UTC = timezone.utc

@@ -148,7 +148,7 @@ class Job(Base):
     content_hash: Mapped[str] = mapped_column(Text)
     # blake2b-128 hex of the raw sacct lines the row was parsed from (0006), NULL when
     # it came from elsewhere or not all its lines parsed: a re-read of the same lines
-    # skips the job before parsing (collector.slurm.sacct.ParsableParser).
+    # skips the job before parsing (collector.slurm.parse.ParsableParser).
     raw_digest: Mapped[str | None] = mapped_column(Text)
     # The collector run that inserted / last changed the row. Deliberately not foreign
     # keys: the run log may be pruned on its own schedule, and an RI trigger per row would

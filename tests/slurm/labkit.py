@@ -20,7 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from billing.records import is_final_record
-from collector.slurm.sacct import normalise_state
+from collector.slurm.fields import normalise_state
 
 UTC = timezone.utc
 LAB_ENV = os.environ.get("HPC_BILLING_LAB_ENV", "/etc/hpc-billing-lab/env")

@@ -11,7 +11,7 @@ import pytest
 from billing.reconcile import check_jobs, expected_billing_units, parse_billing_weights
 from billing.records import JobRecord
 from collector.slurm.partitions import read_billing_weights
-from collector.slurm.sacct import duration_s
+from collector.slurm.fields import duration_s
 from collector.store import charges as store_charges
 from collector.store import db as store_db
 from collector.store import jobs as store_jobs

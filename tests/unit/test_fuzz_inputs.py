@@ -19,7 +19,7 @@ from billing.rates import RateCard, RateCardError, load_rate_card
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
 from billing.rollup import rollup_steps
 from collector.slurm.jsonparse import parse_sacct_json
-from collector.slurm.sacct import ParsableParser
+from collector.slurm.parse import ParsableParser
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

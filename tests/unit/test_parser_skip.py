@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from bench.gen_sacct import generate
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
-from collector.slurm.sacct import SKIP_BATCH_GROUPS, ParsableParser
+from collector.slurm.parse import SKIP_BATCH_GROUPS, ParsableParser
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WIDE = (FIXTURES / "sacct-wide-header.psv").read_text(encoding="utf-8").split("\n")

@@ -22,7 +22,7 @@ import pytest
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, Window
 from billing.rollup import rollup_steps
 from collector.slurm.pyslurmsource import PyslurmSource, records_from_pyslurm
-from collector.slurm.sacct import ParsableParser
+from collector.slurm.parse import ParsableParser
 from collector.slurm.source import SourceError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

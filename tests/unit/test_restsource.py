@@ -411,7 +411,7 @@ def test_json_records_equal_the_text_export_but_for_what_22_05_json_lacks():
     import dataclasses
 
     from billing.rollup import rollup_steps
-    from collector.slurm.sacct import ParsableParser
+    from collector.slurm.parse import ParsableParser
 
     lines = (FIXTURES / "sacct-wide-header.psv").read_text(encoding="utf-8").split("\n")
     parser = ParsableParser(lines[0].split("|"), delimiter="|", source="test")

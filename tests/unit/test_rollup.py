@@ -13,7 +13,7 @@ import pytest
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
 from billing.rollup import rollup_steps
-from collector.slurm.sacct import ParsableParser
+from collector.slurm.parse import ParsableParser
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SUBMIT = datetime(2026, 11, 22, 12, 45, 42, tzinfo=timezone.utc)

@@ -12,7 +12,7 @@ import pytest
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
 from billing.rollup import rollup_steps
 from collector.slurm.jsonparse import parse_sacct_json
-from collector.slurm.sacct import ParsableParser
+from collector.slurm.parse import ParsableParser
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 UTC = timezone.utc

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
-from collector.slurm.fields import SACCT_DELIMITER, SACCT_FIELDS
-from collector.slurm.sacct import (ParsableParser, duration_s, parse_alloc_tres,
-                                   size_bytes, split_job_id)
+from collector.slurm.fields import duration_s, parse_alloc_tres, size_bytes, split_job_id
+from collector.slurm.parse import SACCT_DELIMITER, ParsableParser
+from collector.slurm.sacct import SACCT_FIELDS
 from collector.slurm.source import SourceError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, Window
-from collector.slurm.fields import SACCT_FIELDS
-from collector.slurm.sacct import ParsableParser, SacctSource, sacct_argv
+from collector.slurm.parse import ParsableParser
+from collector.slurm.sacct import SACCT_FIELDS, SacctSource, sacct_argv
 from collector.slurm.source import SlurmCommandError, SlurmTimeout, SourceError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
