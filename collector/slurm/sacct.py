@@ -145,4 +145,7 @@ class SacctSource:
         finally:
             self._stats = FetchStats(lines=counters["lines"], bytes=counters["chars"],
                                      slurm_seconds=counters["wait"],
-                                     extra={"argv": argv, "quarantined": quarantined})
+                                     extra={"argv": argv, "quarantined": quarantined,
+                                            "ignored_columns": list(parser.ignored_columns),
+                                            "unknown_states": dict(parser.unknown_states),
+                                            "fallbacks": parser.fallbacks})

@@ -52,8 +52,8 @@ def test_header_export(wide_items):
     assert len([i for i in items if isinstance(i, StepUsage)]) == 24
     assert source.stats.lines == 47                      # header + 46 records
     ignored = source.stats.extra["ignored_columns"]
-    assert {"GID", "ReqMem", "SubmitLine", "WorkDir", "Flags", "Reason"} <= set(ignored)
-    assert "AllocTRES" not in ignored and "JobName" not in ignored
+    assert {"GID", "SubmitLine", "WorkDir", "Flags", "Reason", "ReqTRES"} <= set(ignored)
+    assert not {"AllocTRES", "JobName", "ReqMem", "NCPUS"} & set(ignored)
     rec = next(i for i in items if isinstance(i, JobRecord) and i.job_id == "6_3")
     assert (rec.job_id_raw, rec.cluster, rec.submit) == (19, "lab", at("2026-11-22T12:45:42"))
 
@@ -172,7 +172,7 @@ def test_json_with_errors_or_not_jobs_is_refused(tmp_path):
 def test_missing_required_columns_are_named():
     # The real --noconvert sample has only JobID|ReqMem|AllocTRES|TRESUsageInTot|MaxRSS|AveRSS.
     with pytest.raises(SourceError,
-                       match=r"missing required column\(s\): JobIDRaw, Submit, State$"):
+                       match=r"missing required column\(s\): Submit, State$"):
         fetch(FIXTURES / "sacct-noconvert.psv")
 
 

@@ -530,8 +530,12 @@ def test_no_cluster_anywhere_is_quarantined_and_default_cluster_applies():
 
 
 def test_missing_required_column_is_refused():
-    with pytest.raises(SourceError, match=r"^missing required column\(s\): JobIDRaw, Submit$"):
+    # JobIDRaw alone is not required (a plain JobID is its own raw id), Submit is.
+    with pytest.raises(SourceError, match=r"^missing required column\(s\): Submit$"):
         ParsableParser(["JobID", "State", "Cluster"], delimiter="|")
+    with pytest.raises(SourceError,
+                       match=r"^missing required column\(s\): JobID or JobIDRaw, State$"):
+        ParsableParser(["Submit", "Cluster", "AllocTRES"], delimiter="|")
 
 
 def test_unknown_column_is_ignored(wide):
