@@ -10,12 +10,11 @@ times are epoch seconds under ``SLURM_TIME_FORMAT=%s``, else local time without 
 from __future__ import annotations
 
 import functools
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from billing.records import UNTYPED_GPU, is_final_state
 
-UTC = timezone.utc
 
 # Columns without which a record has no identity: Submit, State, and JobID or JobIDRaw
 # (either one: the reader derives what it can of the other, see parse.py).
@@ -231,8 +230,7 @@ def parse_gres(text: str) -> tuple[tuple[str, int], ...]:
         if not item:
             continue
         for prefix in ("gres:", "gres/"):
-            if item.startswith(prefix):
-                item = item[len(prefix):]
+            item = item.removeprefix(prefix)
         parts = item.split(":")
         if parts[0] != _GPU_GRES:
             continue

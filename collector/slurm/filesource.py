@@ -98,7 +98,8 @@ class FileSource:
         ``unchanged``: skip jobs stored from exactly the same lines (parsable text only;
         see ParsableParser.parse_lines)."""
         try:
-            handle = open(self.path, encoding="utf-8", errors="replace", newline="\n")
+            handle = open(self.path, encoding="utf-8", errors="replace",  # noqa: SIM115
+                          newline="\n")
         except OSError as exc:
             raise SourceError(f"{self.name}: cannot open {self.path!r}: {exc.strerror}") from exc
         with handle:
@@ -186,8 +187,7 @@ class FileSource:
                 counters["chars"] += len(line)
                 if line.endswith("\n"):
                     line = line[:-1]
-                    if line.endswith("\r"):
-                        line = line[:-1]
+                    line = line.removesuffix("\r")
                 yield line
 
         quarantined = 0

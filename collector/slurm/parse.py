@@ -15,18 +15,30 @@ import dataclasses
 import hashlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import timezone, tzinfo
+from datetime import UTC, tzinfo
 from typing import Protocol
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, is_final_record
-from collector.slurm.fields import (FREE_TEXT_FIELDS, IDENTITY_ALTERNATIVES, SENTINELS,
-                                    _cpu_seconds, duration_s, hostlist_count, parse_alloc_tres,
-                                    parse_gres, read_state, req_mem_bytes, scale_gpus,
-                                    size_bytes, split_job_id, time_parser, timelimit_min,
-                                    tres_value)
+from collector.slurm.fields import (
+    FREE_TEXT_FIELDS,
+    IDENTITY_ALTERNATIVES,
+    SENTINELS,
+    _cpu_seconds,
+    duration_s,
+    hostlist_count,
+    parse_alloc_tres,
+    parse_gres,
+    read_state,
+    req_mem_bytes,
+    scale_gpus,
+    size_bytes,
+    split_job_id,
+    time_parser,
+    timelimit_min,
+    tres_value,
+)
 from collector.slurm.source import Item, SourceError
 
-UTC = timezone.utc
 SACCT_DELIMITER = "\x1f"
 
 
@@ -492,7 +504,7 @@ class ParsableParser:
         f.append("")  # the sentinel slot missing columns point at
         (i_jobid, i_raw, i_name, i_cluster, i_part, i_acct, i_user, i_uid, i_group, i_qos,
          i_wckey, i_resv, i_state, i_exit, i_dexit, i_submit, i_elig, i_start, i_end,
-         i_elapsed, i_tlimit, i_nodes, i_ncpus, i_alloc, i_usage, i_cputime, i_totalcpu,
+         i_elapsed, i_tlimit, _i_nodes, _i_ncpus, i_alloc, i_usage, i_cputime, i_totalcpu,
          i_maxrss, i_energy, i_nodelist, i_dbindex) = self._ix
         what = "JobID"
         try:
@@ -623,7 +635,7 @@ class ParsableParser:
         """(JobID, JobIDRaw) when one of the two columns is missing."""
         if not self._has_jobid:
             return raw_id, raw_id                 # JobIDRaw only: no array or het ids
-        head, dot, step = job_id.partition(".")
+        head = job_id.partition(".")[0]
         if head.isdigit() and head.isascii():
             return job_id, job_id                 # a plain job (or its step): its own id
         raise _BadValue(
@@ -645,7 +657,7 @@ class ParsableParser:
         value = f[self._fb[name]]
         try:
             return parse(value)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the column named
+        except Exception as exc:
             raise _BadValue(f"cannot parse {name}={value!r}: {exc or type(exc).__name__}") \
                 from exc
 

@@ -6,7 +6,7 @@ arithmetic (sizes are 1024-based: 1G = 1073741824 bytes, 1M = 1048576 bytes).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,13 +14,17 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
-from collector.slurm.fields import duration_s, parse_alloc_tres, size_bytes, split_job_id
+from collector.slurm.fields import (
+    duration_s,
+    parse_alloc_tres,
+    size_bytes,
+    split_job_id,
+)
 from collector.slurm.parse import SACCT_DELIMITER, ParsableParser
 from collector.slurm.sacct import SACCT_FIELDS
 from collector.slurm.source import SourceError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-UTC = timezone.utc
 
 
 def at(text: str) -> datetime:
