@@ -15,7 +15,6 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from billing.records import UNTYPED_GPU, is_final_state
 
-
 # Columns without which a record has no identity: Submit, State, and JobID or JobIDRaw
 # (either one: the reader derives what it can of the other, see parse.py).
 REQUIRED_FIELDS: tuple[str, ...] = ("JobID", "JobIDRaw", "Submit", "State")

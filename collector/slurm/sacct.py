@@ -15,7 +15,6 @@ from collector.slurm.command import slurm_command
 from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
 
-
 # The sacct fields hpc-billing asks for: one tuple shared by the argv and the parser.
 # Every name is accepted by Slurm 22.05's ``sacct --format`` (22.05 rejects ArrayJobID,
 # ArrayTaskID, HetJobID and Restarts, and one unknown field fails the whole command).
