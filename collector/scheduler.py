@@ -43,8 +43,9 @@ def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] 
               now: datetime | None = None) -> pipeline.RunResult:
     """One poll with the configured source: a window (or the whole file), priced.
 
-    Raises pipeline.CollectError (carrying the failed RunResult) when the window could
-    not be stored; nothing of it was written and no watermark moved.
+    Raises pipeline.CollectError (carrying the failed RunResult) when nothing of the
+    window was stored; no watermark moved. A partial window (some records quarantined,
+    the rest stored) returns its RunResult with outcome 'partial' and moves no watermark.
     """
     from collector.sources import make_source
 
@@ -69,7 +70,9 @@ def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] 
 
 def behind(result: pipeline.RunResult, now: datetime) -> bool:
     """True when an ok poll stored a window that ends before ``now``: a backlog (after an
-    outage) is being caught up in bounded windows, and the next one should follow at once."""
+    outage) is being caught up in bounded windows, and the next one should follow at once.
+    Never after a partial or failed poll: its watermark did not move, and the next poll
+    repeats the window at the usual interval."""
     return (result.outcome == "ok" and result.window is not None
             and result.window.until < pipeline.floor_second(now.astimezone(timezone.utc)))
 
@@ -189,7 +192,8 @@ class Daemon:
                     result = poll_once(self.sessions, self.settings, self.card_and_text, now=now)
                 except pipeline.CollectError as exc:
                     result = exc.result
-                (log.info if result.outcome == "ok" else log.error)("%s", result.summary())
+                {"ok": log.info, "partial": log.warning}.get(result.outcome, log.error)(
+                    "%s", result.summary())
                 started = False
                 self.health.poll_finished(_report(result, self.cluster))
                 # Catching up a backlog: the next bounded window at once, not an interval later.

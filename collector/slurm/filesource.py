@@ -175,7 +175,8 @@ class FileSource:
             return {"format": "parsable", "delimiter": delimiter,
                     "ignored_columns": list(parser.ignored_columns),
                     "unknown_states": dict(parser.unknown_states),
-                    "fallbacks": parser.fallbacks, **more}
+                    "fallbacks": parser.fallbacks,
+                    "duplicates_skipped": parser.duplicates_skipped, **more}
 
         self._stats = FetchStats(lines=counters["lines"], bytes=chars, extra=extra())
 

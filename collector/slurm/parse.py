@@ -177,6 +177,9 @@ class ParsableParser:
         # What the reader met, for the run's report (read them after parse_lines).
         self.unknown_states: Counter[str] = Counter()
         self.fallbacks = 0
+        # Jobs skipped as unchanged whose very lines were met (and skipped) earlier in
+        # the same input: the same job twice (the pipeline counts converted ones).
+        self.duplicates_skipped = 0
 
         self._free = tuple(name.strip().lower() in _FREE_LOWER for name in self.columns)
         free_names = [name for name, free in zip(self.columns, self._free) if free]
@@ -407,6 +410,7 @@ class ParsableParser:
         # group: [cluster, head, skippable, items, digest]
         groups: list[list] = []
         current: list | None = None
+        skipped_before: set[int] = set()     # hashes of the digests skipped so far
 
         # The digest is blake2b(salt + "\n" + raw line + "\n" + raw line ...), hashed in
         # one call per group.
@@ -427,6 +431,11 @@ class ParsableParser:
                 digest = g[4]          # set for skippable groups only
                 if digest is not None and digest in stored and g[1] not in loose:
                     unchanged.skipped(g[0])
+                    mark = hash(digest)
+                    if mark in skipped_before:
+                        self.duplicates_skipped += 1
+                    else:
+                        skipped_before.add(mark)
                     continue
                 out: list[Item] = []
                 bad = False

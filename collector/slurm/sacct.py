@@ -146,4 +146,5 @@ class SacctSource:
                                      extra={"argv": argv, "quarantined": quarantined,
                                             "ignored_columns": list(parser.ignored_columns),
                                             "unknown_states": dict(parser.unknown_states),
-                                            "fallbacks": parser.fallbacks})
+                                            "fallbacks": parser.fallbacks,
+                                            "duplicates_skipped": parser.duplicates_skipped})
