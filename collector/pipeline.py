@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from billing.price import NO_RULE, PARTLY_PRICED, PRICED, plan_lines, price_job_outcome
 from billing.rates import RateCard
@@ -515,12 +515,12 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                                   charge_lines=pricer.lines_written if pricer else 0,
                                   rate_card_id=pricer.rate_card_id if pricer else None)
             session.commit()
-    except Exception as exc:  # noqa: BLE001 - every failure is logged on the run, then re-raised typed
+    except Exception as exc:  # every failure is logged on the run, then re-raised typed
         error = f"{type(exc).__name__}: {exc}"
         lines = 0
         try:
             lines = source.stats.lines
-        except Exception:  # noqa: BLE001 - stats of a broken source are best effort
+        except Exception:  # noqa: BLE001, S110 - stats of a broken source are best effort
             pass
         with session_factory() as session:  # type: ignore[attr-defined]
             store_runs.finish_run(session, run_id, outcome="failed", records_read=records,
@@ -580,7 +580,7 @@ def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
     transaction and sacct call, within the sacct timeout) instead of in one window as long
     as the outage; the window then ends before ``now`` and the caller polls again.
     """
-    until = floor_second(now.astimezone(timezone.utc))
+    until = floor_second(now.astimezone(UTC))
     with session_factory() as session:  # type: ignore[attr-defined]
         mark = store_runs.get_watermark(session, cluster, stream)
     if mark is None:

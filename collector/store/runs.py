@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -33,8 +33,6 @@ from collector.store.models import (
     Quarantine,
     Watermark,
 )
-
-UTC = timezone.utc
 
 SACCT_STREAM = "sacct"
 

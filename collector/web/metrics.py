@@ -41,7 +41,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -57,7 +57,6 @@ from collector.store import scrape as store_scrape
 
 log = logging.getLogger(__name__)
 
-UTC = timezone.utc
 
 # 0.1 s .. 10 min: a small poll takes well under a second, a large sacct window minutes,
 # and sacct's default timeout (HPC_BILLING_SACCT_TIMEOUT) is 5 min.
@@ -145,7 +144,7 @@ class _PollMetrics:
                                   (self.charge_lines.labels(cluster), report.charge_lines)):
                 if value > 0:
                     metric.inc(value)
-        except Exception:  # noqa: BLE001 - metrics must never break a poll
+        except Exception:  # metrics must never break a poll
             log.exception("metrics: could not count a poll report")
 
 
@@ -338,7 +337,7 @@ class _DatabaseCollector(Collector):
             try:
                 session.rollback()
                 session.close()
-            except Exception:  # noqa: BLE001 - closing a dead session must not fail the scrape
+            except Exception:  # noqa: BLE001, S110 - closing a dead session must not fail the scrape
                 pass
 
 

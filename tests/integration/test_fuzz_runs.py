@@ -22,7 +22,7 @@ EXIT = {"ok": 0, "partial": 3, "failed": 1}
 @given(text=real_shaped_exports())
 def test_no_real_shaped_export_crashes_a_run(db_url, sessions, tmp_path, text):
     path = tmp_path / "export.psv"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")   # bytes no UTF-8 has
     code = run_cli("collect", "--once", "--source", "file", "--input", str(path),
                    "--cluster", "fuzz", "--timezone", "Europe/Berlin", "--database-url", db_url)
     with sessions() as s:
