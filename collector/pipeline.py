@@ -78,7 +78,7 @@ class RunResult:
     ignored_columns: tuple[str, ...] = ()
     unknown_states: tuple[tuple[str, int], ...] = ()   # (state, jobs), not final
     unpriced: tuple[tuple[str, int], ...] = ()         # (pricing outcome, jobs)
-    watermark_moved: bool = False
+    watermark_moved: bool = False     # this run set its stream's watermark (ok windows)
 
     @property
     def unknown_state_jobs(self) -> int:
