@@ -136,8 +136,8 @@ class Rates:
 
     def for_resource(self, resource: str) -> Decimal | None:
         """The rate of a charge-line resource: ``cpu`` ... ``energy`` or ``gpu:<type>``."""
-        if resource.startswith("gpu:"):
-            return self.gpu_hour_by_type.get(resource[4:])
+        if resource.startswith("gpu:"):     # a type without its own rate: gpu_hour
+            return self.gpu_hour_by_type.get(resource[4:], self.gpu_hour)
         for key, name in RATE_KEYS.items():
             if name == resource:
                 return getattr(self, key)
@@ -647,6 +647,7 @@ def describe_rule(rule: Rule, currency: str) -> list[str]:
         if resource == "gpu":
             note += (", untyped GPUs and types without their own rate"
                      if rule.rates.gpu_hour_by_type else ", all GPUs")
+            note += ", each type on its own gpu:<type> line"
         lines.append(f"  {resource:<14} {rate} {currency} per {_UNITS[resource]} ({note})")
     if unpriced:
         lines.append(f"  not charged:   {', '.join(unpriced)}")

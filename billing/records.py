@@ -171,7 +171,7 @@ def utc(dt: datetime) -> datetime:
 RESOURCE_UNITS: dict[str, str] = {
     "cpu": "core_hour",
     "mem": "gib_hour",
-    "gpu": "gpu_hour",          # untyped GPUs, and typed ones priced at the default rate
+    "gpu": "gpu_hour",          # untyped GPUs; a typed one is always "gpu:<type>"
     "node": "node_hour",
     "billing": "billing_unit_hour",
     "energy": "kwh",
