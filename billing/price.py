@@ -147,6 +147,16 @@ def round_amount(value: Decimal, scale: int) -> Decimal:
     return value.quantize(quantum, rounding=ROUND_HALF_EVEN, context=_ROUNDING)
 
 
+def money_text(value: Decimal) -> str:
+    """An amount as finance reads it: exact, at least 2 decimal places, no exponent
+    (1.19, 1.190000 -> "1.19"; 1.125 -> "1.125"; 5 -> "5.00"; -0.04 -> "-0.04")."""
+    text = format(value.normalize(context=_ROUNDING), "f")
+    whole, _, frac = text.partition(".")
+    if whole in ("-0", "") and not frac.strip("0"):
+        whole = "0"
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
 def line_amount(rate: Decimal, quantity: Decimal, scale: int) -> Decimal:
     """rate x quantity (exact), rounded by ``round_amount``."""
     return round_amount(_EXACT.multiply(rate, quantity), scale)

@@ -217,6 +217,22 @@ class ChargeLine:
 
 
 @dataclass(frozen=True, slots=True)
+class BilledLine:
+    """A charge line as finance bills it: the line and the job attributes it is billed by
+    (what the finance builders in billing.ledger, .focus, .invoice and .explain read).
+    ``job_id`` is as Slurm prints it (``6_3``); times are aware UTC or None."""
+
+    line: ChargeLine
+    job_id: str
+    account: str | None = None
+    user: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FetchStats:
     """Counters a source reports after a fetch (lines read, bytes, seconds in Slurm)."""
 

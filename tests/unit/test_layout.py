@@ -34,6 +34,10 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                           ("collector.store", "collector.pipeline", "collector.web")),
     "collector.health": ((), ("collector.slurm", "collector.store", "collector.pipeline",
                               "collector.web", "collector.scheduler")),
+    # Documents for finance laid out from billing's values: no database, Slurm or web.
+    "collector.finance": (("billing", "reportlab"),
+                          ("collector.store", "collector.slurm", "collector.web",
+                           "collector.pipeline", "sqlalchemy", "flask")),
     # The scheduler runs the pipeline and the node inventory; it never touches the web app.
     "collector.scheduler": (("billing", "collector.pipeline", "collector.health", "collector.store",
                              "collector.sources",
