@@ -93,13 +93,26 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from decimal import (ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, Inexact,
-                     InvalidOperation, Overflow)
+from datetime import UTC, datetime, timedelta
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
 from fractions import Fraction
 
 from billing.rates import RateCard, Rule
-from billing.records import UNTYPED_GPU, ChargeLine, JobRecord, is_final_record, resource_unit
+from billing.records import (
+    UNTYPED_GPU,
+    ChargeLine,
+    JobRecord,
+    is_final_record,
+    resource_unit,
+)
 from billing.rollup import split_by_period
 
 # Outcomes (pricing_outcome); the run log counts jobs by these.
@@ -210,7 +223,7 @@ def _has_allocation(job: JobRecord) -> bool:
 
 _HOUR_S = 3600
 _GIB_HOUR = _GIB * _HOUR_S
-_UTC = timezone.utc
+_UTC = UTC
 _ONE_SECOND = timedelta(seconds=1)
 
 
@@ -382,7 +395,7 @@ def _whole_seconds(dt: datetime) -> datetime:
         return dt
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"naive datetime {dt!r}: times must be timezone-aware")
-    return dt.astimezone(timezone.utc).replace(microsecond=0)
+    return dt.astimezone(UTC).replace(microsecond=0)
 
 
 def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:

@@ -89,7 +89,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone, tzinfo
+from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
@@ -292,7 +292,7 @@ class RateCard:
 
 def _zone(name: str) -> tzinfo:
     if name == "UTC":
-        return timezone.utc
+        return UTC
     return ZoneInfo(name)
 
 
@@ -342,7 +342,7 @@ def _decimal(value: Any, where: str, errors: list[str]) -> Decimal | None:
 
 
 def _date(value: Any, where: str, errors: list[str]) -> date | None:
-    if isinstance(value, datetime) or isinstance(value, time):
+    if isinstance(value, (datetime, time)):
         errors.append(f"{where}: write a date without a time, e.g. 2026-01-01 (a rule "
                       f"starts and ends at midnight in the card's timezone), got "
                       f"{_show(value)}")
@@ -761,9 +761,9 @@ def describe_rule(rule: Rule, currency: str) -> list[str]:
     what = "; ".join(parts) or "every job"
     until = (f"until {rule.valid_until.isoformat()} (exclusive)" if rule.valid_until
              else "no end date")
-    lines = [f"rule {_show(rule.name)} (rules[{rule.index}]): matches {what} "
-             f"[{rule.specificity} key(s)]; from {rule.valid_from.isoformat()}, {until}; "
-             f"priority {rule.priority}"]
+    lines = [(f"rule {_show(rule.name)} (rules[{rule.index}]): matches {what} "
+              f"[{rule.specificity} key(s)]; from {rule.valid_from.isoformat()}, {until}; "
+              f"priority {rule.priority}")]
     unpriced = []
     for key, resource in RATE_KEYS.items():
         rate = getattr(rule.rates, key)
@@ -790,8 +790,8 @@ def describe_rule(rule: Rule, currency: str) -> list[str]:
 def describe_card(card: RateCard) -> list[str]:
     """Human lines for ``hpc-billing rates check``: the card, then each rule."""
     lines = [f"rate card {card.version}",
-             f"currency {card.currency}, amounts rounded half-even to {card.scale} decimal "
-             f"place(s), billed by {card.period} in {card.timezone}",
+             (f"currency {card.currency}, amounts rounded half-even to {card.scale} decimal "
+              f"place(s), billed by {card.period} in {card.timezone}"),
              "exempt states (no charge): " + (", ".join(sorted(card.exempt_states))
                                               or "none"),
              "running jobs: " + ("priced up to the as-of time, replaced when they end"
@@ -808,8 +808,9 @@ def describe_card(card: RateCard) -> list[str]:
 
 def describe_gl(codes: GlCodes) -> list[str]:
     """Human lines for a ``[gl]`` table: which code each side of the journal uses."""
-    lines = [f"GL: debit receivable {codes.receivable or '(none: every account needs one)'}"
-             f", credit revenue {codes.revenue or '(none: every resource needs one)'}"]
+    receivable = codes.receivable or "(none: every account needs one)"
+    revenue = codes.revenue or "(none: every resource needs one)"
+    lines = [f"GL: debit receivable {receivable}, credit revenue {revenue}"]
     for account, code in sorted(codes.receivable_by_account.items()):
         lines.append(f"  account {_show(account)}: receivable {code}")
     for resource, code in sorted(codes.revenue_by_resource.items()):

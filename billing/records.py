@@ -12,7 +12,7 @@ datetime is timezone-aware UTC, and counts are ints. Money never appears here as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 # States after which Slurm will not change a job record again (slurm.conf(5) / sacct(1)
@@ -164,7 +164,7 @@ def utc(dt: datetime) -> datetime:
     """Return dt as an aware UTC datetime; refuses naive datetimes."""
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"naive datetime {dt!r}: times must be timezone-aware")
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 # Resource names of charge lines ("gpu:<type>" for typed GPUs) and their units.

@@ -113,9 +113,8 @@ def test_imports_follow_the_design_table(path: Path):
         top = name.split(".")[0]
         if _matches(name, forbidden):
             bad.append(f"line {lineno}: {name} (forbidden in {own})")
-        elif _matches(name, (own,)) or _matches(name, allowed):
-            continue
-        elif top in STDLIB and top not in {"billing", "collector"}:
+        elif (_matches(name, (own,)) or _matches(name, allowed)
+              or (top in STDLIB and top not in {"billing", "collector"})):
             continue
         else:
             bad.append(f"line {lineno}: {name} (not allowed in {own})")

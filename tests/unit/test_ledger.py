@@ -13,6 +13,7 @@ from billing.rates import (
     GlCodes,
     GlMappingError,
     RateCardError,
+    describe_card,
     load_gl_mapping,
     load_rate_card,
 )
@@ -130,6 +131,10 @@ gpu = "4020"
     assert card.gl.revenue_for("gpu:a100") == "4020"        # a type without its own: gpu's
     assert card.gl.revenue_for("cpu") == "4000"
     assert load_rate_card(CARD).gl is None
+    assert describe_card(card)[-4:] == [
+        "GL: debit receivable 1200, credit revenue 4000",
+        "  account \"physics\": receivable CC-PHY",
+        "  resource gpu: revenue 4020", "  resource gpu:h100: revenue 4021"]
     # GL codes are part of the card's content, so of its version.
     assert card.version != load_rate_card(CARD).version
 
