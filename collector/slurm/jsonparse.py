@@ -593,15 +593,9 @@ def _job_label(job: Any, position: int) -> tuple[str, str | None]:
     return f"job #{position}" + (f" (job_id {job_id})" if job_id else ""), job_id
 
 
-def parse_sacct_json(doc: Any, *, source: str,
-                     default_cluster: str | None) -> Iterator[Item]:
-    """Yield a JobRecord (then its StepUsages) for every job object of ``doc["jobs"]``.
-
-    A job object that does not convert becomes one QuarantinedRecord holding its JSON
-    text, with a reason naming its position, its job_id and the field. Raises
-    JsonDocumentError (a ValueError), before yielding anything, when the document is not
-    an accounting jobs document.
-    """
+def check_jobs_document(doc: Any) -> list:
+    """``doc["jobs"]`` when ``doc`` is an accounting jobs document, else JsonDocumentError
+    saying what it is instead."""
     if not isinstance(doc, dict):
         raise JsonDocumentError(f"not a sacct --json / slurmrestd jobs document: the top "
                                 f"level is a {type(doc).__name__}, not an object")
@@ -611,9 +605,22 @@ def parse_sacct_json(doc: Any, *, source: str,
         raise JsonDocumentError(f"not a sacct --json / slurmrestd jobs document: no 'jobs' "
                                 f"list (top-level keys: {keys})")
     if _looks_like_slurmctld(jobs):
-        raise JsonDocumentError("this is a slurmctld job list (squeue --json, scontrol --json or "
-                                "/slurm/v0.0.NN/jobs): queued jobs, not accounting. Use "
+        raise JsonDocumentError("this is a slurmctld job list (squeue --json, scontrol --json "
+                                "or /slurm/v0.0.NN/jobs): queued jobs, not accounting. Use "
                                 "sacct --json or slurmrestd /slurmdb/v0.0.NN/jobs")
+    return jobs
+
+
+def parse_sacct_json(doc: Any, *, source: str,
+                     default_cluster: str | None) -> Iterator[Item]:
+    """Yield a JobRecord (then its StepUsages) for every job object of ``doc["jobs"]``.
+
+    A job object that does not convert becomes one QuarantinedRecord holding its JSON
+    text, with a reason naming its position, its job_id and the field. Raises
+    JsonDocumentError (a ValueError), before yielding anything, when the document is not
+    an accounting jobs document.
+    """
+    jobs = check_jobs_document(doc)
     version = document_info(doc).version
     for position, job in enumerate(jobs, start=1):
         try:
