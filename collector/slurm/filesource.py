@@ -7,8 +7,8 @@ import returns everything in the file and never moves a watermark.
 
 Formats:
   * JSON when the first non-blank character is ``{`` (``sacct --json`` or a saved
-    slurmrestd ``/slurmdb/v0.0.38/jobs`` answer). The whole document is loaded (see
-    jsonparse for the memory cost).
+    slurmrestd ``/slurmdb/v0.0.NN/jobs`` answer, any data version v0.0.36..45). The
+    whole document is loaded (see jsonparse for the memory cost).
   * Otherwise ``--parsable2`` text WITH its header line (so exported without
     ``--noheader``). The delimiter is ``|``, or ``\\x1f`` if the header contains it. Columns
     are picked by header name in any order; unknown ones are ignored and listed in
@@ -30,7 +30,7 @@ from datetime import tzinfo
 
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.fields import REQUIRED_FIELDS
-from collector.slurm.jsonparse import parse_sacct_json
+from collector.slurm.jsonparse import check_jobs_document, document_info, parse_sacct_json
 from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
 
@@ -92,9 +92,11 @@ class FileSource:
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if errors:
             raise SourceError(f"{self.name}: the JSON document reports errors: {errors!r}")
-        if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
-            raise SourceError(f"{self.name}: not a sacct --json / slurmrestd jobs document "
-                              f"(no 'jobs' list)")
+        try:
+            check_jobs_document(doc)
+        except ValueError as exc:
+            raise SourceError(f"{self.name}: {exc}") from None
+        info = document_info(doc)
         quarantined = 0
         try:
             for item in parse_sacct_json(doc, source=self.name, default_cluster=self.cluster):
@@ -104,7 +106,9 @@ class FileSource:
         finally:
             self._stats = FetchStats(lines=0, bytes=os.fstat(handle.fileno()).st_size,
                                      extra={"format": "json", "jobs": len(doc["jobs"]),
-                                            "quarantined": quarantined})
+                                            "quarantined": quarantined,
+                                            "data_version": info.version_name,
+                                            "slurm_release": info.slurm_release})
 
     # ------------------------------------------------------------------------- text
 

@@ -196,68 +196,26 @@ def test_document_without_jobs_is_refused():
 # (expected.json).
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "json"
-VERSIONS = [f"v0.0.{n}" for n in range(36, 46)]
-EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
-JOB_FIELDS = ("job_id", "job_id_raw", "state", "state_raw", "final", "elapsed_s",
-              "timelimit_min", "cpus", "nodes", "mem_bytes", "billing", "energy_j",
-              "cpu_time_alloc_s", "max_rss_bytes", "mem_used_byte_s", "exit_code",
-              "derived_exit_code", "array_job_id", "array_task_id", "het_job_id",
-              "het_job_offset", "node_list", "partition")
-TIME_FIELDS = ("submit", "eligible", "start", "end")
 
 
-def _builder():
-    spec = importlib.util.spec_from_file_location("corpus_json_build", CORPUS / "build.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"corpus_json_{name}", CORPUS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
     spec.loader.exec_module(module)
     return module
 
 
-def corpus_doc(version: str) -> dict:
-    return json.loads((CORPUS / version / "sacct.json").read_text(encoding="utf-8"))
-
-
-def expected_jobs(version: str) -> dict[tuple[int, int], dict]:
-    """(job_id_raw, submit) -> the hand-written expectation, with the version's overrides."""
-    out = {}
-    overrides = EXPECTED["overrides"].get(version, {})
-    for job in EXPECTED["jobs"]:
-        job = dict(job)
-        job.update({k: v for k, v in overrides.get(f"{job['job_id_raw']}@{job['submit']}",
-                                                    {}).items() if k != "why"})
-        out[(job["job_id_raw"], job["submit"])] = job
-    return out
-
-
-def epoch(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp())
-
-
-def assert_matches_expected(version: str, records: list[JobRecord],
-                            steps: dict[tuple[int, int], list[str]] | None) -> None:
-    """Every expected job is there once, with every expected value; nothing else is."""
-    expected = expected_jobs(version)
-    got = {(r.job_id_raw, epoch(r.submit)): r for r in records}
-    assert len(got) == len(records), "a job came out twice"
-    assert set(got) == set(expected)
-    for key, want in expected.items():
-        rec = got[key]
-        for name in JOB_FIELDS:
-            assert getattr(rec, name) == want[name], (version, key, name)
-        for name in TIME_FIELDS:
-            assert epoch(getattr(rec, name)) == want[name], (version, key, name)
-        assert rec.cluster == EXPECTED["cluster"]
-        assert dict(rec.gpus) == want["gpus"], (version, key)
-        assert rec.cpu_used_s == Decimal(want["cpu_used_s"]), (version, key)
-        if steps is not None:
-            assert steps[key] == want["steps"], (version, key)
+corpus = _load("expectations")
+VERSIONS = corpus.VERSIONS
+corpus_doc = corpus.document
+epoch = corpus.epoch
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_corpus_file_is_what_the_builder_writes(version):
     n = int(version.rsplit(".", 1)[1])
-    assert (CORPUS / version / "sacct.json").read_text(encoding="utf-8") == _builder().text(n)
+    assert (CORPUS / version / "sacct.json").read_text(encoding="utf-8") == _load("build").text(n)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -276,8 +234,8 @@ def test_every_corpus_job_is_read_right(version):
         else:
             assert current is not None and item.job_id_raw == current[0]
             steps[current].append(item.step)
-    assert_matches_expected(version, [r for r in rollup_steps(items)
-                                      if isinstance(r, JobRecord)], steps)
+    corpus.assert_matches_expected(version, [r for r in rollup_steps(items)
+                                             if isinstance(r, JobRecord)], steps)
 
 
 def test_the_versions_differ_where_slurm_says_they_do():
