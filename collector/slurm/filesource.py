@@ -7,8 +7,8 @@ import returns everything in the file and never moves a watermark.
 
 Formats:
   * JSON when the first non-blank character is ``{`` (``sacct --json`` or a saved
-    slurmrestd ``/slurmdb/v0.0.NN/jobs`` answer, any data version v0.0.36..45). The
-    whole document is loaded (see jsonparse for the memory cost).
+    slurmrestd ``/slurmdb/v0.0.38/jobs`` answer). The whole document is loaded (see
+    jsonparse for the memory cost).
   * Otherwise ``--parsable2`` text WITH its header line (so exported without
     ``--noheader``). The delimiter is ``|``, or ``\\x1f`` if the header contains it. Columns
     are picked by header name in any order; unknown ones are ignored and listed in

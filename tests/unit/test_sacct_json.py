@@ -267,6 +267,10 @@ def test_state_lists_read_as_sacct_prints_them():
     for flags, word in cases.items():
         (rec,) = jobs(parse({"jobs": [minimal_job(state={"current": list(flags)})]}))
         assert (rec.state, rec.state_raw) == (word, word), flags
+    # A state a newer Slurm added is kept, and the job read again (not final).
+    (new,) = jobs(parse({"jobs": [minimal_job(state={"current": ["SOMETHING_NEW"]})]}))
+    (old,) = jobs(parse({"jobs": [minimal_job(state={"current": "SOMETHING_NEW"})]}))
+    assert (new.final, old.final, new.end is not None) == (False, False, True)
     (requeued,) = jobs(parse({"jobs": [minimal_job(state={"current": ["PENDING", "REQUEUED"]})]}))
     assert requeued.final is True                      # a requeued record with an End
 
