@@ -9,6 +9,7 @@ tests/slurm.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -697,3 +698,36 @@ def test_held_jobs_are_in_no_window_whatever_the_form():
         job = {"time": {"eligible": eligible, "end": 0}}
         assert not in_window(job, 0, 2**40)
     assert in_window({"time": {"eligible": {"set": True, "number": 5}, "end": 0}}, 0, 10)
+
+
+# ------------------------------------------------------------------ the lab's real slurmrestd
+
+REAL = CORPUS / "real"
+
+
+@pytest.mark.parametrize("release, newest, served", [
+    ("22.05", "v0.0.38", ["v0.0.36", "v0.0.37", "v0.0.38"]),
+    ("24.11", "v0.0.42", ["v0.0.40", "v0.0.41", "v0.0.42"]),
+    ("26.05", "v0.0.45", ["v0.0.42", "v0.0.43", "v0.0.44", "v0.0.45"]),
+])
+def test_the_real_listings_and_answers_of_each_release(http_server, release, newest, served):
+    """The fake answers with what the lab's slurmrestd answered: its /openapi/v3 paths
+    (with the real escaping and trailing slashes) and its jobs answer of each version."""
+    url, recorder = http_server
+    recorder.versions = served
+    recorder.openapi = (200, (REAL / release / "openapi-v3-paths.json").read_bytes())
+    answers = {v: gzip.decompress((REAL / release / f"slurmrestd-{v}-jobs.json.gz")
+                                  .read_bytes()) for v in served}
+    recorder.default = lambda request: (200, answers[request["path"].split("/")[2]])
+    docs = {v: json.loads(body) for v, body in answers.items()}
+    submits = [j["time"]["submission"] for j in docs[newest]["jobs"]]
+    window = epoch_window(min(submits) - 60, max(submits) + 3600)
+    src = source(url, cluster=None, user="root", token=TOKEN, max_window_s=7200)
+    items = list(src.fetch(window))
+    assert (src.api_version, src.stats.extra["negotiated_by"], src.stats.extra["offered"]) == (
+        newest, "openapi", served)
+    assert src.stats.extra["slurm_release"].startswith(release)
+    assert not [i for i in items if isinstance(i, QuarantinedRecord)]
+    direct = [i for i in parse_sacct_json(docs[newest], source="slurmrestd", default_cluster=None)
+              if isinstance(i, JobRecord)]
+    assert [i for i in items if isinstance(i, JobRecord)] == direct and len(direct) >= 12

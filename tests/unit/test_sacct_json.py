@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import importlib.util
 import json
 from copy import deepcopy
@@ -542,3 +544,79 @@ def test_any_mutation_of_a_real_shaped_job_is_a_record_or_quarantined(data):
     rolled = list(rollup_steps(items))
     assert sum(isinstance(r, JobRecord) for r in rolled) == sum(
         isinstance(i, JobRecord) for i in items)
+
+
+# --------------------------------------------------------------------------- real output
+#
+# tests/corpus/json/real: the lab's Slurm 22.05.8, 24.11.5 and 26.05.5, the same job mix
+# exported as text (--format=ALL) and as JSON in every data version each release has.
+# Job by job, the JSON gives the rows the text gives, but for what the JSON does not
+# carry (uid, DBIndex, "by <uid>"), 22.05's exit-code quirk, a running job's clock, and
+# the start of a job that never ran in dbv0.0.36/37 (printed as the eligible time).
+
+REAL = CORPUS / "real"
+REAL_JSON = sorted((p.parent.name, p.name) for p in REAL.glob("*/*.json.gz"))
+JSON_LACKS = {"uid", "db_index", "state_raw"}
+
+
+def real_json(release: str, name: str) -> dict:
+    with gzip.open(REAL / release / name, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def real_text_records(release: str) -> dict:
+    with gzip.open(REAL / release / "sacct-all.psv.gz", "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    parser = ParsableParser(lines[0].split("|"), delimiter="|", source="test")
+    items = list(parser.parse_lines(lines[1:]))
+    assert not [i for i in items if isinstance(i, QuarantinedRecord)]
+    return {(r.job_id_raw, r.submit): r for r in rollup_steps(items) if isinstance(r, JobRecord)}
+
+
+def test_the_real_captures_are_all_here():
+    assert REAL_JSON == sorted(
+        [("22.05", "sacct-json-v0.0.38.json.gz")]
+        + [("22.05", f"slurmrestd-v0.0.{n}-jobs.json.gz") for n in (36, 37, 38)]
+        + [("24.11", f"{kind}-v0.0.{n}{tail}.json.gz") for n in (40, 41, 42)
+           for kind, tail in (("sacct-json", ""), ("slurmrestd", "-jobs"))]
+        + [("26.05", f"{kind}-v0.0.{n}{tail}.json.gz") for n in (42, 43, 44, 45)
+           for kind, tail in (("sacct-json", ""), ("slurmrestd", "-jobs"))])
+
+
+@pytest.mark.parametrize("release, name", REAL_JSON)
+def test_real_json_of_every_version_gives_the_rows_of_the_text_export(release, name):
+    doc = real_json(release, name)
+    info = document_info(doc)
+    assert info.slurm_release.startswith(release) and info.known
+    items = parse(doc)
+    assert [i for i in items if isinstance(i, QuarantinedRecord)] == []
+    from_json = {(r.job_id_raw, r.submit): r for r in rollup_steps(items)
+                 if isinstance(r, JobRecord)}
+    text = real_text_records(release)
+    common = set(text) & set(from_json)
+    # The sacct export holds exactly the job mix; slurmrestd's window may hold more.
+    assert common == set(text) and len(common) >= 12
+    allowed = set(JSON_LACKS)
+    if info.version == 38 or info.version in (36, 37):
+        allowed |= {"exit_code", "derived_exit_code"}       # 22.05's openapi plugins
+    for key in common:
+        ours, theirs = text[key], from_json[key]
+        assert ours.state_raw.startswith(theirs.state_raw), key
+        differences = {f.name for f in dataclasses.fields(JobRecord)
+                       if getattr(ours, f.name) != getattr(theirs, f.name)}
+        if not ours.final:                      # running: read at two moments
+            differences -= {"elapsed_s", "cpu_time_alloc_s", "cpu_used_s", "max_rss_bytes",
+                            "mem_used_byte_s"}
+        if info.version in (36, 37) and not theirs.elapsed_s and not theirs.cpus:
+            differences -= {"start"}            # never ran: no start in dbv0.0.36/37
+        assert differences <= allowed, (name, ours.job_id, differences - allowed)
+    # The GPU mix, by type: a100 x2, h100 x1, one untyped (l4 is not an accounted type).
+    gpus = {theirs.name: theirs.gpus for theirs in from_json.values()}
+    assert (gpus["a100x2"], gpus["h100x1"], gpus["untyped_gpu"], gpus["cpu_only"]) == (
+        (("a100", 2),), (("h100", 1),), (("untyped", 1),), ())
+
+
+def test_real_24_11_db_indexes_are_above_bigint():
+    """Why jobs.db_index is numeric(20,0): every 24.11 DBIndex of the capture is > 2^63."""
+    records = real_text_records("24.11").values()
+    assert records and all(r.db_index is not None and r.db_index > 2**63 - 1 for r in records)
