@@ -30,7 +30,11 @@ from datetime import tzinfo
 
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.fields import REQUIRED_FIELDS
-from collector.slurm.jsonparse import check_jobs_document, document_info, parse_sacct_json
+from collector.slurm.jsonparse import (
+    check_jobs_document,
+    document_info,
+    parse_sacct_json,
+)
 from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
 

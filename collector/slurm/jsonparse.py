@@ -28,8 +28,9 @@ Values computed as sacct(1) prints them (so both sources store the same rows):
     ``gres/gpumem``, ``gres/gpuutil``, ``gres/shard``, ``gres/mps``, ``fs/disk``,
     ``license/*`` and ``energy`` are never GPUs.
 
-Not in the JSON (so None/different from the sacct source): ``uid``, ``db_index``
-(v0.0.45 prints a ``sluid`` string instead), ``CANCELLED`` without ``by <uid>``.
+Not in the JSON (so None/different from the sacct source): ``uid``, ``db_index`` before
+v0.0.45 (v0.0.45's ``sluid`` is the DBIndex in base32, and is read), ``CANCELLED`` without
+``by <uid>``.
 """
 
 from __future__ import annotations
@@ -439,6 +440,26 @@ def _name(value: Any) -> str | None:
     return value
 
 
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_SLUID_RE = re.compile(r"[sS]([0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{1,13})")
+
+
+def _sluid(value: Any) -> int | None:
+    """v0.0.45's ``sluid``: ``s`` and the DBIndex in Crockford base32 (``s18HM92GS74R00``
+    is 1461005848967012352, as the same job's sacct DBIndex); absent or "" -> None."""
+    if value is None or value == "":
+        return None
+    match = _SLUID_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise JsonFieldError("sluid", f"not a SLUID: {value!r}")
+    number = 0
+    for char in match.group(1).upper():
+        number = number * 32 + _CROCKFORD.index(char)
+    if number >= 2**64:
+        raise JsonFieldError("sluid", f"{value!r} is beyond 64 bits")
+    return number
+
+
 def _wckey(value: Any) -> str | None:
     if isinstance(value, dict):
         return _text(value.get("wckey"), "wckey.wckey")
@@ -447,7 +468,8 @@ def _wckey(value: Any) -> str | None:
 
 # --------------------------------------------------------------------------- jobs
 
-def _steps(job: dict, cluster: str, job_id_raw: int) -> tuple[list[Item], int]:
+def _steps(job: dict, cluster: str, job_id_raw: int,
+           db_index: int | None) -> tuple[list[Item], int]:
     items: list[Item] = []
     cpu_total_us = 0
     for index, step in enumerate(_list(job.get("steps"), "steps")):
@@ -469,7 +491,7 @@ def _steps(job: dict, cluster: str, job_id_raw: int) -> tuple[list[Item], int]:
         state = (normalise_state(_state(state_value, f"{path}.state"))[0]
                  if state_value not in (None, "", []) else None)
         items.append(StepUsage(
-            cluster=cluster, job_id_raw=job_id_raw, step=name, job_db_index=None,
+            cluster=cluster, job_id_raw=job_id_raw, step=name, job_db_index=db_index,
             state=state, elapsed_s=_count(times.get("elapsed"), f"{path}.time.elapsed"),
             cpu_used_s=Decimal(cpu_us).scaleb(-6),       # a step keeps the microseconds
             max_rss_bytes=peak.get(("mem", None)), mem_total_bytes=total.get(("mem", None)),
@@ -513,7 +535,8 @@ def _job_items(job: dict, *, default_cluster: str | None, version: int | None) -
             start = (end - timedelta(seconds=elapsed + suspended)
                      if elapsed or cpus else None)
 
-    steps, cpu_total_us = _steps(job, cluster, job_id_raw)
+    db_index = _sluid(job.get("sluid"))
+    steps, cpu_total_us = _steps(job, cluster, job_id_raw, db_index)
     if not steps:
         # No steps in the document (skip_steps): the job-level total, where filled.
         cpu_total_us = _cpu_us(times.get("total"), "time.total")
@@ -542,7 +565,7 @@ def _job_items(job: dict, *, default_cluster: str | None, version: int | None) -
         # sacct computes CPUTimeRAW the same way: elapsed x allocated CPUs.
         cpu_time_alloc_s=elapsed * cpus,
         cpu_used_s=sacct_cpu_seconds(cpu_total_us),
-        energy_j=energy, db_index=None,
+        energy_j=energy, db_index=db_index,
         final=state in _KNOWN_STATE_WORDS and is_final_record(state, end),
     )
     return [record, *steps]

@@ -255,6 +255,7 @@ def test_the_versions_differ_where_slurm_says_they_do():
     assert first["v0.0.40"]["steps"][0]["time"]["end"]["number"] == 1796000610
     assert first["v0.0.36"]["time"]["start"] == first["v0.0.36"]["time"]["eligible"]
     assert "sluid" in first["v0.0.45"] and "sluid" not in first["v0.0.44"]
+    assert first["v0.0.45"]["sluid"] == "sFS5M92GS73635"      # 18200885663903094885
     requeued = {v: corpus_doc(v)["jobs"][10]["state"]["current"] for v in ("v0.0.38", "v0.0.40")}
     assert requeued == {"v0.0.38": "REQUEUED", "v0.0.40": ["PENDING", "REQUEUED"]}
 
@@ -452,6 +453,8 @@ def test_a_document_of_unknown_shape_is_refused_by_name(doc, message):
      "tres.allocated cpu"),
     ({"time": {"submission": 1795351542, "elapsed": 2**70}}, "time.elapsed"),
     ({"job_id": 0}, "job_id"),
+    ({"sluid": "not-a-sluid"}, "sluid"),
+    ({"sluid": "sZZZZZZZZZZZZZ"}, "sluid"),                   # beyond 64 bits
 ])
 def test_a_bad_job_is_quarantined_naming_the_job_and_the_field(change, field):
     good = minimal_job(job_id=39)
@@ -556,7 +559,7 @@ def test_any_mutation_of_a_real_shaped_job_is_a_record_or_quarantined(data):
 
 REAL = CORPUS / "real"
 REAL_JSON = sorted((p.parent.name, p.name) for p in REAL.glob("*/*.json.gz"))
-JSON_LACKS = {"uid", "db_index", "state_raw"}
+JSON_LACKS = {"uid", "db_index", "state_raw"}   # v0.0.45 has db_index (its sluid)
 
 
 def real_json(release: str, name: str) -> dict:
@@ -596,7 +599,7 @@ def test_real_json_of_every_version_gives_the_rows_of_the_text_export(release, n
     common = set(text) & set(from_json)
     # The sacct export holds exactly the job mix; slurmrestd's window may hold more.
     assert common == set(text) and len(common) >= 12
-    allowed = set(JSON_LACKS)
+    allowed = set(JSON_LACKS) - ({"db_index"} if info.version >= 45 else set())
     if info.version == 38 or info.version in (36, 37):
         allowed |= {"exit_code", "derived_exit_code"}       # 22.05's openapi plugins
     for key in common:
@@ -620,3 +623,13 @@ def test_real_24_11_db_indexes_are_above_bigint():
     """Why jobs.db_index is numeric(20,0): every 24.11 DBIndex of the capture is > 2^63."""
     records = real_text_records("24.11").values()
     assert records and all(r.db_index is not None and r.db_index > 2**63 - 1 for r in records)
+
+
+@pytest.mark.parametrize("sluid, db_index", [
+    ("s18HM92GS74R00", 1461005848967012352),        # a 26.05 job: its sacct DBIndex
+    ("s18hm92gs74r00", 1461005848967012352), ("sFS5M92GS73635", 18200885663903094885),
+    ("s0000000000000", 0), ("sFZZZZZZZZZZZZ", 2**64 - 1), ("", None), (None, None)])
+def test_the_v0_0_45_sluid_is_the_db_index(sluid, db_index):
+    job = minimal_job(sluid=sluid, steps=[{"step": {"id": "40.batch"}, "time": {"elapsed": 1}}])
+    rec, step = parse({"jobs": [job]})
+    assert (rec.db_index, step.job_db_index) == (db_index, db_index)

@@ -58,7 +58,7 @@ def job(job_id: int, name: str, *, submit: int, eligible: int | None, start: int
         het: tuple[int, int] | None = None, nodes: str = "n01", user: str = "alice",
         account: str = "physics", partition: str = "gpu", qos: str = "normal",
         flags: list[str] | None = None, kill_user: str | None = None,
-        suspended: int = 0, restarts: int = 0) -> dict[str, Any]:
+        suspended: int = 0, restarts: int = 0, db_index: int = 0) -> dict[str, Any]:
     """One accounting record. ``state`` is the sacct word, or ``BASE+FLAG`` for a state
     that carries a flag (``PENDING+REQUEUED``); ``tres`` None is no allocation.
     ``array`` is (array_job_id, task_id or None, pending task list, max running)."""
@@ -67,10 +67,23 @@ def job(job_id: int, name: str, *, submit: int, eligible: int | None, start: int
             "limit": limit, "steps": steps or [], "exit": exit, "derived": derived,
             "array": array, "het": het, "nodes": nodes, "user": user, "account": account,
             "partition": partition, "qos": qos, "flags": flags or ["STARTED_ON_SCHEDULE"],
-            "kill_user": kill_user, "suspended": suspended, "restarts": restarts}
+            "kill_user": kill_user, "suspended": suspended, "restarts": restarts,
+            "db_index": db_index or (DB_INDEX_BASE + job_id)}
 
 
 GIB = 1024 ** 3
+# DBIndex as 24.11 assigns them (above 2^63); only v0.0.45 prints it (as its SLUID).
+DB_INDEX_BASE = 18200885663903094784
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def sluid(number: int) -> str:
+    """A SLUID as v0.0.45 prints one: "s" and the number in 13 Crockford base32 digits."""
+    digits = ""
+    for _ in range(13):
+        number, rest = divmod(number, 32)
+        digits = CROCKFORD[rest] + digits
+    return "s" + digits
 MIB = 1024 ** 2
 
 SCENARIO: list[dict[str, Any]] = [
@@ -133,6 +146,7 @@ SCENARIO: list[dict[str, Any]] = [
                     mem_total=3 * MIB, mem_max=3 * MIB)]),
     job(400, "requeued", submit=T + 171, eligible=T + 291, start=T + 300, end=T + 400,
         elapsed=100, state="COMPLETED", partition="cpu", restarts=1,
+        db_index=DB_INDEX_BASE + 4000,
         tres={"billing": 1, "cpu": 1, "mem": 1024, "node": 1},
         steps=[step("batch", elapsed=100, cpu=(99, 0), mem_total=4 * MIB, mem_max=4 * MIB)]),
     job(500, "running", submit=T + 200, eligible=T + 200, start=T + 210, end=None,
@@ -249,8 +263,10 @@ def render_step(v: int, j: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
             energy = s["energy"]
     times.update({"system": cpu_time(0, 0), "total": cpu_time(sec, usec),
                   "user": cpu_time(sec, usec)})
-    if v >= 45:
-        times["limit"] = no_val(None)
+    if v >= 43:
+        times["limit"] = no_val(None, infinite=True)
+        ident.update({"stderr": "", "stdin": "", "stdout": "", "stderr_expanded": "",
+                      "stdin_expanded": "", "stdout_expanded": ""})
     alloc = {k: c for k, c in (j["tres"] or {}).items() if k in ("cpu", "mem", "node")}
     out: dict[str, Any] = {
         "nodes": {"count": 1, "range": node, "list": [node]},
@@ -297,7 +313,7 @@ def render_job(v: int, j: dict[str, Any]) -> dict[str, Any]:
         "limit": opt_number(v, j["limit"], infinite=j["limit"] is None),
         "total": job_total, "user": job_total,
     }
-    if v >= 40:
+    if v >= 41:
         planned = (j["start"] - j["eligible"]) if j["start"] and j["eligible"] else None
         times["planned"] = no_val(planned)
     reason_key = "previous" if v == 36 else "reason"
@@ -316,7 +332,7 @@ def render_job(v: int, j: dict[str, Any]) -> dict[str, Any]:
                         "user": j["user"]},
         "cluster": CLUSTER,
         "constraints": "",
-        "container": None if v <= 38 else "",
+        "container": None if v <= 38 else "",   # not printed by 36/37 (dropped below)
         "derived_exit_code": exit_code(v, j["derived"], pending=pending),
         "time": times,
         "exit_code": exit_code(v, j["exit"], pending=pending),
@@ -342,15 +358,25 @@ def render_job(v: int, j: dict[str, Any]) -> dict[str, Any]:
         "wckey": {"wckey": "", "flags": []},
         "working_directory": "/home/alice",
     }
+    if v <= 37:
+        del out["container"]
     if v >= 39:
         out.update({"block": "", "extra": "", "failed_node": "", "licenses": "",
-                    "script": "", "submit_line": f"sbatch {j['name']}.sh", "used_gres": "",
-                    "stdin": "/dev/null", "stdout": "/home/alice/slurm-%j.out",
-                    "stderr": "/home/alice/slurm-%j.out"})
+                    "script": "", "submit_line": f"sbatch {j['name']}.sh", "used_gres": ""})
         out["hold"] = False
+    if v >= 41:
+        out.update({"stdin": "/dev/null", "stdout": "/home/alice/slurm-%j.out",
+                    "stderr": "/home/alice/slurm-%j.out"})
+    if v >= 41:
+        out.update({"stdin_expanded": "/dev/null", "stdout_expanded": "/home/alice/slurm-1.out",
+                    "stderr_expanded": "/home/alice/slurm-1.out"})
+    if v >= 42:
+        out.update({"qosreq": "", "restart_cnt": j["restarts"]})
+    if v >= 43:
+        out["segment_size"] = 0
     if v >= 45:
-        out.update({"sluid": f"s{j['job_id']:015X}", "original_sluid": f"s{j['job_id']:015X}",
-                    "qosreq": "", "restart_cnt": j["restarts"], "segment_size": 0})
+        out.update({"sluid": sluid(j["db_index"]), "original_sluid": sluid(j["db_index"]),
+                    "exclusive": "NO", "oversubscribe": "NO"})
         out["reservation"]["requested"] = ""
     return out
 

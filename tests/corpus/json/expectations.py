@@ -21,7 +21,7 @@ JOB_FIELDS = ("job_id", "job_id_raw", "state", "state_raw", "final", "elapsed_s"
               "timelimit_min", "cpus", "nodes", "mem_bytes", "billing", "energy_j",
               "cpu_time_alloc_s", "max_rss_bytes", "mem_used_byte_s", "exit_code",
               "derived_exit_code", "array_job_id", "array_task_id", "het_job_id",
-              "het_job_offset", "node_list", "partition")
+              "het_job_offset", "node_list", "partition", "db_index")
 TIME_FIELDS = ("submit", "eligible", "start", "end")
 
 
@@ -38,7 +38,7 @@ def expected_jobs(version: str) -> dict[tuple[int, int], dict]:
     out = {}
     overrides = EXPECTED["overrides"].get(version, {})
     for job in EXPECTED["jobs"]:
-        job = dict(job)
+        job = {"db_index": None, **job}
         key = f"{job['job_id_raw']}@{job['submit']}"
         job.update({k: v for k, v in overrides.get(key, {}).items() if k != "why"})
         out[(job["job_id_raw"], job["submit"])] = job
