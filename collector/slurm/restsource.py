@@ -48,9 +48,10 @@ Facts about slurmrestd 22.05.8 it relies on (measured on the lab, deploy/lab; RE
     End is BEFORE its Eligible, i.e. cancelled before its ``--begin`` time, with the two in
     different chunks; no chunk's query matches it. It never ran and costs nothing.)
 
-Differences from the sacct source (what the JSON lacks; see jsonparse): ``uid`` and
-``db_index`` are None and ``state_raw`` is ``CANCELLED`` where sacct prints ``CANCELLED by
-<uid>``; 22.05's dbv0.0.38 also reads exit codes as ``0:0`` whatever the job's status.
+Differences from the sacct source (what the JSON lacks; see jsonparse): ``uid`` (and
+``db_index`` before v0.0.45) is None and ``state_raw`` is ``CANCELLED`` where sacct prints
+``CANCELLED by <uid>``; 22.05's dbv0.0.38 also reads exit codes as ``0:0`` whatever the
+job's status.
 Everything else is stored identically.
 
 Only the stdlib (http.client, socket, ssl, json), billing.records and jsonparse are used.
