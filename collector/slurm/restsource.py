@@ -10,8 +10,9 @@ items.
 
 The version: each release serves a few (22.05: dbv0.0.38; 24.11: v0.0.40..42; 26.05:
 v0.0.42..45). The newest one ``GET /openapi/v3`` lists is used (without a listing, the
-jobs path is tried from v0.0.45 down), remembered, named in ``stats.extra["api_version"]``
-and the log, and chosen again after a 404 (an upgrade). See docs/slurm-json.md.
+jobs path is tried from v0.0.45 down), remembered per URL for the process's life (the
+daemon builds a source per poll), named in ``stats.extra["api_version"]`` and the log, and
+chosen again after a 404 (an upgrade). See docs/slurm-json.md.
 
 Facts about slurmrestd 22.05.8 it relies on (measured on the lab, deploy/lab; RECIPE §8):
   * ``start_time`` and ``end_time`` are the window parameters that count (they fill the
@@ -87,6 +88,14 @@ OPENAPI_PATH = "/openapi/v3"
 # Newest first: the order in which versions are tried when there is no listing.
 VERSIONS = tuple(f"v0.0.{n}" for n in sorted(KNOWN_VERSIONS, reverse=True))
 _JOBS_PATH_RE = re.compile(r"^/slurmdb/(v0\.0\.(\d+))/jobs/?$")
+# The version chosen per slurmrestd URL, for the life of the process: the daemon builds a
+# new source for every poll, and a listing is megabytes. (version, how, versions listed)
+_CHOSEN: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+
+
+def forget_api_versions() -> None:
+    """Forget every remembered choice (the next fetch of each source chooses again)."""
+    _CHOSEN.clear()
 # slurm_errno.h: ESLURM_REST_EMPTY_RESULT, "Nothing found with query".
 EMPTY_RESULT = 9003
 _BODY_EXCERPT = 500
@@ -270,6 +279,10 @@ class SlurmrestdSource:
         self._negotiated_by: str | None = None    # "openapi" or "probe"
         self._offered: list[str] = []             # versions /openapi/v3 listed
         self._renegotiations = 0
+        remembered = _CHOSEN.get(self._display)
+        if remembered is not None:
+            self._version, how, offered = remembered
+            self._negotiated_by, self._offered = f"{how}, remembered", list(offered)
 
     # ------------------------------------------------------------------ configuration
 
@@ -390,6 +403,7 @@ class SlurmrestdSource:
             log.info("slurmrestd %s: using %s (%s; listed: %s)", self._display,
                      self._jobs_path(version), how, ", ".join(self._offered) or "no listing")
         self._version, self._negotiated_by = version, how
+        _CHOSEN[self._display] = (version, how, tuple(self._offered))
 
     def _candidates(self, token: str | None, counters: dict[str, Any]) -> list[str]:
         """The versions to try, best first: the newest the server lists under
@@ -459,6 +473,7 @@ class SlurmrestdSource:
             log.warning("slurmrestd %s: GET %s answered 404 (upgraded?); choosing the API "
                         "version again", self._display, path)
             self._version = None
+            _CHOSEN.pop(self._display, None)
             self._renegotiations += 1
         tried = []
         for version in self._candidates(token, counters):

@@ -35,6 +35,7 @@ from collector.slurm.restsource import (
     SlurmrestdHTTPError,
     SlurmrestdSource,
     SlurmrestdTimeout,
+    forget_api_versions,
     in_window,
     read_token_file,
     server_time,
@@ -133,6 +134,15 @@ def serve(server) -> threading.Thread:
                               daemon=True)
     thread.start()
     return thread
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices() -> Iterator[None]:
+    """Each test starts with no remembered API version (they are per URL, and a port may
+    come back in a later test)."""
+    forget_api_versions()
+    yield
+    forget_api_versions()
 
 
 @pytest.fixture
@@ -731,3 +741,19 @@ def test_the_real_listings_and_answers_of_each_release(http_server, release, new
     direct = [i for i in parse_sacct_json(docs[newest], source="slurmrestd", default_cluster=None)
               if isinstance(i, JobRecord)]
     assert [i for i in items if isinstance(i, JobRecord)] == direct and len(direct) >= 12
+
+
+def test_the_choice_outlives_the_source(http_server):
+    """The daemon builds a source per poll: the next one on the same URL asks the jobs path
+    straight away, without the megabytes of /openapi/v3."""
+    url, recorder = http_server
+    serve_versions(recorder, ["v0.0.40", "v0.0.41", "v0.0.42"])
+    list(source(url, cluster="corpus").fetch(epoch_window(CORPUS_SINCE, CORPUS_SINCE + 60)))
+    recorder.requests.clear()
+    second = source(url, cluster="corpus")
+    assert (second.api_version, second.stats.extra.get("api_version")) == ("v0.0.42", None)
+    list(second.fetch(epoch_window(CORPUS_SINCE, CORPUS_SINCE + 60)))
+    assert [r["path"].split("?")[0] for r in recorder.requests] == ["/slurmdb/v0.0.42/jobs"]
+    assert second.stats.extra["negotiated_by"] == "openapi, remembered"
+    # Another URL chooses for itself.
+    assert source(url + "/proxy").api_version is None
