@@ -121,8 +121,8 @@ class ParsableParser:
     raw id (no array or het ids). With JobID only, a plain id is its own raw id; an
     array task or het component (whose own id cannot be derived) is quarantined.
 
-    Allocation comes from AllocTRES. For a job that ran (a Start, else Elapsed > 0, else a
-    NodeList) what AllocTRES lacks falls back to NCPUS/AllocCPUS (CPUs), NNodes/AllocNodes
+    Allocation comes from AllocTRES. For a job that ran (``_ran``: nodes in its NodeList,
+    else a Start and Elapsed > 0) what AllocTRES lacks falls back to NCPUS/AllocCPUS (CPUs), NNodes/AllocNodes
     or the count of NodeList (nodes), ReqMem (memory, ``n``/``c`` suffixes per node or
     CPU) and AllocGRES, else ReqGRES x nodes (GPUs). ``fallbacks`` counts such jobs.
 
@@ -652,13 +652,18 @@ class ParsableParser:
             f"task or het job component) cannot be derived from JobID; export with JobIDRaw")
 
     def _ran(self, start, elapsed: int, node_list: str | None, state: str) -> bool:
-        """Whether the job ran (and so had an allocation), from what the record has."""
+        """Whether the job ran (and so had an allocation), from what the record has.
+
+        A NodeList (not ``None assigned``) says so best: a job cancelled while pending has
+        a Start equal to its End in 22.05, and no nodes. Without NodeList, a Start and
+        (when there is an Elapsed column) a positive Elapsed; without either, not PENDING.
+        """
+        if self._has_nodelist:
+            return node_list is not None and (start is not None or not self._has_start)
         if self._has_start:
-            return start is not None
+            return start is not None and (elapsed > 0 or not self._has_elapsed)
         if self._has_elapsed:
             return elapsed > 0
-        if self._has_nodelist:
-            return node_list is not None
         return state != "PENDING"
 
     def _field(self, f: list[str], name: str, parse):

@@ -696,8 +696,12 @@ def test_allocation_fallbacks_only_for_jobs_that_ran():
             "1|1|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|8|1Gn|gpu:a100:2||n[1-2]\n"
             "2|2|lab|CANCELLED by 0|2026-11-22T12:45:42|None|2|8|1Gn|gpu:a100:2||None assigned\n"
             "3|3|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|1|2|4Gn|gpu:1|"
-            "billing=2,cpu=2,mem=1G,node=1|n3")
-    ran, never, tres = parse_text(text)
+            "billing=2,cpu=2,mem=1G,node=1|n3\n"
+            # 22.05 gives a het job cancelled while pending a Start (= its End), no nodes.
+            "4+0|4|lab|CANCELLED by 0|2026-11-22T12:45:42|2026-11-22T12:46:00|1|1|100M|||"
+            "None assigned")
+    ran, never, tres, het = parse_text(text)
+    assert (het.start is not None, het.cpus, het.nodes, het.mem_bytes) == (True, 0, 0, 0)
     # AllocTRES empty, ran: NCPUS, NNodes, ReqMem 1G per node x 2, AllocGRES.
     assert (ran.cpus, ran.nodes, ran.mem_bytes, ran.gpus) == (8, 2, 2 * 1073741824,
                                                               (("a100", 2),))

@@ -10,10 +10,8 @@
   rows (few) apart from the rest.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-03
-
-The lead re-chains this after 0008 (another branch's DBIndex revision) at merge.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0007"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
