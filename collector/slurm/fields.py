@@ -39,6 +39,31 @@ _UNIT = {"K": _KIB, "M": _KIB ** 2, "G": _KIB ** 3, "T": _KIB ** 4, "P": _KIB **
 MB = _UNIT["M"]
 
 
+# slurmdbd's DBIndex is an unsigned 64-bit number (what jobs.db_index holds).
+DB_INDEX_MAX = 2 ** 64 - 1
+
+
+def count(text: str) -> int:
+    """A count Slurm prints (CPUs, nodes, GPUs, billing units): a non-negative integer in
+    ASCII digits. Anything else (``-1``, ``2.5``, ``٣``) raises ValueError."""
+    if not (text.isdigit() and text.isascii()):
+        raise ValueError(f"not a count: {text!r}")
+    return int(text)
+
+
+def opt_count(text: str) -> int | None:
+    """``count``, with the sentinels (empty, ``Unknown`` ...) as None."""
+    return None if text in SENTINELS else count(text)
+
+
+def db_index(text: str) -> int | None:
+    """DBIndex: an unsigned 64-bit integer, or None for a sentinel."""
+    value = opt_count(text)
+    if value is not None and value > DB_INDEX_MAX:
+        raise ValueError(f"DBIndex {text!r} is above 2^64 - 1")
+    return value
+
+
 def size_bytes(text: str, bare_unit: int) -> int:
     """``"316820K"`` -> 324423680. Suffixes K/M/G/T/P are 1024-based (Slurm's unit
     conversion); a bare number is multiplied by ``bare_unit`` (1 for MaxRSS and
@@ -346,19 +371,21 @@ def parse_alloc_tres(text: str) -> tuple[int, int, int, int | None, tuple[tuple[
         if not sep:
             raise ValueError(f"entry {item!r} has no '='")
         if key == "cpu":
-            cpus = int(value)
+            cpus = count(value)
         elif key == "node":
-            nodes = int(value)
+            nodes = count(value)
         elif key == "mem":
             mem = size_bytes(value, MB)
         elif key == "billing":
             # Slurm prints billing truncated to an integer; accept a fraction the same way.
-            billing = int(value) if value.isdigit() else int(Decimal(value))
+            billing = count(value) if value.isdigit() else int(Decimal(value))
+            if billing < 0:
+                raise ValueError(f"negative billing {value!r}")
         elif key == "gres/gpu":
-            gpu_total = int(value)
+            gpu_total = count(value)
         elif key.startswith("gres/gpu:"):
             gpu_type = key[9:]
-            typed[gpu_type] = typed.get(gpu_type, 0) + int(value)
+            typed[gpu_type] = typed.get(gpu_type, 0) + count(value)
     return cpus, nodes, mem, billing, gpu_breakdown(gpu_total, typed)
 
 

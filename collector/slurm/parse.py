@@ -24,8 +24,10 @@ from collector.slurm.fields import (
     IDENTITY_ALTERNATIVES,
     SENTINELS,
     _cpu_seconds,
+    db_index,
     duration_s,
     hostlist_count,
+    opt_count,
     parse_alloc_tres,
     parse_gres,
     read_state,
@@ -542,7 +544,7 @@ class ParsableParser:
             energy = (None if value in SENTINELS else
                       int(value) if value.isdigit() else size_bytes(value, 1))
             what = "DBIndex"
-            db_index = _opt_int(f[i_dbindex])
+            dbindex = db_index(f[i_dbindex])
 
             if "." in job_id or "." in raw_id:
                 # A step line: usage only.
@@ -567,7 +569,7 @@ class ParsableParser:
                         value = tres_value(usage, "cpu")
                         if value is not None:
                             cpu_used = duration_s(value)
-                return StepUsage(cluster, job_id_raw, step, db_index, state, elapsed,
+                return StepUsage(cluster, job_id_raw, step, dbindex, state, elapsed,
                                  cpu_used, max_rss, mem_total, energy, line_no)
 
             what = "JobIDRaw"
@@ -630,7 +632,7 @@ class ParsableParser:
                 tlimit, nodes, cpus, mem,
                 billing, gpus, node_list,
                 cpu_time_alloc, cpu_used, None, None, energy,
-                db_index, final, digest,
+                dbindex, final, digest,
             )
         except Exception as exc:  # noqa: BLE001 - one bad record must never stop a poll
             del f[-1]
@@ -681,11 +683,12 @@ class ParsableParser:
         """Fill in what AllocTRES did not give for a job that ran (see the class doc)."""
         used = False
         if not cpus:
-            cpus = (self._field(f, "NCPUS", _opt_int) or self._field(f, "AllocCPUS", _opt_int)
+            cpus = (self._field(f, "NCPUS", opt_count) or self._field(f, "AllocCPUS", opt_count)
                     or 0)
             used = used or bool(cpus)
         if not nodes:
-            nodes = (self._field(f, "NNodes", _opt_int) or self._field(f, "AllocNodes", _opt_int)
+            nodes = (self._field(f, "NNodes", opt_count)
+                     or self._field(f, "AllocNodes", opt_count)
                      or self._field(f, "NodeList", hostlist_count) or 0)
             used = used or bool(nodes)
         if not mem and self._has_reqmem:

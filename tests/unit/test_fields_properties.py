@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from collector.slurm.fields import (
     KNOWN_STATES,
     STATE_CODES,
+    count,
+    db_index,
     duration_s,
     hostlist_count,
     parse_alloc_tres,
@@ -120,8 +122,8 @@ def alloc_tres(draw):
     entries = [("cpu", str(cpus)), ("node", str(nodes)), ("mem", f"{mem_mb}M")]
     if billing is not None:
         entries.append(("billing", str(billing)))
-    for gpu_type, count in typed.items():
-        entries.append((f"gres/gpu:{gpu_type}", str(count)))
+    for gpu_type, n in typed.items():
+        entries.append((f"gres/gpu:{gpu_type}", str(n)))
     total = sum(typed.values()) + untyped_extra
     if with_total and total:
         entries.append(("gres/gpu", str(total)))
@@ -147,9 +149,9 @@ def gres(draw):
     typed = draw(st.dictionaries(GPU_TYPES, st.integers(1, 16), max_size=3))
     untyped = draw(st.integers(0, 8))
     entries = []
-    for gpu_type, count in typed.items():
-        detail = draw(st.sampled_from(["", f"(IDX:0-{count - 1})", "(IDX:0,2)"]))
-        entries.append(f"gpu:{gpu_type}:{count}{detail}")
+    for gpu_type, n in typed.items():
+        detail = draw(st.sampled_from(["", f"(IDX:0-{n - 1})", "(IDX:0,2)"]))
+        entries.append(f"gpu:{gpu_type}:{n}{detail}")
     if untyped:
         entries.append(draw(st.sampled_from([f"gpu:{untyped}", f"gpu:{untyped}(IDX:0-1)"])))
     entries += draw(st.lists(st.sampled_from(["mic:1", "shard:4", "gpumem:40G", "mps:100"]),
@@ -267,3 +269,15 @@ def test_times_read_back_in_utc(when, zone_name, form):
         # The second of two equal wall times (DST fall-back) reads as the first: local
         # time without a zone is ambiguous there (why the collector asks for epochs).
         assert timedelta(0) < instant - got <= timedelta(hours=2)
+
+
+@SETTINGS
+@given(st.integers(0, 2 ** 64 - 1), st.text(max_size=12))
+def test_counts_and_db_indexes(number, text):
+    assert count(str(number)) == number and db_index(str(number)) == number
+    assert db_index("") is None and db_index("Unknown") is None
+    try:
+        value = count(text)
+    except ValueError:
+        return
+    assert value >= 0 and text.isascii() and text.isdigit()

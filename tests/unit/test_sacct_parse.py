@@ -708,3 +708,18 @@ def test_allocation_fallbacks_only_for_jobs_that_ran():
     assert (never.cpus, never.nodes, never.mem_bytes, never.gpus) == (0, 0, 0, ())
     # AllocTRES wins where it has a value; only its missing GPUs come from AllocGRES.
     assert (tres.cpus, tres.mem_bytes, tres.gpus) == (2, 1073741824, (("untyped", 1),))
+
+
+def test_negative_counts_and_dbindex_out_of_range_are_quarantined_naming_the_column():
+    text = ("JobID|JobIDRaw|Cluster|State|Submit|Start|NCPUS|AllocTRES|NodeList|DBIndex\n"
+            "1|1|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|-1||n1|7\n"
+            "2|2|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|cpu=-2|n1|8\n"
+            "3|3|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|cpu=2|n1|"
+            "18446744073709551616\n"
+            "4|4|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|cpu=2|n1|"
+            "18446744073709551615")
+    ncpus, alloc, too_big, biggest = parse_text(text)
+    assert "NCPUS='-1'" in ncpus.reason
+    assert "AllocTRES='cpu=-2'" in alloc.reason
+    assert "DBIndex='18446744073709551616'" in too_big.reason
+    assert biggest.db_index == 2 ** 64 - 1 and biggest.cpus == 2
