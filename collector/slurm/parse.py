@@ -24,6 +24,7 @@ from collector.slurm.fields import (
     IDENTITY_ALTERNATIVES,
     SENTINELS,
     _cpu_seconds,
+    count,
     db_index,
     duration_s,
     hostlist_count,
@@ -554,7 +555,7 @@ class ParsableParser:
                     step = job_id.partition(".")[2]
                 if not step:
                     raise _BadValue(f"step line without a step name: JobID={job_id!r}")
-                job_id_raw = int(head)
+                job_id_raw = count(head)
                 what = "MaxRSS"
                 value = f[i_maxrss]
                 max_rss = None if value in SENTINELS else size_bytes(value, 1)
@@ -573,7 +574,7 @@ class ParsableParser:
                                  cpu_used, max_rss, mem_total, energy, line_no)
 
             what = "JobIDRaw"
-            job_id_raw = int(raw_id)
+            job_id_raw = count(raw_id)
             what = "JobID"
             array_job, array_task, het_job, het_offset = (
                 split_job_id(job_id) if self._has_jobid else (None, None, None, None))
