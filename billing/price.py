@@ -491,6 +491,14 @@ def price_job(card: RateCard, job: JobRecord, *,
     return _price(card, job, as_of).lines
 
 
+def price_job_outcome(card: RateCard, job: JobRecord, *,
+                      as_of: datetime | None = None) -> tuple[str, list[ChargeLine]]:
+    """``(pricing_outcome, price_job)`` of one job, priced once: why it has the lines it
+    has (one of OUTCOMES) and the lines themselves."""
+    result = _price(card, job, as_of)
+    return result.outcome, result.lines
+
+
 def pricing_outcome(card: RateCard, job: JobRecord, as_of: datetime | None = None) -> str:
     """Why a job has (or has no) lines: one of OUTCOMES (see the module docstring).
     Like price_job, it needs ``as_of`` for a running job when the card accrues."""

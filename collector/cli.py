@@ -2,7 +2,8 @@
 
 ``hpc-billing <command>``: migrate, collect, backfill, jobs, runs, quarantine, demo.
 Settings come from the environment, flags override them; every configuration error is
-listed at once and the process exits 2. A failed collection exits 1 after logging once.
+listed at once and the process exits 2. A failed collection exits 1 after logging once;
+a partial one (some records quarantined, the rest stored) exits 3.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from collector.settings import SPECS, Settings, SettingsError
 
 log = logging.getLogger("hpc_billing")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# 3: the collection stored what it read except some records, which it quarantined (the
+# run's outcome 'partial'); 1 is a failed one (nothing stored, or an error).
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
 
 SAMPLE_NAME = "lab-sample.psv"
 
@@ -116,8 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    p = sub.add_parser("quarantine", parents=[settings], help="list quarantined records")
+    p = sub.add_parser("quarantine", parents=[settings],
+                       help="list quarantined records (or accept their loss with --accept)")
     p.add_argument("--run", type=int, default=None, help="only those of this run id")
+    p.add_argument("--id", type=int, action="append", default=[], dest="ids",
+                   help="with --accept: this quarantined record (repeatable)")
+    p.add_argument("--accept", action="store_true",
+                   help="accept losing the records of --run / --id: later runs skip the same "
+                        "text deliberately instead of quarantining it (so the run is ok and "
+                        "the watermark moves)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
@@ -294,10 +304,10 @@ def _collect_once(database: Database, settings: Settings, card_and_text=None) ->
         except pipeline.CollectError as exc:
             log.error("%s", exc.result.summary())
             return EXIT_FAILED
+        if result.outcome == "partial":
+            log.warning("%s", result.summary())
+            return EXIT_PARTIAL
         log.info("%s", result.summary())
-        if result.quarantined:
-            log.warning("%d record(s) quarantined: see 'hpc-billing quarantine --run %d'",
-                        result.quarantined, result.run_id)
         if not behind(result, now):
             return EXIT_OK
 
@@ -400,6 +410,16 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
                 log.error("backfill stopped; run the same command again to resume from %s",
                           f"{window.since:%Y-%m-%dT%H:%M:%SZ}")
                 return EXIT_FAILED
+            if result.outcome == "partial":
+                if progress.tty:
+                    sys.stderr.write("\n")
+                log.warning("%s", result.summary())
+                log.warning("backfill stopped at a partial window: its cursor stays at %s. "
+                            "Fix the input, or accept the loss of the quarantined records "
+                            "('hpc-billing quarantine --accept --run %d'), then run the same "
+                            "command again", f"{window.since:%Y-%m-%dT%H:%M:%SZ}",
+                            result.run_id)
+                return EXIT_PARTIAL
             totals["read"] += result.records_read
             totals["inserted"] += result.inserted
             totals["updated"] += result.updated
@@ -479,17 +499,32 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     from collector import render
     from collector.store import runs as store_runs
 
+    if args.accept and args.run is None and not args.ids:
+        raise SettingsError(["quarantine --accept needs --run RUN_ID or --id ID"])
+    if args.ids and not args.accept:
+        raise SettingsError(["quarantine --id is for --accept; list a run's records with --run"])
     database = Database(settings)
     try:
         database.ensure_schema()
+        if args.accept:
+            with database.sessions() as session:
+                count = store_runs.accept_quarantined(session, run_id=args.run, ids=args.ids)
+                session.commit()
+            log.warning("accepted the loss of %d quarantined record(s)%s: later runs skip the "
+                        "same text instead of quarantining it", count,
+                        f" of run {args.run}" if args.run is not None else "")
+            print(f"accepted {count} quarantined record(s)")
+            return EXIT_OK
         with database.sessions() as session:
             items = store_runs.list_quarantine(session, run_id=args.run, limit=args.limit)
         rows = list(render.iter_dicts(items))
         columns = list(rows[0].keys()) if rows else ["id", "run_id", "line_no", "job_id", "reason", "raw"]
-        table_rows = [{**r, "raw": (r.get("raw") or "").replace("\x1f", "␟").replace("\n", "⏎")[:80]}
+        table_rows = [{**r, "raw": (r.get("raw") or "").replace("\x1f", "␟").replace("\n", "⏎")[:80],
+                       "accepted": "yes" if r.get("accepted_at") else ""}
                       for r in rows]
         if args.format == "table":
-            _emit("table", columns, table_rows, ["id", "run_id", "line_no", "job_id", "reason", "raw"])
+            _emit("table", columns, table_rows,
+                  ["id", "run_id", "line_no", "job_id", "reason", "accepted", "raw"])
         else:
             _emit(args.format, columns, rows)
     finally:

@@ -20,7 +20,7 @@ class PollReport:
     """What one finished poll reports (a plain copy of the pipeline's RunResult numbers)."""
 
     cluster: str
-    outcome: str                 # "ok" | "failed"
+    outcome: str                 # "ok" | "partial" | "failed" (pipeline's outcomes)
     duration_s: float
     source_s: float              # time spent in the source (sacct, slurmrestd ...)
     records_read: int = 0
@@ -105,7 +105,7 @@ class Health:
                     last_window_end[report.cluster] = report.window_until_epoch
                 last_error.pop(report.cluster, None)
             else:
-                last_error[report.cluster] = report.error or "failed"
+                last_error[report.cluster] = report.error or report.outcome
             self._snap = replace(snap, polls_running=max(0, snap.polls_running - 1),
                                  last_success=last_success, last_window_end=last_window_end,
                                  last_error=last_error)

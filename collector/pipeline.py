@@ -1,9 +1,17 @@
 """One collection window, end to end: fetch -> parse -> roll up -> store -> watermark.
 
-This module owns the transaction boundaries of a poll. A run is logged in its own short
-transaction first (so a failure is recorded even though the data is rolled back); then
-every job, every quarantined record and the watermark are written in ONE transaction, so a
-window is either stored whole or not at all, and a failed window moves no watermark.
+This module owns the transaction boundaries of a poll and its honest outcome. A run is
+logged in its own short transaction first (so a failure is recorded even though the
+data is rolled back); then every job, every quarantined record and the watermark are
+written in ONE transaction, so a window is either stored whole or not at all.
+
+Outcomes (docs/columns.md and README "Commands"): ``ok`` when every record read was
+stored or deliberately skipped (unchanged, a duplicate of a record met earlier in the
+run, or quarantined text an operator accepted); ``partial`` when some records were
+quarantined and the rest stored; ``failed`` when nothing of what it read was stored, or
+the window could not be read or written at all. Only an ``ok`` window moves its
+watermark: a partial one stores what it could and leaves the watermark where it was, so
+the next poll reads the quarantined records again (never past a record not stored).
 """
 
 from __future__ import annotations
@@ -13,12 +21,13 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from billing.price import plan_lines, price_job
+from billing.price import NO_RULE, PARTLY_PRICED, PRICED, plan_lines, price_job_outcome
 from billing.rates import RateCard
 from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
 from billing.rollup import rollup_steps
@@ -41,6 +50,9 @@ class CollectError(Exception):
         super().__init__(result.error or "collection failed")
 
 
+OUTCOMES = ("ok", "partial", "failed")
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult:
     run_id: int
@@ -48,7 +60,7 @@ class RunResult:
     kind: str
     cluster: str | None
     window: Window | None
-    outcome: str                      # "ok" | "failed"
+    outcome: str                      # "ok" | "partial" | "failed" (see the module doc)
     records_read: int = 0
     inserted: int = 0
     updated: int = 0
@@ -61,15 +73,35 @@ class RunResult:
     jobs_priced: int = 0
     charge_lines: int = 0
     source_s: float = 0.0             # time spent inside the source (sacct, slurmrestd ...)
+    duplicates: int = 0               # job records met again in the run (stored once)
+    accepted: int = 0                 # quarantined texts an operator accepted, skipped
+    ignored_columns: tuple[str, ...] = ()
+    unknown_states: tuple[tuple[str, int], ...] = ()   # (state, jobs), not final
+    unpriced: tuple[tuple[str, int], ...] = ()         # (pricing outcome, jobs)
+    watermark_moved: bool = False     # this run set its stream's watermark (ok windows)
+
+    @property
+    def unknown_state_jobs(self) -> int:
+        return sum(count for _, count in self.unknown_states)
+
+    @property
+    def unpriced_jobs(self) -> int:
+        return sum(count for _, count in self.unpriced)
 
     def summary(self) -> str:
         span = (f"[{self.window.since:%Y-%m-%dT%H:%M:%SZ}, {self.window.until:%Y-%m-%dT%H:%M:%SZ})"
                 if self.window else "whole file")
+        unpriced = f"unpriced {self.unpriced_jobs}"
+        if self.unpriced:
+            unpriced += " (" + ", ".join(f"{reason} {n}" for reason, n in self.unpriced) + ")"
         text = (f"run {self.run_id} {self.kind} {self.source} {span}: {self.outcome}; "
                 f"read {self.records_read} jobs from {self.lines_read} lines, "
                 f"inserted {self.inserted}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"quarantined {self.quarantined}, priced {self.jobs_priced} "
-                f"({self.charge_lines} charge lines) in {self.duration_s:.2f}s")
+                f"duplicates {self.duplicates}, quarantined {self.quarantined}"
+                + (f", accepted {self.accepted}" if self.accepted else "")
+                + f", priced {self.jobs_priced} ({self.charge_lines} charge lines), {unpriced}, "
+                f"ignored columns {len(self.ignored_columns)}, "
+                f"unknown states {self.unknown_state_jobs} in {self.duration_s:.2f}s")
         if self.error:
             text += f"; error: {self.error}"
         return text
@@ -99,22 +131,29 @@ class Pricer:
         self.jobs_priced = 0
         self.lines_written = 0
         self.lines_deleted = 0
+        # Jobs priced, by billing.price outcome ("priced", "no matching rule" ...).
+        self.outcomes: Counter[str] = Counter()
         self._closed: frozenset[str] = frozenset()
-        # key -> (record, its lines), priced ahead by the reading thread (``prepare``)
-        self._prepared: dict[tuple, tuple[JobRecord, list[ChargeLine]]] = {}
+        # key -> (record, (outcome, its lines)), priced ahead by the reading thread
+        self._prepared: dict[tuple, tuple[JobRecord, tuple[str, list[ChargeLine]]]] = {}
 
-    def prepare(self, rec: JobRecord) -> list[ChargeLine] | None:
-        """``price_job`` for ``rec``, for ``remember``; None when it fails (``price``
-        then prices the job again and raises). Pure: any thread."""
+    @property
+    def unpriced(self) -> dict[str, int]:
+        """Jobs priced in this run that got no line (or not for every period), by why."""
+        return {reason: n for reason, n in sorted(self.outcomes.items()) if reason != PRICED}
+
+    def prepare(self, rec: JobRecord) -> tuple[str, list[ChargeLine]] | None:
+        """``price_job_outcome`` for ``rec``, for ``remember``; None when it fails
+        (``price`` then prices the job again and raises). Pure: any thread."""
         try:
-            return price_job(self.card, rec, as_of=self.as_of)
+            return price_job_outcome(self.card, rec, as_of=self.as_of)
         except Exception:  # noqa: BLE001 - priced again, and the failure raised, by price()
             return None
 
-    def remember(self, rec: JobRecord, lines: list[ChargeLine] | None) -> None:
-        """Keep ``prepare``'s lines for ``rec`` until ``price`` asks for them."""
-        if lines is not None:
-            self._prepared[(rec.cluster, rec.job_id_raw, rec.submit)] = (rec, lines)
+    def remember(self, rec: JobRecord, priced: tuple[str, list[ChargeLine]] | None) -> None:
+        """Keep ``prepare``'s answer for ``rec`` until ``price`` asks for it."""
+        if priced is not None:
+            self._prepared[(rec.cluster, rec.job_id_raw, rec.submit)] = (rec, priced)
 
     def forget_prepared(self) -> None:
         """Drop what ``price`` did not use (jobs the writer found unchanged)."""
@@ -137,15 +176,17 @@ class Pricer:
         keys = [(r.cluster, r.job_id_raw, r.submit) for r in records]
         desired: dict[tuple, list[ChargeLine]] = {}
         prepared = self._prepared
+        outcomes: Counter[str] = Counter()
         for rec in records:
             key = (rec.cluster, rec.job_id_raw, rec.submit)
             hit = prepared.pop(key, None)
             # Prepared lines serve only the very record the writer stored (the same
             # object, or an equal one: not when storing rounded its cpu_used_s).
             if hit is not None and (hit[0] is rec or hit[0] == rec):
-                desired[key] = hit[1]
+                outcome, desired[key] = hit[1]
             else:
-                desired[key] = price_job(self.card, rec, as_of=self.as_of)
+                outcome, desired[key] = price_job_outcome(self.card, rec, as_of=self.as_of)
+            outcomes[outcome] += 1
         if self._closed:
             frozen = store_charges.frozen_lines(session, keys)
             lines = [line for key in keys for line in plan_lines(
@@ -157,6 +198,7 @@ class Pricer:
                                                rate_card_ids={self.card.version: self.rate_card_id},
                                                new_jobs=new_jobs)
         self.jobs_priced += len(records)
+        self.outcomes.update(outcomes)
         self.lines_written += counts.inserted
         self.lines_deleted += counts.deleted
 
@@ -274,10 +316,10 @@ class _WriteBehind:
                 for entry in chunk:  # type: ignore[attr-defined]
                     if stop.is_set():
                         return
-                    if type(entry) is tuple:          # (job, its stage row, its lines)
-                        rec, row, lines = entry
-                        if pricer is not None and lines is not None:
-                            pricer.remember(rec, lines)
+                    if type(entry) is tuple:          # (job, its stage row, its pricing)
+                        rec, row, priced = entry
+                        if pricer is not None and priced is not None:
+                            pricer.remember(rec, priced)
                         writer.add_encoded(rec, row)
                         if pricer is not None and not writer.pending:   # it just flushed
                             pricer.forget_prepared()
@@ -300,14 +342,55 @@ class _WriteBehind:
                 pricer.forget_prepared()
 
 
+def _pairs(counts: dict[str, int] | Counter[str]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((str(k), int(v)) for k, v in counts.items() if v))
+
+
+def _report(result: RunResult, clusters: set[str], examples: list[str]) -> None:
+    """The warnings of a run that stored something: each says what to look at."""
+    name = f"run {result.run_id} ({result.source})"
+    if result.duplicates:
+        log.warning("%s: %d job record(s) were read more than once (same cluster, JobIDRaw "
+                    "and Submit), e.g. %s; each job is stored once, from its last record",
+                    name, result.duplicates, ", ".join(examples) or "(identical lines)")
+    if result.unknown_states:
+        log.warning("%s: %d job(s) have a state Slurm does not document (%s): stored with "
+                    "the raw state, not final, and read again by every poll", name,
+                    result.unknown_state_jobs,
+                    ", ".join(f"{state} {n}" for state, n in result.unknown_states))
+    unpriced = dict(result.unpriced)
+    no_rule = unpriced.get(NO_RULE, 0) + unpriced.get(PARTLY_PRICED, 0)
+    if no_rule:
+        log.warning("%s: the rate card priced no line for %d of %d job(s) (%s); clusters "
+                    "read: %s. Check the card's match conditions (a cluster or partition "
+                    "name that is not in the data?)", name, result.unpriced_jobs,
+                    result.jobs_priced,
+                    ", ".join(f"{reason} {n}" for reason, n in result.unpriced),
+                    ", ".join(sorted(clusters)) or "none")
+    elif result.unpriced:
+        log.info("%s: %d job(s) without charge lines: %s", name, result.unpriced_jobs,
+                 ", ".join(f"{reason} {n}" for reason, n in result.unpriced))
+    if result.quarantined:
+        log.warning("%s: %d record(s) quarantined: see 'hpc-billing quarantine --run %d'; "
+                    "%s", name, result.quarantined, result.run_id,
+                    "the watermark stays where it was, so the next poll reads them again"
+                    if result.window is not None and result.kind != "file"
+                    else "fix the input and import it again, or accept their loss with "
+                         f"'hpc-billing quarantine --accept --run {result.run_id}'")
+
+
 def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,
             window: Window | None, kind: str, stream: str | None,
             batch_rows: int = 5_000, pricer: Pricer | None = None,
             skip_unchanged: bool = True) -> RunResult:
-    """Store one window (or one whole file) from ``source``; raise CollectError on failure.
+    """Store one window (or one whole file) from ``source``; returns its RunResult.
 
-    ``stream`` names the watermark to move to ``window.until`` on success (None: move
-    none, as for file imports). The caller's session factory yields SQLAlchemy sessions.
+    Outcome (module doc): ``ok`` moves the watermark named ``stream`` to
+    ``window.until`` (None: move none, as for file imports); ``partial`` stores what it
+    could, keeps the quarantined records and moves no watermark; ``failed`` raises
+    CollectError: either nothing of what it read could be stored (its quarantined records
+    are kept, nothing else is written) or the window could not be read or written (all of
+    it is rolled back). The caller's session factory yields SQLAlchemy sessions.
     With a ``pricer``, every inserted or changed job is priced in the same transaction.
     With ``skip_unchanged`` (and a source that supports it: sacct, parsable files), jobs
     whose raw lines are exactly those they were stored from are skipped before parsing
@@ -317,10 +400,14 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     with session_factory() as session:  # type: ignore[attr-defined]
         run_id = store_runs.start_run(session, cluster=cluster, source=source.name, kind=kind,
                                       window=window)
+        accepted_raw = store_runs.accepted_digests(session)
         session.commit()
 
     records = 0
     quarantined = 0
+    accepted = 0
+    duplicates = 0
+    examples: list[str] = []
     clusters: set[str] = set()
     counts = store_jobs.UpsertCounts(0, 0, 0)
     try:
@@ -353,17 +440,31 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 # writer prices just the jobs it finds changed.
                 prepare = pricer.prepare if pricer is not None and unchanged is not None else None
                 stage_row = store_jobs.stage_row
+                # Job keys met in this run (as hashes: a collision only miscounts a
+                # duplicate, it never drops a record; the writer keys on the real key).
+                seen: set[int] = set()
+                seen_add = seen.add
                 behind = _WriteBehind(writer, pricer, session, run_id, cluster)
                 try:
                     chunk: list = []
                     for item in rollup_steps(items, source=source.name):
                         if isinstance(item, JobRecord):
+                            key = hash((item.cluster, item.job_id_raw, item.submit))
+                            if key in seen:
+                                duplicates += 1
+                                if len(examples) < 5:
+                                    examples.append(f"{item.cluster}/{item.job_id}")
+                            else:
+                                seen_add(key)
                             chunk.append((item, stage_row(item),
                                           prepare(item) if prepare is not None else None))
                             records += 1
                             if item.cluster not in clusters:
                                 clusters.add(item.cluster)
                         else:
+                            if accepted_raw and store_runs.raw_digest(item.raw) in accepted_raw:
+                                accepted += 1          # the operator accepted its loss
+                                continue
                             chunk.append(item)
                         if len(chunk) >= WRITE_CHUNK:
                             behind.put(chunk)
@@ -381,24 +482,45 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 clusters |= unchanged.clusters
                 counts = counts + store_jobs.UpsertCounts(0, 0, unchanged.count)
             stats = source.stats
-            # The rollups of the days this window touched, in the same transaction.
-            store_charges.refresh_rollups(session)
-            if stream is not None and window is not None:
-                if cluster is None:
-                    raise ValueError("a windowed collection needs a cluster for its watermark")
-                store_runs.set_watermark(session, cluster, stream, window.until, run_id)
-            store_runs.finish_run(session, run_id, outcome="ok", records_read=records,
+            extra = stats.extra
+            duplicates += int(extra.get("duplicates_skipped", 0) or 0)  # type: ignore[call-overload]
+            stored = counts.inserted + counts.updated + counts.unchanged
+            if not quarantined:
+                outcome, error = "ok", None
+            elif stored:
+                outcome = "partial"
+                error = (f"{quarantined} record(s) quarantined, the other records stored"
+                         + ("; the watermark stays where it was"
+                            if stream is not None and window is not None else ""))
+            else:
+                outcome = "failed"
+                error = (f"nothing stored: all {quarantined} record(s) read were quarantined "
+                         f"(see 'hpc-billing quarantine --run {run_id}')")
+            moved = False
+            if outcome == "ok":
+                # The rollups of the days this window touched, in the same transaction.
+                store_charges.refresh_rollups(session)
+                if stream is not None and window is not None:
+                    if cluster is None:
+                        raise ValueError("a windowed collection needs a cluster for its "
+                                         "watermark")
+                    store_runs.set_watermark(session, cluster, stream, window.until, run_id)
+                    moved = True
+            elif outcome == "partial":
+                store_charges.refresh_rollups(session)
+            store_runs.finish_run(session, run_id, outcome=outcome, records_read=records,
                                   counts=counts, quarantined=quarantined, lines_read=stats.lines,
+                                  error=error,
                                   jobs_priced=pricer.jobs_priced if pricer else 0,
                                   charge_lines=pricer.lines_written if pricer else 0,
                                   rate_card_id=pricer.rate_card_id if pricer else None)
             session.commit()
-    except Exception as exc:  # noqa: BLE001 - every failure is logged on the run, then re-raised typed
+    except Exception as exc:  # every failure is logged on the run, then re-raised typed
         error = f"{type(exc).__name__}: {exc}"
         lines = 0
         try:
             lines = source.stats.lines
-        except Exception:  # noqa: BLE001 - stats of a broken source are best effort
+        except Exception:  # noqa: BLE001, S110 - stats of a broken source are best effort
             pass
         with session_factory() as session:  # type: ignore[attr-defined]
             store_runs.finish_run(session, run_id, outcome="failed", records_read=records,
@@ -411,14 +533,23 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                            clusters_seen=frozenset(clusters))
         raise CollectError(result) from exc
 
-    return RunResult(run_id=run_id, source=source.name, kind=kind, cluster=cluster, window=window,
-                     outcome="ok", records_read=records, inserted=counts.inserted,
-                     updated=counts.updated, unchanged=counts.unchanged, quarantined=quarantined,
-                     lines_read=stats.lines, duration_s=time.monotonic() - started,
-                     clusters_seen=frozenset(clusters),
-                     jobs_priced=pricer.jobs_priced if pricer else 0,
-                     charge_lines=pricer.lines_written if pricer else 0,
-                     source_s=stats.slurm_seconds)
+    result = RunResult(
+        run_id=run_id, source=source.name, kind=kind, cluster=cluster, window=window,
+        outcome=outcome, records_read=records, inserted=counts.inserted,
+        updated=counts.updated, unchanged=counts.unchanged, quarantined=quarantined,
+        lines_read=stats.lines, duration_s=time.monotonic() - started, error=error,
+        clusters_seen=frozenset(clusters),
+        jobs_priced=pricer.jobs_priced if pricer else 0,
+        charge_lines=pricer.lines_written if pricer else 0,
+        source_s=stats.slurm_seconds, duplicates=duplicates, accepted=accepted,
+        ignored_columns=tuple(str(c) for c in extra.get("ignored_columns", ()) or ()),  # type: ignore[union-attr]
+        unknown_states=_pairs(extra.get("unknown_states", {}) or {}),  # type: ignore[arg-type]
+        unpriced=_pairs(pricer.unpriced) if pricer else (),
+        watermark_moved=moved)
+    _report(result, clusters, examples)
+    if outcome == "failed":
+        raise CollectError(result)
+    return result
 
 
 def make_pricer(session_factory: SessionFactory, card: RateCard, text: str, *, source: str,
@@ -449,7 +580,7 @@ def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
     transaction and sacct call, within the sacct timeout) instead of in one window as long
     as the outage; the window then ends before ``now`` and the caller polls again.
     """
-    until = floor_second(now.astimezone(timezone.utc))
+    until = floor_second(now.astimezone(UTC))
     with session_factory() as session:  # type: ignore[attr-defined]
         mark = store_runs.get_watermark(session, cluster, stream)
     if mark is None:

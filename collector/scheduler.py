@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -43,12 +43,13 @@ def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] 
               now: datetime | None = None) -> pipeline.RunResult:
     """One poll with the configured source: a window (or the whole file), priced.
 
-    Raises pipeline.CollectError (carrying the failed RunResult) when the window could
-    not be stored; nothing of it was written and no watermark moved.
+    Raises pipeline.CollectError (carrying the failed RunResult) when nothing of the
+    window was stored; no watermark moved. A partial window (some records quarantined,
+    the rest stored) returns its RunResult with outcome 'partial' and moves no watermark.
     """
     from collector.sources import make_source
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     source = make_source(settings)
     if source.windowed:
         window = pipeline.poll_window(sessions, cluster=settings.cluster, now=now,  # type: ignore[arg-type]
@@ -69,9 +70,11 @@ def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] 
 
 def behind(result: pipeline.RunResult, now: datetime) -> bool:
     """True when an ok poll stored a window that ends before ``now``: a backlog (after an
-    outage) is being caught up in bounded windows, and the next one should follow at once."""
+    outage) is being caught up in bounded windows, and the next one should follow at once.
+    Never after a partial or failed poll: its watermark did not move, and the next poll
+    repeats the window at the usual interval."""
     return (result.outcome == "ok" and result.window is not None
-            and result.window.until < pipeline.floor_second(now.astimezone(timezone.utc)))
+            and result.window.until < pipeline.floor_second(now.astimezone(UTC)))
 
 
 def _report(result: pipeline.RunResult, cluster: str) -> PollReport:
@@ -101,13 +104,13 @@ class Daemon:
         self._was_leader: bool | None = None
         self._nodes_disabled_logged = False
         self.scheduler = BackgroundScheduler(
-            timezone=timezone.utc,
+            timezone=UTC,
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self.scheduler.add_job(self._poll_job, "interval", id="poll", name="poll",
                                seconds=self.settings.poll_interval_s, next_run_time=now)
         self.scheduler.add_job(self._nodes_job, "interval", id="nodes", name="node inventory",
@@ -184,12 +187,13 @@ class Daemon:
             while True:
                 self.health.poll_started()
                 started = True
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 try:
                     result = poll_once(self.sessions, self.settings, self.card_and_text, now=now)
                 except pipeline.CollectError as exc:
                     result = exc.result
-                (log.info if result.outcome == "ok" else log.error)("%s", result.summary())
+                {"ok": log.info, "partial": log.warning}.get(result.outcome, log.error)(
+                    "%s", result.summary())
                 started = False
                 self.health.poll_finished(_report(result, self.cluster))
                 # Catching up a backlog: the next bounded window at once, not an interval later.
@@ -223,7 +227,7 @@ class Daemon:
             nodes = read_nodes(self.settings.scontrol, timeout_s=min(self.settings.sacct_timeout_s, 60),
                                cluster=self.settings.cluster)
             with self.sessions() as session:
-                store_snapshot(session, self.settings.cluster, datetime.now(timezone.utc), nodes)
+                store_snapshot(session, self.settings.cluster, datetime.now(UTC), nodes)
                 session.commit()
             self.health.node_snapshot_taken()
             log.debug("node inventory: %d nodes", len(nodes))

@@ -171,8 +171,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("poll_interval_s", "HPC_BILLING_POLL_INTERVAL", "--poll-interval", parse_duration_s, "5m",
          "Time between polls of the daemon (collect without --once, run)."),
     Spec("stale_after_s", "HPC_BILLING_STALE_AFTER", "--stale-after", parse_duration_s, "15m",
-         "/readyz fails when the last successful poll is older than this (and, after a "
-         "start, when no poll has succeeded within this grace period)."),
+         "/readyz fails when the last poll that stored its window (outcome ok or partial) "
+         "is older than this (and, after a start, when no such poll happened within this "
+         "grace period)."),
     Spec("node_interval_s", "HPC_BILLING_NODE_INTERVAL", "--node-interval", parse_duration_s, "5m",
          "Time between node inventory snapshots (scontrol show node)."),
     Spec("overlap_s", "HPC_BILLING_OVERLAP", "--overlap", parse_duration_s, "10m",

@@ -10,15 +10,16 @@ times are epoch seconds under ``SLURM_TIME_FORMAT=%s``, else local time without 
 from __future__ import annotations
 
 import functools
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from billing.records import UNTYPED_GPU, is_final_state
 
-UTC = timezone.utc
-
-# Columns without which a record has no identity.
+# Columns without which a record has no identity: Submit, State, and JobID or JobIDRaw
+# (either one: the reader derives what it can of the other, see parse.py).
 REQUIRED_FIELDS: tuple[str, ...] = ("JobID", "JobIDRaw", "Submit", "State")
+IDENTITY_ALTERNATIVES: tuple[tuple[str, ...], ...] = (("JobID", "JobIDRaw"), ("Submit",),
+                                                       ("State",))
 
 # Free-text columns: the only ones a stray delimiter can come from. Constraints is one:
 # `--constraint "intel|amd"` is legal Slurm syntax. Reason is not: it holds Slurm's own
@@ -36,6 +37,31 @@ _KIB = 1024
 _UNIT = {"K": _KIB, "M": _KIB ** 2, "G": _KIB ** 3, "T": _KIB ** 4, "P": _KIB ** 5,
          "E": _KIB ** 6}
 MB = _UNIT["M"]
+
+
+# slurmdbd's DBIndex is an unsigned 64-bit number (what jobs.db_index holds).
+DB_INDEX_MAX = 2 ** 64 - 1
+
+
+def count(text: str) -> int:
+    """A count Slurm prints (CPUs, nodes, GPUs, billing units): a non-negative integer in
+    ASCII digits. Anything else (``-1``, ``2.5``, ``٣``) raises ValueError."""
+    if not (text.isdigit() and text.isascii()):
+        raise ValueError(f"not a count: {text!r}")
+    return int(text)
+
+
+def opt_count(text: str) -> int | None:
+    """``count``, with the sentinels (empty, ``Unknown`` ...) as None."""
+    return None if text in SENTINELS else count(text)
+
+
+def db_index(text: str) -> int | None:
+    """DBIndex: an unsigned 64-bit integer, or None for a sentinel."""
+    value = opt_count(text)
+    if value is not None and value > DB_INDEX_MAX:
+        raise ValueError(f"DBIndex {text!r} is above 2^64 - 1")
+    return value
 
 
 def size_bytes(text: str, bare_unit: int) -> int:
@@ -71,6 +97,8 @@ def duration_s(text: str) -> Decimal:
     Timelimit, and TotalCPU from one hour up, where milliseconds are dropped),
     ``MM:SS.mmm`` (TotalCPU/UserCPU/SystemCPU below one hour), ``MM:SS``, ``SS[.mmm]``.
     """
+    if not text.isascii():
+        raise ValueError(f"not a duration: {text!r}")
     days = 0
     rest = text
     if "-" in rest:
@@ -114,6 +142,42 @@ def normalise_state(raw: str) -> tuple[str, bool]:
     return state, is_final_state(state)
 
 
+# Job states Slurm documents: sacct(1) "JOB STATE CODES" and job_state_codes.html (base
+# states, and the flags sacct prints as a state), from 14.11 to 25.11.
+KNOWN_STATES: frozenset[str] = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "CONFIGURING", "COMPLETING", "DEADLINE",
+    "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PENDING", "PREEMPTED", "RUNNING",
+    "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "RESV_DEL_HOLD", "REVOKED",
+    "SIGNALING", "SPECIAL_EXIT", "STAGE_OUT", "STOPPED", "SUSPENDED", "TIMEOUT",
+    "LAUNCH_FAILED", "UPDATE_DB", "RECONFIG_FAIL", "POWER_UP_NODE", "EXPEDITING",
+})
+# The short forms (sacct --state accepts them; some exports print them).
+STATE_CODES: dict[str, str] = {
+    "BF": "BOOT_FAIL", "CA": "CANCELLED", "CD": "COMPLETED", "CF": "CONFIGURING",
+    "CG": "COMPLETING", "DL": "DEADLINE", "F": "FAILED", "NF": "NODE_FAIL",
+    "OOM": "OUT_OF_MEMORY", "PD": "PENDING", "PR": "PREEMPTED", "R": "RUNNING",
+    "RD": "RESV_DEL_HOLD", "RF": "REQUEUE_FED", "RH": "REQUEUE_HOLD", "RQ": "REQUEUED",
+    "RS": "RESIZING", "RV": "REVOKED", "SI": "SIGNALING", "SE": "SPECIAL_EXIT",
+    "SO": "STAGE_OUT", "ST": "STOPPED", "S": "SUSPENDED", "TO": "TIMEOUT",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def read_state(raw: str) -> tuple[str, bool]:
+    """A State as sacct prints it -> (normalised state, known).
+
+    ``"CANCELLED by 0"`` -> ("CANCELLED", True); ``"cancelled+"`` (truncated fixed-width
+    output) -> ("CANCELLED", True); a short code (``CD``, ``TO``) -> its long name. A
+    state Slurm does not document -> (its first word, upper-cased, False): the caller
+    keeps the raw text and treats the record as not final. An empty state raises.
+    """
+    state = raw.strip().partition(" ")[0].rstrip("+").upper()
+    if not state:
+        raise ValueError("empty state")
+    state = STATE_CODES.get(state, state)
+    return state, state in KNOWN_STATES
+
+
 def split_job_id(job_id: str) -> tuple[int | None, int | None, int | None, int | None]:
     """JobID as printed -> (array_job_id, array_task_id, het_job_id, het_job_offset).
 
@@ -150,6 +214,140 @@ def gpu_breakdown(total: int | None, typed: dict[str, int]) -> tuple[tuple[str, 
     return tuple(sorted(result.items()))
 
 
+# GRES names that are GPUs: ``gpu`` only. ``gpumem``, ``gpuutil``, ``shard``, ``mps``
+# and the rest are other generic resources (never counted as GPUs).
+_GPU_GRES = "gpu"
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_gres(text: str) -> tuple[tuple[str, int], ...]:
+    """GPUs by type from a GRES string (sacct's AllocGRES/ReqGRES, Slurm <= 18.08).
+
+    Forms: ``gpu`` (one), ``gpu:2``, ``gpu:tesla:2``, ``gpu:2(IDX:0-1)``,
+    ``gpu:tesla:2(IDX:0,1)``, several comma-separated entries (``mic:1,gpu:k80:4``), and
+    the prefixes ``gres:``/``gres/`` of newer spellings. The ``(...)`` detail is dropped.
+    Entries of the same GPU are added; typed and untyped entries are combined like
+    AllocTRES (``gpu_breakdown``): an untyped count next to typed ones is their total.
+    Names other than ``gpu`` are ignored. Empty or a sentinel -> ().
+    """
+    if text in SENTINELS:
+        return ()
+    untyped: int | None = None
+    typed: dict[str, int] = {}
+    depth = 0
+    entry = []
+    entries: list[str] = []
+    for ch in text:                      # split on commas outside parentheses
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            entries.append("".join(entry))
+            entry = []
+            continue
+        if depth == 0 and ch != ")":
+            entry.append(ch)
+    entries.append("".join(entry))
+    for raw_entry in entries:
+        item = raw_entry.strip()
+        if not item:
+            continue
+        for prefix in ("gres:", "gres/"):
+            item = item.removeprefix(prefix)
+        parts = item.split(":")
+        if parts[0] != _GPU_GRES:
+            continue
+        count_text = parts[-1] if len(parts) > 1 else "1"
+        if len(parts) > 1 and not (count_text.isdigit() and count_text.isascii()):
+            # ``gpu:tesla`` (a type without a count) means one of that type.
+            if len(parts) == 2 and count_text and ":" not in count_text:
+                parts.append("1")
+                count_text = "1"
+            else:
+                raise ValueError(f"GRES entry {raw_entry!r} has no count")
+        count = int(count_text)
+        gpu_type = ":".join(parts[1:-1])
+        if gpu_type:
+            typed[gpu_type] = typed.get(gpu_type, 0) + count
+        else:
+            untyped = (untyped or 0) + count
+    return gpu_breakdown(untyped, typed)
+
+
+def scale_gpus(gpus: tuple[tuple[str, int], ...], factor: int) -> tuple[tuple[str, int], ...]:
+    """Every count of ``gpus`` multiplied by ``factor`` (a per-node request x nodes)."""
+    if factor == 1:
+        return gpus
+    return tuple((gpu_type, count * factor) for gpu_type, count in gpus if count * factor)
+
+
+def req_mem_bytes(text: str, *, cpus: int, nodes: int) -> int | None:
+    """ReqMem as sacct prints it -> the job's requested memory in bytes, or None.
+
+    Slurm <= 21.02 appends ``n`` (per node) or ``c`` (per CPU) to the number
+    (``4000Mn``, ``2Gc``, ``1.50Gn``, ``0n``): the job's total is that x NNodes or
+    x AllocCPUS. From 21.08 the number stands alone and is the job's requested memory.
+    A bare number is MB (Slurm's memory unit); suffixes are 1024-based.
+    """
+    if text in SENTINELS:
+        return None
+    per = text[-1:]
+    factor = 1
+    if per in ("n", "c"):
+        text = text[:-1]
+        factor = nodes if per == "n" else cpus
+        if not text:
+            raise ValueError("ReqMem has no number")
+    return size_bytes(text, MB) * max(factor, 0)
+
+
+def hostlist_count(text: str) -> int:
+    """The number of hosts in a Slurm hostlist expression: ``vm`` -> 1,
+    ``node[01-04,07],gpu1`` -> 6, ``rack[1-2]-node[1-3]`` -> 6. Sentinels -> 0."""
+    if text in SENTINELS:
+        return 0
+    total = 0
+    depth = 0
+    current = []
+    hosts: list[str] = []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced hostlist {text!r}")
+        elif ch == "," and depth == 0:
+            hosts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    if depth:
+        raise ValueError(f"unbalanced hostlist {text!r}")
+    hosts.append("".join(current))
+    for host in hosts:
+        if not host:
+            continue
+        count = 1
+        rest = host
+        while "[" in rest:
+            _, _, after = rest.partition("[")
+            inside, _, rest = after.partition("]")
+            ranges = 0
+            for part in inside.split(","):
+                lo, dash, hi = part.partition("-")
+                if not (lo.isdigit() and lo.isascii()) or (dash and not (hi.isdigit() and hi.isascii())):
+                    raise ValueError(f"bad hostlist range {part!r} in {text!r}")
+                span = int(hi) - int(lo) + 1 if dash else 1
+                if span < 1:
+                    raise ValueError(f"bad hostlist range {part!r} in {text!r}")
+                ranges += span
+            count *= ranges
+        total += count
+    return total
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_alloc_tres(text: str) -> tuple[int, int, int, int | None, tuple[tuple[str, int], ...]]:
     """AllocTRES ``billing=4,cpu=2,gres/gpu=1,mem=1024M,node=1`` ->
@@ -157,7 +355,10 @@ def parse_alloc_tres(text: str) -> tuple[int, int, int, int | None, tuple[tuple[
 
     AllocTRES is the whole job's allocation (never multiply by NNodes). A bare mem number
     is MB (Slurm's TRES mem unit). An empty string (a job cancelled while pending has no
-    allocation) is a zero allocation with no billing.
+    allocation) is a zero allocation with no billing. A typed GPU counts once
+    (``gres/gpu:a100=1`` next to ``gres/gpu=1`` is one a100). Other keys (``energy``,
+    ``fs/disk``, ``pages``, ``vmem``, ``gres/gpumem``, ``gres/gpuutil``, ``gres/shard``,
+    ``gres/mps``, ``license/...``, ``bb/...``) are never GPUs and are not read.
     """
     cpus = nodes = mem = 0
     billing: int | None = None
@@ -170,19 +371,21 @@ def parse_alloc_tres(text: str) -> tuple[int, int, int, int | None, tuple[tuple[
         if not sep:
             raise ValueError(f"entry {item!r} has no '='")
         if key == "cpu":
-            cpus = int(value)
+            cpus = count(value)
         elif key == "node":
-            nodes = int(value)
+            nodes = count(value)
         elif key == "mem":
             mem = size_bytes(value, MB)
         elif key == "billing":
             # Slurm prints billing truncated to an integer; accept a fraction the same way.
-            billing = int(value) if value.isdigit() else int(Decimal(value))
+            billing = count(value) if value.isdigit() else int(Decimal(value))
+            if billing < 0:
+                raise ValueError(f"negative billing {value!r}")
         elif key == "gres/gpu":
-            gpu_total = int(value)
+            gpu_total = count(value)
         elif key.startswith("gres/gpu:"):
             gpu_type = key[9:]
-            typed[gpu_type] = typed.get(gpu_type, 0) + int(value)
+            typed[gpu_type] = typed.get(gpu_type, 0) + count(value)
     return cpus, nodes, mem, billing, gpu_breakdown(gpu_total, typed)
 
 

@@ -7,24 +7,30 @@ import returns everything in the file and never moves a watermark.
 
 Formats:
   * JSON when the first non-blank character is ``{`` (``sacct --json`` or a saved
-    slurmrestd ``/slurmdb/v0.0.38/jobs`` answer). The whole document is loaded (see
-    jsonparse for the memory cost).
-  * Otherwise ``--parsable2`` text WITH its header line (so exported without
-    ``--noheader``). The delimiter is ``|``, or ``\\x1f`` if the header contains it. Columns
-    are picked by header name in any order; unknown ones are ignored and listed in
-    ``stats.extra["ignored_columns"]``. Naive times are read in the ``tz`` given (sacct
-    prints the exporting machine's local time); epoch times (``SLURM_TIME_FORMAT=%s``)
-    need none. The text is streamed line by line, never read whole.
+    slurmrestd jobs answer). The whole document is loaded (see jsonparse for the memory
+    cost).
+  * Otherwise ``--parsable2`` (or ``--parsable``) text WITH its header line (so exported
+    without ``--noheader``). Blank lines and a byte-order mark before the header are
+    skipped. The delimiter is whatever separates the header's field names (``|``,
+    ``\x1f``, ``;``, a tab, several characters: sacct's ``--delimiter`` takes any); a
+    delimiter after the last name is ``--parsable``'s, and ends every line. Columns are
+    picked by header name in any order (docs/columns.md); unknown ones are ignored,
+    listed in ``stats.extra["ignored_columns"]`` and logged once. Naive times are read in
+    the ``tz`` given (sacct prints the exporting machine's local time); epoch times
+    (``SLURM_TIME_FORMAT=%s``) need none. The text is streamed line by line, never read
+    whole.
 
 A file is refused with SourceError (nothing is yielded) when it is empty, when its first
-line is not a header, when a required column is missing, or when it has no Cluster column
-and no cluster was given.
+non-blank line is not a header, when an identity column is missing (Submit, State, and
+JobID or JobIDRaw), or when it has no Cluster column and no cluster was given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 from datetime import tzinfo
 
@@ -35,19 +41,42 @@ from collector.slurm.jsonparse import (
     document_info,
     parse_sacct_json,
 )
-from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
+from collector.slurm.parse import ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
 
+log = logging.getLogger(__name__)
+
 _KNOWN_HEADER_HINT = frozenset(name.lower() for name in REQUIRED_FIELDS)
+# A sacct field name: a letter, then letters and digits (``JobIDRaw``, ``TRESUsageInTot``).
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+_BOM = "\ufeff"
 
 
-def _looks_like_header(cells: list[str]) -> bool:
-    """sacct header cells are field names: letters/digits only, never values like ``2``,
-    ``2026-11-22T12:45:42`` or ``billing=1,cpu=1``."""
-    if not any(cell.strip().lower() in _KNOWN_HEADER_HINT for cell in cells):
-        return False
-    return all(cell.strip().isalnum() and not cell.strip()[:1].isdigit()
-               for cell in cells if cell.strip())
+def split_header(header: str) -> tuple[list[str], str, bool] | None:
+    """A sacct header line -> (column names, delimiter, trailing delimiter), or None
+    when the line is not one.
+
+    A header is field names separated by one delimiter, any string of characters that
+    are not letters or digits (sacct's ``--delimiter`` takes any); ``--parsable`` ends
+    it with one more. At least one name must be an identity column, so a data line (``2``,
+    ``2026-11-22T12:45:42``, ``billing=1,cpu=1``) is never taken for a header.
+    """
+    names = _NAME.findall(header)
+    if not names or not any(name.lower() in _KNOWN_HEADER_HINT for name in names):
+        return None
+    gaps = _NAME.split(header)          # len(names) + 1 pieces: before, between, after
+    if gaps[0].strip(" "):
+        return None
+    between = gaps[1:-1]
+    if not between:
+        return (names, "|", False) if not gaps[-1].strip(" ") else None
+    delimiter = between[0]
+    if not delimiter or any(gap != delimiter for gap in between):
+        return None
+    trailing = gaps[-1]
+    if trailing not in ("", delimiter):
+        return None
+    return names, delimiter, trailing == delimiter
 
 
 class FileSource:
@@ -73,7 +102,9 @@ class FileSource:
         ``unchanged``: skip jobs stored from exactly the same lines (parsable text only;
         see ParsableParser.parse_lines)."""
         try:
-            handle = open(self.path, encoding="utf-8", errors="replace", newline="\n")
+            # utf-8-sig: a byte-order mark (Windows tools write one) is not data.
+            handle = open(self.path, encoding="utf-8-sig", errors="replace",  # noqa: SIM115
+                          newline="\n")
         except OSError as exc:
             raise SourceError(f"{self.name}: cannot open {self.path!r}: {exc.strerror}") from exc
         with handle:
@@ -117,16 +148,24 @@ class FileSource:
     # ------------------------------------------------------------------------- text
 
     def _text(self, handle, unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
+        skipped = 0              # blank lines before the header
+        chars = 0
         header_line = handle.readline()
-        header = header_line.rstrip("\r\n")
-        delimiter = SACCT_DELIMITER if SACCT_DELIMITER in header else "|"
-        cells = header.split(delimiter)
-        if not _looks_like_header(cells):
+        while header_line and not header_line.lstrip(_BOM).strip():
+            skipped += 1
+            chars += len(header_line)
+            header_line = handle.readline()
+        chars += len(header_line)
+        header = header_line.rstrip("\r\n").lstrip(_BOM)
+        found = split_header(header)
+        if found is None:
             raise SourceError(
-                f"{self.name}: the first line is not a sacct header "
-                f"({header[:80]!r}); this looks like a --noheader export. Export again "
+                f"{self.name}: the first line is not a sacct header (line {skipped + 1}: "
+                f"{header[:80]!r}); this looks like a --noheader export. Export again "
                 f"without --noheader/-n so the columns can be matched by name")
-        columns = [cell.strip() for cell in cells]
+        columns, delimiter, trailing = found
+        if trailing:
+            columns = [*columns, ""]    # --parsable: every line ends with the delimiter
         try:
             parser = ParsableParser(columns, delimiter=delimiter, source=self.name,
                                     tz=self.tz, default_cluster=self.cluster)
@@ -134,11 +173,21 @@ class FileSource:
             raise SourceError(f"{self.name}: {exc}") from exc
         if not parser.has_cluster_column and not self.cluster:
             raise SourceError(f"{self.name}: the file has no Cluster column; pass --cluster")
+        if parser.ignored_columns:
+            log.info("%s: %d column(s) not used by hpc-billing, ignored: %s", self.name,
+                     len(parser.ignored_columns), ", ".join(parser.ignored_columns))
 
-        counters = {"lines": 1, "chars": len(header_line)}
-        self._stats = FetchStats(lines=1, bytes=len(header_line),
-                                 extra={"format": "parsable", "delimiter": delimiter,
-                                        "ignored_columns": list(parser.ignored_columns)})
+        first_line_no = skipped + 2
+        counters = {"lines": first_line_no - 1, "chars": chars}
+
+        def extra(**more: object) -> dict[str, object]:
+            return {"format": "parsable", "delimiter": delimiter,
+                    "ignored_columns": list(parser.ignored_columns),
+                    "unknown_states": dict(parser.unknown_states),
+                    "fallbacks": parser.fallbacks,
+                    "duplicates_skipped": parser.duplicates_skipped, **more}
+
+        self._stats = FetchStats(lines=counters["lines"], bytes=chars, extra=extra())
 
         def lines() -> Iterator[str]:
             # newline="\n": only "\n" ends a line, so a "\r" inside a field stays data;
@@ -148,20 +197,16 @@ class FileSource:
                 counters["chars"] += len(line)
                 if line.endswith("\n"):
                     line = line[:-1]
-                    if line.endswith("\r"):
-                        line = line[:-1]
+                    line = line.removesuffix("\r")
                 yield line
 
         quarantined = 0
         try:
-            for item in parser.parse_lines(lines(), first_line_no=2, unchanged=unchanged):
+            for item in parser.parse_lines(lines(), first_line_no=first_line_no,
+                                           unchanged=unchanged):
                 if type(item) is QuarantinedRecord:
                     quarantined += 1
                 yield item
         finally:
-            self._stats = FetchStats(
-                lines=counters["lines"], bytes=counters["chars"],
-                extra={"format": "parsable", "delimiter": delimiter,
-                       "ignored_columns": list(parser.ignored_columns),
-                       "quarantined": quarantined})
-
+            self._stats = FetchStats(lines=counters["lines"], bytes=counters["chars"],
+                                     extra=extra(quarantined=quarantined))

@@ -13,30 +13,48 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import timezone, tzinfo
+from datetime import UTC, tzinfo
 from typing import Protocol
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, is_final_record
-from collector.slurm.fields import (FREE_TEXT_FIELDS, REQUIRED_FIELDS, SENTINELS, _cpu_seconds,
-                                    duration_s, normalise_state, parse_alloc_tres,
-                                    size_bytes, split_job_id, time_parser, timelimit_min,
-                                    tres_value)
+from collector.slurm.fields import (
+    FREE_TEXT_FIELDS,
+    IDENTITY_ALTERNATIVES,
+    SENTINELS,
+    _cpu_seconds,
+    count,
+    db_index,
+    duration_s,
+    hostlist_count,
+    opt_count,
+    parse_alloc_tres,
+    parse_gres,
+    read_state,
+    req_mem_bytes,
+    scale_gpus,
+    size_bytes,
+    split_job_id,
+    time_parser,
+    timelimit_min,
+    tres_value,
+)
 from collector.slurm.source import Item, SourceError
 
-UTC = timezone.utc
 SACCT_DELIMITER = "\x1f"
 
 
-# Columns the parser reads. Anything else in a header is ignored (and reported).
+# Columns the parser reads (docs/columns.md says what each one feeds). Anything else in
+# a header is ignored, and reported.
 _USED = (
     "JobID", "JobIDRaw", "JobName", "Cluster", "Partition", "Account", "User", "UID",
     "Group", "QOS", "WCKey", "Reservation", "State", "ExitCode", "DerivedExitCode",
     "Submit", "Eligible", "Start", "End", "Elapsed", "ElapsedRaw", "Timelimit",
-    "TimelimitRaw", "NNodes", "NCPUS", "AllocCPUS", "AllocTRES", "TRESUsageInTot",
-    "CPUTime", "CPUTimeRAW", "TotalCPU", "MaxRSS", "ConsumedEnergyRaw", "NodeList",
-    "DBIndex",
+    "TimelimitRaw", "NNodes", "AllocNodes", "NCPUS", "AllocCPUS", "AllocTRES",
+    "TRESUsageInTot", "CPUTime", "CPUTimeRAW", "TotalCPU", "UserCPU", "SystemCPU",
+    "MaxRSS", "ConsumedEnergyRaw", "ConsumedEnergy", "NodeList", "DBIndex", "ReqMem",
+    "AllocGRES", "ReqGRES",
 )
 _CANONICAL = {name.lower(): name for name in _USED}
 _FREE_LOWER = frozenset(name.lower() for name in FREE_TEXT_FIELDS)
@@ -77,7 +95,9 @@ def _opt_int(value: str) -> int | None:
 
 # Part of every raw digest: bump it when a change to the parser or the roll-up changes
 # the record some raw lines give, so that every job is parsed (and stored) again once.
-RAW_DIGEST_VERSION = "1"
+# 2: allocation fallbacks (NCPUS/NNodes/NodeList/ReqMem/AllocGRES for a job that ran with
+# an empty AllocTRES), unknown states stored as not final.
+RAW_DIGEST_VERSION = "2"
 # Groups (jobs) per lookup of stored digests.
 SKIP_BATCH_GROUPS = 1000
 
@@ -100,8 +120,18 @@ class ParsableParser:
     ``tz`` is the zone naive times are read in (epoch times need none). ``default_cluster``
     is used when there is no Cluster column (or it is empty).
 
-    Without an AllocTRES column (some file exports) the allocation falls back to
-    NCPUS (or AllocCPUS) and NNodes, with memory 0, no billing and no GPUs.
+    Identity: Submit, State, and JobID or JobIDRaw. With JobIDRaw only, JobID is the
+    raw id (no array or het ids). With JobID only, a plain id is its own raw id; an
+    array task or het component (whose own id cannot be derived) is quarantined.
+
+    Allocation comes from AllocTRES. For a job that ran (``_ran``: nodes in its NodeList,
+    else a Start and Elapsed > 0) what AllocTRES lacks falls back to NCPUS/AllocCPUS (CPUs), NNodes/AllocNodes
+    or the count of NodeList (nodes), ReqMem (memory, ``n``/``c`` suffixes per node or
+    CPU) and AllocGRES, else ReqGRES x nodes (GPUs). ``fallbacks`` counts such jobs.
+
+    A State Slurm does not document is kept (``state_raw``), and the record is not final
+    and gets no raw digest (so it is read again every time); ``unknown_states`` counts
+    them by state.
 
     Lines are given without their newline (a trailing ``"\\n"`` is tolerated). Record
     assembly (DESIGN §3 "Delimiters"):
@@ -135,15 +165,24 @@ class ParsableParser:
         for pos, name in enumerate(self.columns):
             canonical = _CANONICAL.get(name.strip().lower())
             if canonical is None or canonical in index:   # unknown, or a repeated column
-                ignored.append(name)
+                if name.strip():                          # -p's trailing empty column
+                    ignored.append(name)
                 continue
             index[canonical] = pos
         self._index = index
         self.ignored_columns = tuple(ignored)
-        self.missing_required = tuple(name for name in REQUIRED_FIELDS if name not in index)
+        self.missing_required = tuple(
+            " or ".join(names) for names in IDENTITY_ALTERNATIVES
+            if not any(name in index for name in names))
         if self.missing_required:
             raise SourceError("missing required column(s): " + ", ".join(self.missing_required))
         self.has_cluster_column = "Cluster" in index
+        # What the reader met, for the run's report (read them after parse_lines).
+        self.unknown_states: Counter[str] = Counter()
+        self.fallbacks = 0
+        # Jobs skipped as unchanged whose very lines were met (and skipped) earlier in
+        # the same input: the same job twice (the pipeline counts converted ones).
+        self.duplicates_skipped = 0
 
         self._free = tuple(name.strip().lower() in _FREE_LOWER for name in self.columns)
         free_names = [name for name, free in zip(self.columns, self._free) if free]
@@ -156,10 +195,29 @@ class ParsableParser:
         def ix(name: str) -> int:
             return index.get(name, missing)
 
-        self._has_alloc_tres = "AllocTRES" in index
+        def first(*names: str) -> int:
+            for name in names:
+                if name in index:
+                    return index[name]
+            return missing
+
+        self._has_jobid = "JobID" in index
+        self._has_raw = "JobIDRaw" in index
+        self._derive_ids = not (self._has_jobid and self._has_raw)
         self._has_elapsed_raw = "ElapsedRaw" in index
         self._has_timelimit_raw = "TimelimitRaw" in index
         self._has_cputime_raw = "CPUTimeRAW" in index
+        self._has_energy_raw = "ConsumedEnergyRaw" in index
+        self._has_start = "Start" in index
+        self._has_elapsed = self._has_elapsed_raw or "Elapsed" in index
+        self._has_nodelist = "NodeList" in index
+        self._has_reqmem = "ReqMem" in index
+        self._has_gres = "AllocGRES" in index or "ReqGRES" in index
+        self._user_sys = ("TotalCPU" not in index and "UserCPU" in index
+                          and "SystemCPU" in index)
+        self._has_fallback = any(name in index for name in (
+            "NCPUS", "AllocCPUS", "NNodes", "AllocNodes", "NodeList", "ReqMem", "AllocGRES",
+            "ReqGRES"))
         self._ix = (
             ix("JobID"), ix("JobIDRaw"), ix("JobName"), ix("Cluster"), ix("Partition"),
             ix("Account"), ix("User"), ix("UID"), ix("Group"), ix("QOS"), ix("WCKey"),
@@ -167,12 +225,21 @@ class ParsableParser:
             ix("Submit"), ix("Eligible"), ix("Start"), ix("End"),
             ix("ElapsedRaw") if self._has_elapsed_raw else ix("Elapsed"),
             ix("TimelimitRaw") if self._has_timelimit_raw else ix("Timelimit"),
-            ix("NNodes"), ix("NCPUS") if "NCPUS" in index else ix("AllocCPUS"),
+            first("NNodes", "AllocNodes"), first("NCPUS", "AllocCPUS"),
             ix("AllocTRES"), ix("TRESUsageInTot"),
             ix("CPUTimeRAW") if self._has_cputime_raw else ix("CPUTime"),
-            ix("TotalCPU"), ix("MaxRSS"), ix("ConsumedEnergyRaw"), ix("NodeList"),
-            ix("DBIndex"),
+            ix("TotalCPU"), ix("MaxRSS"),
+            ix("ConsumedEnergyRaw") if self._has_energy_raw else ix("ConsumedEnergy"),
+            ix("NodeList"), ix("DBIndex"),
         )
+        # Columns only the fallbacks read (by name, for their error messages too).
+        self._fb = {name: ix(name) for name in (
+            "NCPUS", "AllocCPUS", "NNodes", "AllocNodes", "NodeList", "ReqMem", "AllocGRES",
+            "ReqGRES", "UserCPU", "SystemCPU")}
+        # Where the skip path finds a record's ids and cluster (None: no such column).
+        self._pos_jobid = index.get("JobID")
+        self._pos_raw = index.get("JobIDRaw")
+        self._pos_cluster = index.get("Cluster")
         self._time = time_parser(tz)
 
     # ---------------------------------------------------------------- record assembly
@@ -332,7 +399,12 @@ class ParsableParser:
         ncols = self._ncols
         convert = self._convert
         finish = self._finish
-        i_jobid, i_raw, i_cluster = self._ix[0], self._ix[1], self._ix[3]
+        # A missing column is read as its neighbour (JobID <-> JobIDRaw) or as "" (Cluster),
+        # never past the end of the record.
+        i_jobid = self._pos_jobid if self._pos_jobid is not None else self._pos_raw
+        i_raw = self._pos_raw if self._pos_raw is not None else self._pos_jobid
+        assert i_jobid is not None and i_raw is not None   # the constructor checked
+        i_cluster = self._pos_cluster
         default_cluster = self.default_cluster or ""
         salt = self._digest_salt()
         person = b"hpcb-raw"
@@ -341,6 +413,7 @@ class ParsableParser:
         # group: [cluster, head, skippable, items, digest]
         groups: list[list] = []
         current: list | None = None
+        skipped_before: set[int] = set()     # hashes of the digests skipped so far
 
         # The digest is blake2b(salt + "\n" + raw line + "\n" + raw line ...), hashed in
         # one call per group.
@@ -361,6 +434,11 @@ class ParsableParser:
                 digest = g[4]          # set for skippable groups only
                 if digest is not None and digest in stored and g[1] not in loose:
                     unchanged.skipped(g[0])
+                    mark = hash(digest)
+                    if mark in skipped_before:
+                        self.duplicates_skipped += 1
+                    else:
+                        skipped_before.add(mark)
                     continue
                 out: list[Item] = []
                 bad = False
@@ -396,11 +474,13 @@ class ParsableParser:
                 if current is not None and current[1] == head:
                     current[3].append(rec)
                     continue
-                current = [f[i_cluster] or default_cluster, head, False, [rec], None]
+                cluster = (f[i_cluster] if i_cluster is not None else "") or default_cluster
+                current = [cluster, head, False, [rec], None]
             else:
                 if len(groups) >= SKIP_BATCH_GROUPS:
                     yield from flush()
-                current = [f[i_cluster] or default_cluster, head, head.isdigit(), [rec], None]
+                cluster = (f[i_cluster] if i_cluster is not None else "") or default_cluster
+                current = [cluster, head, head.isdigit() and head.isascii(), [rec], None]
             groups.append(current)
         yield from flush()
 
@@ -424,9 +504,9 @@ class ParsableParser:
                                  job_id=self._best_job_id(fields))
 
     def _best_job_id(self, fields: list[str]) -> str | None:
-        pos = self._ix[0]
-        if pos < len(fields) and fields[pos]:
-            return fields[pos][:64]
+        for pos in (self._pos_jobid, self._pos_raw):
+            if pos is not None and pos < len(fields) and fields[pos]:
+                return fields[pos][:64]
         return None
 
     # ---------------------------------------------------------------- record conversion
@@ -436,19 +516,21 @@ class ParsableParser:
         f.append("")  # the sentinel slot missing columns point at
         (i_jobid, i_raw, i_name, i_cluster, i_part, i_acct, i_user, i_uid, i_group, i_qos,
          i_wckey, i_resv, i_state, i_exit, i_dexit, i_submit, i_elig, i_start, i_end,
-         i_elapsed, i_tlimit, i_nodes, i_ncpus, i_alloc, i_usage, i_cputime, i_totalcpu,
+         i_elapsed, i_tlimit, _i_nodes, _i_ncpus, i_alloc, i_usage, i_cputime, i_totalcpu,
          i_maxrss, i_energy, i_nodelist, i_dbindex) = self._ix
         what = "JobID"
         try:
             job_id = f[i_jobid]
             raw_id = f[i_raw]
+            if self._derive_ids:
+                job_id, raw_id = self._derive(job_id, raw_id)
             cluster = f[i_cluster] or self.default_cluster
             if cluster is None:
                 raise _BadValue("no Cluster value in the record and no default cluster "
                                 "configured")
             what = "State"
             state_raw = f[i_state]
-            state, final = normalise_state(state_raw)
+            state, known = read_state(state_raw)
             what = "ElapsedRaw" if self._has_elapsed_raw else "Elapsed"
             value = f[i_elapsed]
             elapsed = int(value) if value.isdigit() else (
@@ -456,10 +538,14 @@ class ParsableParser:
             what = "TotalCPU"
             value = f[i_totalcpu]
             cpu_used = _cpu_seconds(value) if value else None
-            what = "ConsumedEnergyRaw"
-            energy = _opt_int(f[i_energy])
+            if cpu_used is None and self._user_sys:
+                cpu_used = self._user_plus_system(f)
+            what = "ConsumedEnergyRaw" if self._has_energy_raw else "ConsumedEnergy"
+            value = f[i_energy]
+            energy = (None if value in SENTINELS else
+                      int(value) if value.isdigit() else size_bytes(value, 1))
             what = "DBIndex"
-            db_index = _opt_int(f[i_dbindex])
+            dbindex = db_index(f[i_dbindex])
 
             if "." in job_id or "." in raw_id:
                 # A step line: usage only.
@@ -469,7 +555,7 @@ class ParsableParser:
                     step = job_id.partition(".")[2]
                 if not step:
                     raise _BadValue(f"step line without a step name: JobID={job_id!r}")
-                job_id_raw = int(head)
+                job_id_raw = count(head)
                 what = "MaxRSS"
                 value = f[i_maxrss]
                 max_rss = None if value in SENTINELS else size_bytes(value, 1)
@@ -484,13 +570,14 @@ class ParsableParser:
                         value = tres_value(usage, "cpu")
                         if value is not None:
                             cpu_used = duration_s(value)
-                return StepUsage(cluster, job_id_raw, step, db_index, state, elapsed,
+                return StepUsage(cluster, job_id_raw, step, dbindex, state, elapsed,
                                  cpu_used, max_rss, mem_total, energy, line_no)
 
             what = "JobIDRaw"
-            job_id_raw = int(raw_id)
+            job_id_raw = count(raw_id)
             what = "JobID"
-            array_job, array_task, het_job, het_offset = split_job_id(job_id)
+            array_job, array_task, het_job, het_offset = (
+                split_job_id(job_id) if self._has_jobid else (None, None, None, None))
             parse_time = self._time
             what = "Submit"
             submit = parse_time(f[i_submit])
@@ -505,15 +592,19 @@ class ParsableParser:
             end = parse_time(f[i_end])
             what = "TimelimitRaw" if self._has_timelimit_raw else "Timelimit"
             tlimit = timelimit_min(f[i_tlimit], raw=self._has_timelimit_raw)
-            if self._has_alloc_tres:
-                what = "AllocTRES"
-                cpus, nodes, mem, billing, gpus = parse_alloc_tres(f[i_alloc])
+            what = "AllocTRES"
+            value = f[i_alloc]
+            if value:
+                cpus, nodes, mem, billing, gpus = parse_alloc_tres(value)
             else:
-                what = "NCPUS"
-                cpus = _opt_int(f[i_ncpus]) or 0
-                what = "NNodes"
-                nodes = _opt_int(f[i_nodes]) or 0
-                mem, billing, gpus = 0, None, ()
+                cpus = nodes = mem = 0
+                billing, gpus = None, ()
+            node_list = _opt(f[i_nodelist])
+            if (self._has_fallback
+                    and (not cpus or not nodes or (not mem and self._has_reqmem)
+                         or (not gpus and self._has_gres))
+                    and self._ran(start, elapsed, node_list, state)):
+                cpus, nodes, mem, gpus = self._fallback(f, cpus, nodes, mem, gpus)
             what = "CPUTimeRAW" if self._has_cputime_raw else "CPUTime"
             value = f[i_cputime]
             cpu_time_alloc = int(value) if value.isdigit() else (
@@ -521,6 +612,14 @@ class ParsableParser:
             what = "UID"
             uid = _opt_int(f[i_uid])
             name = f[i_name]
+            if known:
+                final = is_final_record(state, end)
+            else:
+                # Not a state Slurm documents: keep it, never call it final, and give it
+                # no digest so that it is read (and stored) again until it is known.
+                final = False
+                digest = None
+                self.unknown_states[state] += 1
             # Positional, in _JOB_RECORD_FIELDS order (a call with 40 keywords costs a
             # third of a conversion); max_rss_bytes and mem_used_byte_s come from steps.
             return JobRecord(
@@ -532,15 +631,89 @@ class ParsableParser:
                 f[i_exit] or None, f[i_dexit] or None,
                 eligible, start, end, elapsed,
                 tlimit, nodes, cpus, mem,
-                billing, gpus, _opt(f[i_nodelist]),
+                billing, gpus, node_list,
                 cpu_time_alloc, cpu_used, None, None, energy,
-                db_index, is_final_record(state, end), digest,
+                dbindex, final, digest,
             )
         except Exception as exc:  # noqa: BLE001 - one bad record must never stop a poll
             del f[-1]
             return QuarantinedRecord(raw=raw, reason=self._reason(what, f, exc),
                                      source=self.source, line_no=line_no,
                                      job_id=self._best_job_id(f))
+
+    # ------------------------------------------------------- the less common columns
+
+    def _derive(self, job_id: str, raw_id: str) -> tuple[str, str]:
+        """(JobID, JobIDRaw) when one of the two columns is missing."""
+        if not self._has_jobid:
+            return raw_id, raw_id                 # JobIDRaw only: no array or het ids
+        head = job_id.partition(".")[0]
+        if head.isdigit() and head.isascii():
+            return job_id, job_id                 # a plain job (or its step): its own id
+        raise _BadValue(
+            f"the file has no JobIDRaw column, and the own job id of {job_id!r} (an array "
+            f"task or het job component) cannot be derived from JobID; export with JobIDRaw")
+
+    def _ran(self, start, elapsed: int, node_list: str | None, state: str) -> bool:
+        """Whether the job ran (and so had an allocation), from what the record has.
+
+        A NodeList (not ``None assigned``) says so best: a job cancelled while pending has
+        a Start equal to its End in 22.05, and no nodes. Without NodeList, a Start and
+        (when there is an Elapsed column) a positive Elapsed; without either, not PENDING.
+        """
+        if self._has_nodelist:
+            return node_list is not None and (start is not None or not self._has_start)
+        if self._has_start:
+            return start is not None and (elapsed > 0 or not self._has_elapsed)
+        if self._has_elapsed:
+            return elapsed > 0
+        return state != "PENDING"
+
+    def _field(self, f: list[str], name: str, parse):
+        """``parse(value)`` of fallback column ``name``; its errors name the column."""
+        value = f[self._fb[name]]
+        try:
+            return parse(value)
+        except Exception as exc:
+            raise _BadValue(f"cannot parse {name}={value!r}: {exc or type(exc).__name__}") \
+                from exc
+
+    def _fallback(self, f: list[str], cpus: int, nodes: int, mem: int,
+                  gpus: tuple[tuple[str, int], ...]
+                  ) -> tuple[int, int, int, tuple[tuple[str, int], ...]]:
+        """Fill in what AllocTRES did not give for a job that ran (see the class doc)."""
+        used = False
+        if not cpus:
+            cpus = (self._field(f, "NCPUS", opt_count) or self._field(f, "AllocCPUS", opt_count)
+                    or 0)
+            used = used or bool(cpus)
+        if not nodes:
+            nodes = (self._field(f, "NNodes", opt_count)
+                     or self._field(f, "AllocNodes", opt_count)
+                     or self._field(f, "NodeList", hostlist_count) or 0)
+            used = used or bool(nodes)
+        if not mem and self._has_reqmem:
+            mem = self._field(f, "ReqMem", lambda v: req_mem_bytes(
+                v, cpus=cpus, nodes=max(nodes, 1))) or 0
+            used = used or bool(mem)
+        if not gpus and self._has_gres:
+            gpus = self._field(f, "AllocGRES", parse_gres)
+            if not gpus:
+                # ReqGRES is what --gres asked for, per node (sbatch(1)).
+                gpus = scale_gpus(self._field(f, "ReqGRES", parse_gres), max(nodes, 1))
+            used = used or bool(gpus)
+        if used:
+            self.fallbacks += 1
+        return cpus, nodes, mem, gpus
+
+    def _user_plus_system(self, f: list[str]):
+        """TotalCPU from UserCPU + SystemCPU (an export without TotalCPU)."""
+        user = self._field(f, "UserCPU", lambda v: None if v in SENTINELS else duration_s(v))
+        system = self._field(f, "SystemCPU",
+                             lambda v: None if v in SENTINELS else duration_s(v))
+        if user is None and system is None:
+            return None
+        return (user or 0) + (system or 0)
 
     def _reason(self, what: str, fields: list[str], exc: Exception) -> str:
         if isinstance(exc, _BadValue):

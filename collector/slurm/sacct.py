@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.command import slurm_command
 from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
-
-UTC = timezone.utc
 
 # The sacct fields hpc-billing asks for: one tuple shared by the argv and the parser.
 # Every name is accepted by Slurm 22.05's ``sacct --format`` (22.05 rejects ArrayJobID,
@@ -145,4 +143,8 @@ class SacctSource:
         finally:
             self._stats = FetchStats(lines=counters["lines"], bytes=counters["chars"],
                                      slurm_seconds=counters["wait"],
-                                     extra={"argv": argv, "quarantined": quarantined})
+                                     extra={"argv": argv, "quarantined": quarantined,
+                                            "ignored_columns": list(parser.ignored_columns),
+                                            "unknown_states": dict(parser.unknown_states),
+                                            "fallbacks": parser.fallbacks,
+                                            "duplicates_skipped": parser.duplicates_skipped})

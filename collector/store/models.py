@@ -72,7 +72,7 @@ NAMING_CONVENTION = {
 
 RUN_KINDS = ("poll", "file", "backfill", "reprice")
 DB_INDEX_MAX = 2**64 - 1         # jobs.db_index: slurmdbd's unsigned 64-bit DBIndex
-RUN_OUTCOMES = ("running", "ok", "failed")
+RUN_OUTCOMES = ("running", "ok", "partial", "failed")
 CHARGE_KINDS = ("charge", "correction")
 CHARGE_BASES = ("allocated", "used", "max")
 # A billing period is a calendar month, 'YYYY-MM' (DESIGN.md §5).
@@ -201,7 +201,7 @@ class CollectorRun(Base):
 
     __table_args__ = (
         CheckConstraint("kind IN ('poll', 'file', 'backfill', 'reprice')", name="kind"),
-        CheckConstraint("outcome IN ('running', 'ok', 'failed')", name="outcome"),
+        CheckConstraint("outcome IN ('running', 'ok', 'partial', 'failed')", name="outcome"),
         Index("ix_collector_runs_cluster_id", "cluster", "id"),
     )
 
@@ -239,9 +239,13 @@ class Quarantine(Base):
     reason: Mapped[str] = mapped_column(Text)
     raw: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+    # When an operator accepted losing this record (0009): later runs skip the same raw text.
+    accepted_at: Mapped[datetime | None] = mapped_column(TZ)
 
     __table_args__ = (
         Index("ix_quarantine_run_id", "run_id"),
+        Index("ix_quarantine_accepted", "accepted_at",
+              postgresql_where=text("accepted_at IS NOT NULL")),
     )
 
 

@@ -5,8 +5,8 @@ uses (``jobs.list_jobs``, ``runs.list_runs``, ``charges.charge_report`` ...):
 
 - ``begin_read`` marks the caller's transaction READ ONLY with a statement timeout, so a
   web request can neither write nor run for ever.
-- ``ping`` (``SELECT 1``) and ``last_ok_poll`` (the newest successful poll of a cluster in
-  the run log, whichever process wrote it) for ``/readyz``.
+- ``ping`` (``SELECT 1``) and ``last_poll`` (the newest poll of a cluster in the run log
+  with given outcomes, whichever process wrote it) for ``/readyz``.
 - ``job_page``: one keyset page of jobs ordered by (cluster, submit time, job_id_raw),
   optionally restricted to a set of accounts.
 - ``jobs_by_raw_id``: every record of one JobIDRaw (a requeued job has two).
@@ -97,24 +97,29 @@ def ping(session: Session) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LastPoll:
-    """The newest successful poll of a cluster, and its age by the DATABASE's clock (so
-    the clocks of several head nodes never matter)."""
+    """The newest poll of a cluster (with one of the outcomes asked for), and its age by
+    the DATABASE's clock (so the clocks of several head nodes never matter)."""
 
     cluster: str
     run_id: int
     finished_at: datetime
     age_s: float
+    outcome: str = "ok"
+    quarantined: int = 0
+    error: str | None = None
 
 
-def last_ok_poll(session: Session, cluster: str) -> LastPoll | None:
-    """The newest run of kind 'poll' with outcome 'ok' for ``cluster`` (any process), or
-    None. "Newest" is the highest id: polls of one cluster never overlap (the leader lock),
-    and ``ix_collector_runs_cluster_id`` answers with a short backward index scan."""
+def last_poll(session: Session, cluster: str,
+              outcomes: Collection[str] = ("ok",)) -> LastPoll | None:
+    """The newest finished run of kind 'poll' with one of ``outcomes`` for ``cluster``
+    (any process), or None. "Newest" is the highest id: polls of one cluster never
+    overlap (the leader lock), and ``ix_collector_runs_cluster_id`` answers with a short
+    backward index scan."""
     r = _RUNS.c
     row = session.execute(
-        select(r.id, r.finished_at,
+        select(r.id, r.finished_at, r.outcome, r.quarantined, r.error,
                extract("epoch", func.clock_timestamp() - r.finished_at).label("age_s"))
-        .where(r.cluster == cluster, r.kind == "poll", r.outcome == "ok",
+        .where(r.cluster == cluster, r.kind == "poll", r.outcome.in_(list(outcomes)),
                r.finished_at.is_not(None))
         .order_by(r.id.desc())
         .limit(1)
@@ -122,7 +127,14 @@ def last_ok_poll(session: Session, cluster: str) -> LastPoll | None:
     if row is None:
         return None
     return LastPoll(cluster=cluster, run_id=int(row.id),
-                    finished_at=row.finished_at.astimezone(UTC), age_s=float(row.age_s))
+                    finished_at=row.finished_at.astimezone(UTC), age_s=float(row.age_s),
+                    outcome=row.outcome, quarantined=int(row.quarantined or 0),
+                    error=row.error)
+
+
+def last_ok_poll(session: Session, cluster: str) -> LastPoll | None:
+    """The newest poll with outcome 'ok' for ``cluster`` (see ``last_poll``)."""
+    return last_poll(session, cluster, ("ok",))
 
 
 # ------------------------------------------------------------------------------- jobs
@@ -244,6 +256,7 @@ __all__ = [
     "job_page",
     "jobs_by_raw_id",
     "last_ok_poll",
+    "last_poll",
     "ping",
     "report_range",
 ]

@@ -11,14 +11,15 @@ apart from the window's transaction that rolls back.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
 from psycopg2.extras import execute_values
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -32,8 +33,6 @@ from collector.store.models import (
     Quarantine,
     Watermark,
 )
-
-UTC = timezone.utc
 
 SACCT_STREAM = "sacct"
 
@@ -131,10 +130,13 @@ def finish_run(session: Session, run_id: int, *, outcome: str, records_read: int
                rate_card_id: int | None = None) -> None:
     """Record how a run ended; ``finished_at`` and ``duration_s`` come from the DB clock.
 
-    Counters are overwritten, not added to: finishing twice records the last call.
+    Outcomes: ``ok`` (every record read was stored or deliberately skipped), ``partial``
+    (some were quarantined, the rest stored), ``failed`` (nothing of what it read was
+    stored; ``error`` says why). Counters are overwritten, not added to: finishing twice
+    records the last call.
     """
     if outcome not in RUN_OUTCOMES or outcome == "running":
-        raise ValueError(f"outcome must be 'ok' or 'failed', got {outcome!r}")
+        raise ValueError(f"outcome must be 'ok', 'partial' or 'failed', got {outcome!r}")
     result = session.execute(_SQL_FINISH, {
         "run_id": run_id, "outcome": outcome, "records_read": records_read,
         "inserted": counts.inserted, "updated": counts.updated,
@@ -212,7 +214,7 @@ def set_watermark(session: Session, cluster: str, stream: str, position: datetim
 
 @dataclass(frozen=True, slots=True)
 class QuarantineEntry:
-    """One stored quarantined record."""
+    """One stored quarantined record (``accepted_at``: when an operator accepted its loss)."""
 
     id: int
     run_id: int
@@ -223,6 +225,7 @@ class QuarantineEntry:
     reason: str
     raw: str
     created_at: datetime
+    accepted_at: datetime | None = None
 
 
 def _clean(value: str) -> str:
@@ -288,15 +291,52 @@ def list_quarantine(session: Session, *, run_id: int | None = None,
     return [
         QuarantineEntry(id=q.id, run_id=q.run_id, cluster=q.cluster, source=q.source,
                         line_no=q.line_no, job_id=q.job_id, reason=q.reason, raw=q.raw,
-                        created_at=q.created_at.astimezone(UTC))
+                        created_at=q.created_at.astimezone(UTC),
+                        accepted_at=_utc(q.accepted_at))
         for q in session.execute(stmt)
     ]
 
 
+def raw_digest(raw: str) -> str:
+    """The md5 (hex) of a quarantined record's text as stored (``_clean``): what
+    PostgreSQL's ``md5(raw)`` gives for its row. Names raw text, nothing more."""
+    return hashlib.md5(_clean(raw).encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def accepted_digests(session: Session) -> set[str]:
+    """``raw_digest`` of every quarantined text an operator accepted losing (through the
+    partial index on accepted rows): a run skips these deliberately."""
+    rows = session.execute(text(
+        "SELECT DISTINCT md5(raw) FROM quarantine WHERE accepted_at IS NOT NULL"))
+    return {row[0] for row in rows}
+
+
+def accept_quarantined(session: Session, *, run_id: int | None = None,
+                       ids: Iterable[int] = ()) -> int:
+    """Mark quarantined records accepted (every record of ``run_id``, and those with the
+    given ids): later runs skip the same raw text instead of quarantining it. Returns how
+    many rows were newly accepted; already accepted rows keep their time."""
+    id_list = sorted(set(ids))
+    if run_id is None and not id_list:
+        raise ValueError("accept_quarantined: give a run id or record ids")
+    condition = _QUARANTINE.c.accepted_at.is_(None)
+    which = []
+    if run_id is not None:
+        which.append(_QUARANTINE.c.run_id == run_id)
+    if id_list:
+        which.append(_QUARANTINE.c.id.in_(id_list))
+    stmt = (update(_QUARANTINE).where(condition, or_(*which))
+            .values(accepted_at=func.clock_timestamp()))
+    return int(session.execute(stmt).rowcount or 0)
+
+
 __all__ = [
+    "RUN_OUTCOMES",
     "SACCT_STREAM",
     "QuarantineEntry",
     "RunInfo",
+    "accept_quarantined",
+    "accepted_digests",
     "add_quarantined",
     "backfill_stream",
     "ensure_cluster",
@@ -305,6 +345,7 @@ __all__ = [
     "get_watermark",
     "list_quarantine",
     "list_runs",
+    "raw_digest",
     "set_watermark",
     "start_run",
 ]

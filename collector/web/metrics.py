@@ -5,9 +5,11 @@ feed one NEW ``CollectorRegistry`` (never prometheus_client's global one, so two
 one process, or tests, never share series):
 
 1. Counters and histograms fed by a ``Health`` listener from each finished poll's
-   ``PollReport`` (``hpcb_polls_total`` ... ``hpcb_source_duration_seconds``). A failed
-   poll's window is rolled back, so only ``ok`` polls add to the record/job/charge
-   counters; every poll counts in ``hpcb_polls_total`` and both histograms.
+   ``PollReport`` (``hpcb_polls_total`` ... ``hpcb_source_duration_seconds``). ``ok`` and
+   ``partial`` polls stored their jobs, so they add to the record/job/charge counters; a
+   ``failed`` poll stored no job (only, when every record it read was quarantined, those
+   records: they count in ``hpcb_records_quarantined_total``). Every poll counts in
+   ``hpcb_polls_total{outcome}`` and both histograms.
 2. Gauges read from ``Health`` at scrape time (last success, leadership, scheduler,
    start time). No I/O.
 3. Gauges read from PostgreSQL at scrape time by ``_DatabaseCollector``: lag, open jobs,
@@ -39,7 +41,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,7 +57,6 @@ from collector.store import scrape as store_scrape
 
 log = logging.getLogger(__name__)
 
-UTC = timezone.utc
 
 # 0.1 s .. 10 min: a small poll takes well under a second, a large sacct window minutes,
 # and sacct's default timeout (HPC_BILLING_SACCT_TIMEOUT) is 5 min.
@@ -65,6 +66,9 @@ DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 30
 # DB_BUDGET_S (Prometheus' default scrape timeout is 10 s).
 DB_TIMEOUT_S = 1.0
 DB_BUDGET_S = 5.0
+
+# Poll outcomes (collector.pipeline): every cluster's series exist from the start.
+POLL_OUTCOMES = ("ok", "partial", "failed")
 
 # SQLSTATE query_canceled: the statement timeout fired (the database itself is fine).
 _QUERY_CANCELED = "57014"
@@ -89,7 +93,9 @@ class _PollMetrics:
             return Histogram(name, doc, ("cluster",), buckets=DURATION_BUCKETS_S,
                              registry=registry)
 
-        self.polls = counter("hpcb_polls_total", "Finished polls, by outcome (ok, failed).",
+        self.polls = counter("hpcb_polls_total",
+                             "Finished polls, by outcome (ok; partial: some records "
+                             "quarantined, the rest stored; failed: nothing stored).",
                              ("cluster", "outcome"))
         self.records_read = counter("hpcb_records_read_total",
                                     "Accounting records (job and step lines) read by stored polls.")
@@ -110,7 +116,7 @@ class _PollMetrics:
 
     def touch(self, cluster: str) -> None:
         """Create a cluster's series at 0, so rate() and absent() work before any poll."""
-        for outcome in ("ok", "failed"):
+        for outcome in POLL_OUTCOMES:
             self.polls.labels(cluster, outcome)
         for change in ("inserted", "updated"):
             self.jobs_written.labels(cluster, change)
@@ -126,18 +132,19 @@ class _PollMetrics:
             self.polls.labels(cluster, report.outcome).inc()
             self.poll_duration.labels(cluster).observe(max(0.0, report.duration_s))
             self.source_duration.labels(cluster).observe(max(0.0, report.source_s))
-            if report.outcome != "ok":
+            if report.quarantined > 0:
+                self.quarantined.labels(cluster).inc(report.quarantined)
+            if report.outcome not in ("ok", "partial"):
                 return
             for metric, value in ((self.records_read.labels(cluster), report.records_read),
                                   (self.jobs_written.labels(cluster, "inserted"), report.inserted),
                                   (self.jobs_written.labels(cluster, "updated"), report.updated),
                                   (self.jobs_unchanged.labels(cluster), report.unchanged),
-                                  (self.quarantined.labels(cluster), report.quarantined),
                                   (self.jobs_priced.labels(cluster), report.jobs_priced),
                                   (self.charge_lines.labels(cluster), report.charge_lines)):
                 if value > 0:
                     metric.inc(value)
-        except Exception:  # noqa: BLE001 - metrics must never break a poll
+        except Exception:  # metrics must never break a poll
             log.exception("metrics: could not count a poll report")
 
 
@@ -330,7 +337,7 @@ class _DatabaseCollector(Collector):
             try:
                 session.rollback()
                 session.close()
-            except Exception:  # noqa: BLE001 - closing a dead session must not fail the scrape
+            except Exception:  # noqa: BLE001, S110 - closing a dead session must not fail the scrape
                 pass
 
 

@@ -8,12 +8,19 @@ This module owns what the probes check and how fast they answer:
 
   ``database``  ``SELECT 1`` in a READ ONLY transaction with a statement timeout;
   ``schema``    the database's Alembic revision is this code's head;
-  ``freshness`` per configured cluster, the newest poll with outcome ok in the
-                DATABASE's run log (written by whichever collector is the leader) is
-                younger than HPC_BILLING_STALE_AFTER, by the database's clock. Right
-                after start, for that same duration, a cluster with no successful poll
-                at all passes (grace period); a stale one does not. Without a
-                configured cluster the check is skipped and says so.
+  ``freshness`` per configured cluster, the newest poll that stored its window's data
+                (outcome ok or partial) in the DATABASE's run log (written by whichever
+                collector is the leader) is younger than HPC_BILLING_STALE_AFTER, by
+                the database's clock. Right after start, for that same duration, a
+                cluster with no such poll at all passes (grace period); a stale one does
+                not. Without a configured cluster the check is skipped and says so.
+                Failed polls therefore count against freshness (after
+                HPC_BILLING_STALE_AFTER); partial ones do not.
+  ``polls``     informational, never failing: per configured cluster, the outcome of the
+                newest finished poll. ``warn`` when it was partial (records quarantined:
+                the data is fresh but incomplete, and the sacct watermark stays where it
+                was) or failed; ``ok`` otherwise. The HpcBillingRecordsQuarantined and
+                HpcBillingDataStale alerts page on the same facts.
 
   A check that cannot run because an earlier one failed is ``skipped`` (the failing list
   then names only the cause). The database work runs in one background thread at a time
@@ -46,6 +53,9 @@ from collector.store.db import schema_revision
 log = logging.getLogger("hpc_billing.web.probes")
 
 DB_TIMEOUT_S = 2.0
+# Polls that stored their window's data (freshness), and every finished poll (``polls``).
+STORED_OUTCOMES = ("ok", "partial")
+FINISHED_OUTCOMES = ("ok", "partial", "failed")
 
 
 @dataclass
@@ -54,7 +64,8 @@ class _DbFacts:
 
     latency_ms: float = 0.0
     revision: str | None = None
-    polls: dict[str, reads.LastPoll | None] = field(default_factory=dict)
+    polls: dict[str, reads.LastPoll | None] = field(default_factory=dict)    # ok/partial
+    last: dict[str, reads.LastPoll | None] = field(default_factory=dict)     # any outcome
     error: str | None = None          # exception type name, for the body
     error_text: str | None = None     # for the log only
 
@@ -89,7 +100,10 @@ class DatabaseChecker:
                 facts.latency_ms = round((time.monotonic() - started) * 1000, 1)
                 facts.revision = schema_revision(session.connection())
                 if facts.revision == self._head:
-                    facts.polls = {c: reads.last_ok_poll(session, c) for c in self._clusters}
+                    facts.polls = {c: reads.last_poll(session, c, STORED_OUTCOMES)
+                                   for c in self._clusters}
+                    facts.last = {c: reads.last_poll(session, c, FINISHED_OUTCOMES)
+                                  for c in self._clusters}
         except Exception as exc:  # noqa: BLE001 - a probe reports, it never raises
             facts.error = type(exc).__name__
             facts.error_text = self._redact(str(exc).splitlines()[0] if str(exc) else "")
@@ -150,17 +164,48 @@ def _freshness(settings: Settings, health: Health,
             continue
         age = round(max(0.0, poll.age_s), 1)
         entry = {"status": "ok", "last_success": iso(poll.finished_at), "age_s": age}
+        what = "successful" if poll.outcome == "ok" else poll.outcome
         if poll.age_s >= stale_after:
             entry["status"] = "fail"
             entry["reason"] = (f"the last successful poll finished {age:.0f}s ago, more than "
                                f"HPC_BILLING_STALE_AFTER ({stale_after:g}s)")
         else:
-            entry["reason"] = f"last successful poll {age:.0f}s ago"
+            entry["reason"] = f"last {what} poll {age:.0f}s ago"
         clusters[cluster] = entry
     failed = sorted(c for c, e in clusters.items() if e["status"] == "fail")
     return {"status": "fail" if failed else "ok", "stale_after_s": stale_after,
             "reason": (f"stale or missing: {', '.join(failed)}" if failed
                        else "every configured cluster is fresh"),
+            "clusters": clusters}
+
+
+def _polls(last: dict[str, reads.LastPoll | None]) -> dict[str, Any]:
+    """The ``polls`` check: the newest finished poll per cluster; warns, never fails."""
+    clusters: dict[str, Any] = {}
+    for cluster, poll in last.items():
+        if poll is None:
+            clusters[cluster] = {"status": "ok", "outcome": None, "run_id": None,
+                                 "reason": "no finished poll yet"}
+            continue
+        entry: dict[str, Any] = {"status": "ok", "outcome": poll.outcome,
+                                 "run_id": poll.run_id}
+        if poll.outcome == "partial":
+            entry["status"] = "warn"
+            entry["reason"] = (f"run {poll.run_id} quarantined {poll.quarantined} record(s) "
+                               f"and stored the rest; the watermark stays until they are "
+                               f"stored or accepted (hpc-billing quarantine --run "
+                               f"{poll.run_id})")
+        elif poll.outcome == "failed":
+            entry["status"] = "warn"
+            entry["reason"] = (f"run {poll.run_id} failed"
+                               + (f": {poll.error.splitlines()[0][:200]}" if poll.error else ""))
+        else:
+            entry["reason"] = f"run {poll.run_id} stored its window"
+        clusters[cluster] = entry
+    warned = sorted(c for c, e in clusters.items() if e["status"] == "warn")
+    return {"status": "warn" if warned else "ok",
+            "reason": (f"the newest poll of {', '.join(warned)} was partial or failed"
+                       if warned else "the newest polls stored their windows"),
             "clusters": clusters}
 
 
@@ -197,6 +242,7 @@ def make_blueprint(*, settings: Settings, sessions: Callable[[], Any], health: H
             checks["database"] = {"status": "fail", "reason": reason}
             checks["schema"] = {"status": "skipped", "reason": "the database check failed"}
             checks["freshness"] = {"status": "skipped", "reason": "the database check failed"}
+            checks["polls"] = {"status": "skipped", "reason": "the database check failed"}
         else:
             checks["database"] = {"status": "ok", "latency_ms": facts.latency_ms,
                                   "reason": f"answered in {facts.latency_ms:g} ms"}
@@ -209,18 +255,20 @@ def make_blueprint(*, settings: Settings, sessions: Callable[[], Any], health: H
                            if facts.revision is None else
                            f"the database is at revision {facts.revision}, this version "
                            f"needs {head}: run 'hpc-billing migrate'")}
+            skipped = None
             if not schema_ok:
-                checks["freshness"] = {"status": "skipped",
-                                       "reason": "the schema is not at head"}
+                skipped = "the schema is not at head"
             elif settings.source == "file":
                 # A file import is not a feed: there is nothing to be fresh about.
-                checks["freshness"] = {"status": "skipped",
-                                       "reason": "the file source has no polling window"}
+                skipped = "the file source has no polling window"
             elif not clusters:
-                checks["freshness"] = {"status": "skipped",
-                                       "reason": "no cluster configured (HPC_BILLING_CLUSTER)"}
+                skipped = "no cluster configured (HPC_BILLING_CLUSTER)"
+            if skipped is not None:
+                checks["freshness"] = {"status": "skipped", "reason": skipped}
+                checks["polls"] = {"status": "skipped", "reason": skipped}
             else:
                 checks["freshness"] = _freshness(settings, health, facts.polls)
+                checks["polls"] = _polls(facts.last)
         failing = [name for name, check in checks.items() if check["status"] == "fail"]
         body = {"status": "fail" if failing else "ok", "failing": failing, "checks": checks,
                 "leader": health.snapshot().leader}

@@ -83,9 +83,11 @@ def test_job_id_reused_after_a_state_reset_is_two_jobs_and_two_bills(db_url, fak
              if ln.split("|")[1].split(".")[0] == "2"]
     db_index = lines[0].split("|").index("DBIndex")
     both = _rewrite(FIXTURE, tmp_path / "both.psv", extra=[
-        # A new DBIndex: slurmdbd stores the new job as a row of its own.
-        "|".join(f if i != db_index else str(1000 + n) for i, f in enumerate(ln.split("|")))
-        for n, ln in enumerate(again)])
+        # A new DBIndex: slurmdbd stores the new job as a row of its own; its step lines
+        # carry the same DBIndex (a step with another one would belong to no job: it used
+        # to be quarantined silently, and now makes the run partial).
+        "|".join(f if i != db_index else "1000" for i, f in enumerate(ln.split("|")))
+        for ln in again])
 
     _collect(db_url, fake_sacct, FIXTURE, "--lookback", "3650d")
     first = snapshot(db_url)

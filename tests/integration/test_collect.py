@@ -190,12 +190,14 @@ def test_garbage_is_quarantined_and_the_rest_lands(db_url, sessions, tmp_path):
     bad_time = lines[3].split("|")
     bad_time[14] = "2026-13-45T99:00:00"   # Submit of job 2: no identity without it
     bad.write_text("\n".join([lines[0], lines[1], garbage, "|".join(bad_time), *lines[4:]]) + "\n")
+    # Partial: exit 3, the quarantined records kept, the rest stored.
     assert run_cli("collect", "--once", "--source", "file", "--input", str(bad),
-                   "--database-url", db_url) == 0
+                   "--database-url", db_url) == 3
     run = _runs(sessions)[0]
     # The garbage line, job 2 (no valid Submit, so no identity), and job 2's .batch step,
     # which has no job line left to belong to.
-    assert run.outcome == "ok" and run.quarantined == 3
+    assert run.outcome == "partial" and run.quarantined == 3
+    assert "3 record(s) quarantined" in (run.error or "")
     assert len(_jobs(sessions)) == WIDE_JOB_RECORDS - 1
     with sessions() as s:
         q = store_runs.list_quarantine(s, run_id=run.id)

@@ -175,6 +175,30 @@ def test_poll_counters_and_histograms(db_url, sessions, settings):
     assert build(sessions, Health(), settings) is not registry
 
 
+def test_partial_polls_count_their_work_and_their_own_outcome(db_url, sessions, settings):
+    health = Health(clock=lambda: 1_800_000_000.0)
+    registry = build(sessions, health, settings)
+    assert value(samples(registry), "hpcb_polls_total", cluster="lab", outcome="partial") == 0
+    # Partial: its jobs were stored (counted) and so were its quarantined records.
+    health.poll_finished(PollReport(cluster="lab", outcome="partial", duration_s=1.0,
+                                    source_s=0.5, records_read=10, inserted=9, quarantined=2,
+                                    jobs_priced=9, charge_lines=18))
+    # Failed with every record quarantined: the quarantine was stored, no job was.
+    health.poll_finished(PollReport(cluster="lab", outcome="failed", duration_s=1.0,
+                                    source_s=0.5, records_read=0, quarantined=3,
+                                    error="nothing stored"))
+    got = samples(registry)
+    assert value(got, "hpcb_polls_total", cluster="lab", outcome="partial") == 1
+    assert value(got, "hpcb_polls_total", cluster="lab", outcome="failed") == 1
+    assert value(got, "hpcb_polls_total", cluster="lab", outcome="ok") == 0
+    assert value(got, "hpcb_jobs_written_total", cluster="lab", change="inserted") == 9
+    assert value(got, "hpcb_records_read_total", cluster="lab") == 10
+    assert value(got, "hpcb_records_quarantined_total", cluster="lab") == 5
+    assert value(got, "hpcb_charge_lines_written_total", cluster="lab") == 18
+    # Neither was a success: no last-success time.
+    assert value(got, "hpcb_last_success_timestamp_seconds", cluster="lab") is None
+
+
 def test_a_listener_error_never_reaches_the_poll(db_url, sessions, settings):
     health = Health()
     registry = build(sessions, health, settings)

@@ -733,6 +733,40 @@ def test_readyz_freshness(populated, engine, openapi):
     assert "no cluster configured" in body["checks"]["freshness"]["reason"]
 
 
+def test_readyz_partial_polls_keep_it_fresh_and_are_reported(populated, engine, openapi):
+    def ready():
+        response = _app(populated, engine, health=_alive_health()).test_client().get("/readyz")
+        _validated(openapi, response)
+        return response.status_code, response.get_json()
+
+    # No poll yet: the polls check says so, without warning.
+    status, body = ready()
+    assert status == 200 and body["checks"]["polls"]["status"] == "ok"
+    assert body["checks"]["polls"]["clusters"]["lab"]["outcome"] is None
+
+    # A partial poll stored its window's data: fresh, and ready, but the check warns.
+    _add_poll(engine, age="10 seconds", outcome="partial")
+    status, body = ready()
+    assert status == 200 and body["failing"] == []
+    assert body["checks"]["freshness"]["clusters"]["lab"]["status"] == "ok"
+    assert "last partial poll" in body["checks"]["freshness"]["clusters"]["lab"]["reason"]
+    polls = body["checks"]["polls"]
+    assert polls["status"] == "warn" and polls["clusters"]["lab"]["outcome"] == "partial"
+    assert "quarantined" in polls["clusters"]["lab"]["reason"]
+
+    # A newer failed poll: still fresh from the partial one, the check names the failure.
+    _add_poll(engine, age="1 second", outcome="failed")
+    status, body = ready()
+    assert status == 200 and body["checks"]["polls"]["clusters"]["lab"]["outcome"] == "failed"
+    assert body["checks"]["polls"]["status"] == "warn"
+
+    # Then an ok poll: nothing to report.
+    _add_poll(engine, age="0 seconds")
+    status, body = ready()
+    assert status == 200 and body["checks"]["polls"]["status"] == "ok"
+    assert body["checks"]["polls"]["clusters"]["lab"]["outcome"] == "ok"
+
+
 def test_readyz_reports_a_schema_behind_head(fresh_database_url, openapi):
     engine = make_engine(fresh_database_url)
     try:

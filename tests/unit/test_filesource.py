@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
-from collector.slurm.filesource import FileSource
+from collector.slurm.filesource import FileSource, split_header
 from collector.slurm.jsonparse import parse_sacct_json
 from collector.slurm.source import SourceError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 WIDE = FIXTURES / "sacct-wide-header.psv"
-UTC = timezone.utc
 
 
 def at(text: str) -> datetime:
@@ -52,8 +51,8 @@ def test_header_export(wide_items):
     assert len([i for i in items if isinstance(i, StepUsage)]) == 24
     assert source.stats.lines == 47                      # header + 46 records
     ignored = source.stats.extra["ignored_columns"]
-    assert {"GID", "ReqMem", "SubmitLine", "WorkDir", "Flags", "Reason"} <= set(ignored)
-    assert "AllocTRES" not in ignored and "JobName" not in ignored
+    assert {"GID", "SubmitLine", "WorkDir", "Flags", "Reason", "ReqTRES"} <= set(ignored)
+    assert not {"AllocTRES", "JobName", "ReqMem", "NCPUS"} & set(ignored)
     rec = next(i for i in items if isinstance(i, JobRecord) and i.job_id == "6_3")
     assert (rec.job_id_raw, rec.cluster, rec.submit) == (19, "lab", at("2026-11-22T12:45:42"))
 
@@ -172,7 +171,7 @@ def test_json_with_errors_or_not_jobs_is_refused(tmp_path):
 def test_missing_required_columns_are_named():
     # The real --noconvert sample has only JobID|ReqMem|AllocTRES|TRESUsageInTot|MaxRSS|AveRSS.
     with pytest.raises(SourceError,
-                       match=r"missing required column\(s\): JobIDRaw, Submit, State$"):
+                       match=r"missing required column\(s\): Submit, State$"):
         fetch(FIXTURES / "sacct-noconvert.psv")
 
 
@@ -204,3 +203,41 @@ def test_header_only_file_gives_nothing(tmp_path):
     path = tmp_path / "header-only.psv"
     path.write_text(WIDE.read_text(encoding="utf-8").split("\n")[0] + "\n")
     assert fetch(path)[0] == []
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("JobID|JobIDRaw|State", (["JobID", "JobIDRaw", "State"], "|", False)),
+    ("JobID|JobIDRaw|State|", (["JobID", "JobIDRaw", "State"], "|", True)),        # -p
+    ("JobID\x1fSubmit\x1fState", (["JobID", "Submit", "State"], "\x1f", False)),
+    ("JobID;;Submit;;State", (["JobID", "Submit", "State"], ";;", False)),
+    ("JobID\tSubmit", (["JobID", "Submit"], "\t", False)),
+    ("JobIDRaw", (["JobIDRaw"], "|", False)),
+    ("JobID    JobName  Partition", None),          # sacct's fixed-width output
+    ("2|2|cpu_gpu1|lab", None),                      # a record (--noheader)
+    ("JobID|Submit;State", None),                    # two different separators
+    ("Account|User|Partition", None),                # no identity column at all
+    ("", None),
+])
+def test_split_header(header, expected):
+    assert split_header(header) == expected
+
+
+def test_leading_blank_lines_bom_and_parsable_trailer(tmp_path, wide_items):
+    lines = WIDE.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    path = tmp_path / "p.psv"
+    path.write_text("\ufeff\n  \n\n" + "\n".join(line + "|" for line in lines) + "\n",
+                    encoding="utf-8")
+    items, source = fetch(path)
+    assert items == [
+        # Same records; only the step lines' numbers moved down by the three blank lines.
+        StepUsage(**{**{f: getattr(i, f) for f in i.__slots__}, "line_no": i.line_no + 3})
+        if isinstance(i, StepUsage) else i for i in wide_items]
+    assert source.stats.extra["ignored_columns"] == list(fetch(WIDE)[1].stats.extra[
+        "ignored_columns"])
+
+
+def test_a_header_after_blank_lines_is_refused_when_it_is_a_record(tmp_path):
+    path = tmp_path / "noheader.psv"
+    path.write_text("\n\n" + (FIXTURES / "sacct-wide-noheader.psv").read_text())
+    with pytest.raises(SourceError, match=r"first line is not a sacct header \(line 3:"):
+        fetch(path)

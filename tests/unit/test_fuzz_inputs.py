@@ -1,8 +1,11 @@
 """Property-based fuzzing (hypothesis) of everything that reads outside input: the sacct
-text parser (with and without the skip path), the sacct/slurmrestd JSON parser and the
-rate-card loader. No exception escapes; every input becomes a record or a quarantined
-item with its raw text and a reason; a rate card loads whole or not at all, and its
-errors name the key."""
+text parser (with and without the skip path), whole exports shaped like the hand-written
+corpus of every Slurm release (tests/corpus/sacct) through the file source, the
+sacct/slurmrestd JSON parser and the rate-card loader. No exception escapes; every input
+becomes a record or a quarantined item with its raw text and a reason (or, for a file,
+a SourceError before any record when its header cannot be used); a rate card loads whole
+or not at all, and its errors name the key. tests/integration/test_fuzz_runs.py runs
+such files through whole collection runs."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import tomllib
 from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,8 +22,11 @@ from hypothesis import strategies as st
 from billing.rates import RateCard, RateCardError, load_rate_card
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
 from billing.rollup import rollup_steps
+from collector.slurm.filesource import FileSource
 from collector.slurm.jsonparse import parse_sacct_json
 from collector.slurm.parse import ParsableParser
+from collector.slurm.source import SourceError
+from tests.corpus_fuzz import real_shaped_exports
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -50,7 +57,7 @@ class NothingStored:
 
 def check_items(items, lines) -> None:
     """Every item is a record or quarantined; a quarantined one holds its input verbatim."""
-    text = "\n".join(line[:-1] if line.endswith("\n") else line for line in lines)
+    text = "\n".join(line.removesuffix("\n") for line in lines)
     for item in items:
         assert type(item) in (JobRecord, StepUsage, QuarantinedRecord), item
         if type(item) is QuarantinedRecord:
@@ -94,6 +101,29 @@ def test_mutated_real_records_are_records_or_quarantined_with_the_field_named(da
     records = sum(type(i) in (JobRecord, StepUsage) for i in items)
     quarantined = sum(type(i) is QuarantinedRecord for i in items)
     assert records + quarantined >= 1
+
+
+@SETTINGS
+@given(real_shaped_exports(), st.booleans())
+def test_real_shaped_exports_are_records_quarantined_or_refused(tmp_path_factory, text, skip):
+    path = tmp_path_factory.mktemp("fuzz") / "export.psv"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")   # bytes no UTF-8 has
+    source = FileSource(path, tz=ZoneInfo("Europe/Berlin"), cluster="fuzz")
+    items: list = []
+    try:
+        items.extend(source.fetch(None, unchanged=NothingStored() if skip else None))
+    except SourceError as exc:
+        assert not items and str(exc).startswith("file:export.psv: ")
+        return
+    for item in items:
+        assert type(item) in (JobRecord, StepUsage, QuarantinedRecord), item
+        if type(item) is QuarantinedRecord:
+            assert item.reason and item.raw
+        if type(item) is JobRecord:
+            assert item.cpus >= 0 and item.mem_bytes >= 0 and item.submit.tzinfo is not None
+            assert all(count > 0 for _, count in item.gpus)
+    list(rollup_steps(items))
+    assert source.stats.lines >= 1
 
 
 def _mutate(value, data):

@@ -142,3 +142,47 @@ def test_one_lookup_per_batch_of_jobs():
     again = parse(body, everything, header=header)
     assert len(jobs(again)) == n_jobs - len(everything.skipped_clusters)
     assert len(everything.skipped_clusters) == len(everything.digests)
+
+
+def _without(column: str):
+    k = HEADER.index(column)
+    return (HEADER[:k] + HEADER[k + 1:],
+            ["|".join(line.split("|")[:k] + line.split("|")[k + 1:]) if line else line
+             for line in BODY])
+
+
+def test_no_cluster_column_takes_the_default_cluster_in_the_skip_path():
+    # Issue 18 class 1: the skip path read the Cluster column by position and crashed with
+    # IndexError when there was none.
+    header, body = _without("Cluster")
+    parser = ParsableParser(header, delimiter="|", source="sacct", default_cluster="lab")
+    first = list(parser.parse_lines(body, unchanged=Stored()))
+    assert jobs(first) == jobs(parse(BODY))
+    stored = Stored(j.raw_digest for j in jobs(first))
+    again = ParsableParser(header, delimiter="|", source="sacct", default_cluster="lab")
+    assert jobs(list(again.parse_lines(body, unchanged=stored))) == []
+    assert set(stored.skipped_clusters) == {"lab"}
+    assert all(cluster == "lab" for keys in stored.asked for cluster, _, _ in keys)
+
+
+def test_no_jobidraw_column_in_the_skip_path():
+    header, body = _without("JobIDRaw")
+    parser = ParsableParser(header, delimiter="|", source="sacct")
+    items = list(parser.parse_lines(body, unchanged=Stored()))
+    # Array tasks (6_1 ...) and het components (14+0, 14+1) and their steps cannot be
+    # derived without JobIDRaw: quarantined; plain jobs parse as with the column.
+    bad = [i for i in items if type(i) is QuarantinedRecord]
+    assert {q.job_id.partition(".")[0] for q in bad} == {"6_1", "6_2", "6_3", "6_4", "6_5",
+                                                          "14+0", "14+1"}
+    assert all("no JobIDRaw column" in q.reason for q in bad)
+    plain = {j.job_id: j for j in jobs(items)}
+    assert plain["2"] == {j.job_id: j for j in jobs(parse(BODY))}["2"]
+
+
+def test_the_same_job_skipped_twice_is_counted_as_a_duplicate():
+    once = jobs(parse(BODY, Stored()))
+    stored = Stored(j.raw_digest for j in once)
+    parser = ParsableParser(HEADER, delimiter="|", source="sacct")
+    twice = BODY + BODY
+    assert jobs(list(parser.parse_lines(twice, unchanged=stored))) == []
+    assert parser.duplicates_skipped == len(once)

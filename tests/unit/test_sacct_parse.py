@@ -6,7 +6,7 @@ arithmetic (sizes are 1024-based: 1G = 1073741824 bytes, 1M = 1048576 bytes).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,13 +14,20 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
-from collector.slurm.fields import duration_s, parse_alloc_tres, size_bytes, split_job_id
+from collector.slurm.fields import (
+    duration_s,
+    hostlist_count,
+    parse_alloc_tres,
+    parse_gres,
+    req_mem_bytes,
+    size_bytes,
+    split_job_id,
+)
 from collector.slurm.parse import SACCT_DELIMITER, ParsableParser
 from collector.slurm.sacct import SACCT_FIELDS
 from collector.slurm.source import SourceError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-UTC = timezone.utc
 
 
 def at(text: str) -> datetime:
@@ -530,8 +537,12 @@ def test_no_cluster_anywhere_is_quarantined_and_default_cluster_applies():
 
 
 def test_missing_required_column_is_refused():
-    with pytest.raises(SourceError, match=r"^missing required column\(s\): JobIDRaw, Submit$"):
+    # JobIDRaw alone is not required (a plain JobID is its own raw id), Submit is.
+    with pytest.raises(SourceError, match=r"^missing required column\(s\): Submit$"):
         ParsableParser(["JobID", "State", "Cluster"], delimiter="|")
+    with pytest.raises(SourceError,
+                       match=r"^missing required column\(s\): JobID or JobIDRaw, State$"):
+        ParsableParser(["Submit", "Cluster", "AllocTRES"], delimiter="|")
 
 
 def test_unknown_column_is_ignored(wide):
@@ -613,3 +624,102 @@ def test_het_extern_and_array_step_lines():
     assert (extern.job_id_raw, extern.step, extern.mem_total_bytes) == (5, "extern", None)
     assert (array.job_id_raw, array.step, array.state) == (17, "batch", "CANCELLED")
     assert array.cpu_used_s is None
+
+
+# ---------------------------------------------------------------- older and newer forms
+
+
+@pytest.mark.parametrize("text, gpus", [
+    ("gpu:2", (("untyped", 2),)),
+    ("gpu:tesla:2", (("tesla", 2),)),
+    ("gpu:2(IDX:0-1)", (("untyped", 2),)),
+    ("gpu:tesla:2(IDX:0,1)", (("tesla", 2),)),
+    ("gpu", (("untyped", 1),)),
+    ("gpu:k80", (("k80", 1),)),
+    ("mic:1,gpu:k80:4", (("k80", 4),)),
+    ("gres:gpu:a100:1", (("a100", 1),)),
+    ("gres/gpu:h100:2", (("h100", 2),)),
+    ("gpu:a100:1,gpu:v100:2", (("a100", 1), ("v100", 2))),
+    ("gpu:3,gpu:a100:1", (("a100", 1), ("untyped", 2))),      # untyped next to typed: total
+    ("gpumem:40G,shard:4,mps:100", ()),                        # never GPUs
+    ("", ()), ("(null)", ()), ("None", ()),
+])
+def test_gres_forms(text, gpus):
+    assert parse_gres(text) == gpus
+
+
+@pytest.mark.parametrize("text, cpus, nodes, expected", [
+    ("4000Mn", 32, 2, 2 * 4000 * 1048576),        # per node (Slurm <= 21.02)
+    ("2000Mc", 4, 1, 4 * 2000 * 1048576),         # per CPU
+    ("1.50Gn", 1, 2, 2 * 1610612736),             # converted (default units)
+    ("0n", 8, 1, 0),
+    ("1G", 8, 2, 1073741824),                     # 21.08+: the job's memory
+    ("1024", 1, 1, 1073741824),                   # a bare number is MB
+    ("", 1, 1, None), ("Unknown", 1, 1, None),
+])
+def test_req_mem_forms(text, cpus, nodes, expected):
+    assert req_mem_bytes(text, cpus=cpus, nodes=nodes) == expected
+
+
+@pytest.mark.parametrize("text, count", [
+    ("vm", 1), ("node[01-04,07],gpu1", 6), ("rack[1-2]-node[1-3]", 6), ("c[01-02]", 2),
+    ("None assigned", 0), ("", 0),
+])
+def test_hostlist_count(text, count):
+    assert hostlist_count(text) == count
+
+
+def test_unknown_state_is_kept_not_final_and_never_digested():
+    text = ("JobID|JobIDRaw|Cluster|State|Submit|Start|End|AllocTRES\n"
+            "1|1|lab|PARKED|2026-11-22T12:45:42|2026-11-22T12:45:43|2026-11-22T12:46:43|cpu=1\n"
+            "2|2|lab|CD|2026-11-22T12:45:42|2026-11-22T12:45:43|2026-11-22T12:46:43|cpu=1")
+    lines = text.split("\n")
+    parser = ParsableParser(lines[0].split("|"), delimiter="|", source="test")
+
+    class Nothing:
+        def stored(self, keys):
+            return set()
+
+        def skipped(self, cluster):  # pragma: no cover - nothing is stored
+            raise AssertionError
+
+    parked, done = parser.parse_lines(lines[1:], unchanged=Nothing())
+    assert (parked.state, parked.state_raw, parked.final, parked.raw_digest) == (
+        "PARKED", "PARKED", False, None)
+    assert (done.state, done.final) == ("COMPLETED", True) and done.raw_digest
+    assert parser.unknown_states == {"PARKED": 1}
+
+
+def test_allocation_fallbacks_only_for_jobs_that_ran():
+    text = ("JobID|JobIDRaw|Cluster|State|Submit|Start|NNodes|NCPUS|ReqMem|AllocGRES|AllocTRES|"
+            "NodeList\n"
+            "1|1|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|8|1Gn|gpu:a100:2||n[1-2]\n"
+            "2|2|lab|CANCELLED by 0|2026-11-22T12:45:42|None|2|8|1Gn|gpu:a100:2||None assigned\n"
+            "3|3|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|1|2|4Gn|gpu:1|"
+            "billing=2,cpu=2,mem=1G,node=1|n3\n"
+            # 22.05 gives a het job cancelled while pending a Start (= its End), no nodes.
+            "4+0|4|lab|CANCELLED by 0|2026-11-22T12:45:42|2026-11-22T12:46:00|1|1|100M|||"
+            "None assigned")
+    ran, never, tres, het = parse_text(text)
+    assert (het.start is not None, het.cpus, het.nodes, het.mem_bytes) == (True, 0, 0, 0)
+    # AllocTRES empty, ran: NCPUS, NNodes, ReqMem 1G per node x 2, AllocGRES.
+    assert (ran.cpus, ran.nodes, ran.mem_bytes, ran.gpus) == (8, 2, 2 * 1073741824,
+                                                              (("a100", 2),))
+    assert (never.cpus, never.nodes, never.mem_bytes, never.gpus) == (0, 0, 0, ())
+    # AllocTRES wins where it has a value; only its missing GPUs come from AllocGRES.
+    assert (tres.cpus, tres.mem_bytes, tres.gpus) == (2, 1073741824, (("untyped", 1),))
+
+
+def test_negative_counts_and_dbindex_out_of_range_are_quarantined_naming_the_column():
+    text = ("JobID|JobIDRaw|Cluster|State|Submit|Start|NCPUS|AllocTRES|NodeList|DBIndex\n"
+            "1|1|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|-1||n1|7\n"
+            "2|2|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|cpu=-2|n1|8\n"
+            "3|3|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|cpu=2|n1|"
+            "18446744073709551616\n"
+            "4|4|lab|COMPLETED|2026-11-22T12:45:42|2026-11-22T12:45:43|2|cpu=2|n1|"
+            "18446744073709551615")
+    ncpus, alloc, too_big, biggest = parse_text(text)
+    assert "NCPUS='-1'" in ncpus.reason
+    assert "AllocTRES='cpu=-2'" in alloc.reason
+    assert "DBIndex='18446744073709551616'" in too_big.reason
+    assert biggest.db_index == 2 ** 64 - 1 and biggest.cpus == 2
