@@ -15,9 +15,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-# States after which Slurm will not change a job record again (slurm.conf(5) / sacct(1)
-# JOB STATE CODES). Anything not in NON_FINAL_STATES is final, so states added by newer
-# Slurm versions are treated as final rather than being silently kept open forever.
+# Job states Slurm documents (sacct(1) "JOB STATE CODES", job_state_codes.html and the
+# data_parser JOB_STATE flag arrays, 14.11 to 26.05): base states, and the flags sacct
+# prints as a state. A state outside this set is one a newer Slurm added: its record is
+# kept with the raw text and treated as NOT final, so it is read again (never billed as
+# finished on a guess).
+KNOWN_STATES: frozenset[str] = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "CONFIGURING", "COMPLETING", "DEADLINE",
+    "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PENDING", "PREEMPTED", "RUNNING",
+    "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "RESV_DEL_HOLD", "REVOKED",
+    "SIGNALING", "SPECIAL_EXIT", "STAGE_OUT", "STOPPED", "SUSPENDED", "TIMEOUT",
+    "LAUNCH_FAILED", "UPDATE_DB", "RECONFIG_FAIL", "POWER_UP_NODE", "EXPEDITING",
+})
+
+# Known states a record can still leave (slurm.conf(5) / sacct(1) JOB STATE CODES).
 NON_FINAL_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "RESIZING",
                               "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED",
                               "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"})
@@ -32,8 +43,8 @@ REQUEUE_STATES = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_
 
 
 def is_final_state(state: str) -> bool:
-    """True when a normalised State will not change any more."""
-    return state not in NON_FINAL_STATES
+    """True when a normalised State will not change any more (an unknown one may)."""
+    return state in KNOWN_STATES and state not in NON_FINAL_STATES
 
 
 def is_final_record(state: str, end: datetime | None) -> bool:
@@ -44,7 +55,7 @@ def is_final_record(state: str, end: datetime | None) -> bool:
     """
     if state in REQUEUE_STATES:
         return end is not None
-    return state not in NON_FINAL_STATES
+    return is_final_state(state)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import functools
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-from billing.records import UNTYPED_GPU, is_final_state
+from billing.records import KNOWN_STATES, UNTYPED_GPU, is_final_state
 
 # Columns without which a record has no identity: Submit, State, and JobID or JobIDRaw
 # (either one: the reader derives what it can of the other, see parse.py).
@@ -142,15 +142,6 @@ def normalise_state(raw: str) -> tuple[str, bool]:
     return state, is_final_state(state)
 
 
-# Job states Slurm documents: sacct(1) "JOB STATE CODES" and job_state_codes.html (base
-# states, and the flags sacct prints as a state), from 14.11 to 25.11.
-KNOWN_STATES: frozenset[str] = frozenset({
-    "BOOT_FAIL", "CANCELLED", "COMPLETED", "CONFIGURING", "COMPLETING", "DEADLINE",
-    "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PENDING", "PREEMPTED", "RUNNING",
-    "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "RESV_DEL_HOLD", "REVOKED",
-    "SIGNALING", "SPECIAL_EXIT", "STAGE_OUT", "STOPPED", "SUSPENDED", "TIMEOUT",
-    "LAUNCH_FAILED", "UPDATE_DB", "RECONFIG_FAIL", "POWER_UP_NODE", "EXPEDITING",
-})
 # The short forms (sacct --state accepts them; some exports print them).
 STATE_CODES: dict[str, str] = {
     "BF": "BOOT_FAIL", "CA": "CANCELLED", "CD": "COMPLETED", "CF": "CONFIGURING",

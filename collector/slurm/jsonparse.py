@@ -71,12 +71,6 @@ _BASE_STATES = frozenset({"PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "CANCE
                           "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
                           "OUT_OF_MEMORY"})
 
-# Every name the JOB_STATE flag arrays print (data_parser parsers.c, v0.0.39..45). A
-# state word outside them is one a newer Slurm added: kept, and the job not final (it is
-# read again), as the text reader does.
-_KNOWN_STATE_WORDS = _BASE_STATES | frozenset(_STATE_FLAG_PRECEDENCE) | frozenset(
-    {"LAUNCH_FAILED", "RECONFIG_FAIL", "POWER_UP_NODE", "EXPEDITING", "UPDATE_DB"})
-
 _VERSION_RE = re.compile(r"v0\.0\.(\d+)")
 
 
@@ -566,7 +560,7 @@ def _job_items(job: dict, *, default_cluster: str | None, version: int | None) -
         cpu_time_alloc_s=elapsed * cpus,
         cpu_used_s=sacct_cpu_seconds(cpu_total_us),
         energy_j=energy, db_index=db_index,
-        final=state in _KNOWN_STATE_WORDS and is_final_record(state, end),
+        final=is_final_record(state, end),
     )
     return [record, *steps]
 

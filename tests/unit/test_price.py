@@ -720,3 +720,13 @@ def test_module_has_one_rounding_function():
     # Money is rounded in exactly one place: round_amount is the only quantize to a scale.
     source = Path(price.__file__).read_text()
     assert source.count(".quantize(") == 1
+
+
+def test_a_state_slurm_does_not_document_is_never_billed_as_finished(jobs):
+    # A newer Slurm's state word: the record is kept and read again, and pricing treats it
+    # like a running job (no lines unless the card accrues running jobs), never as final.
+    job = dataclasses.replace(real(jobs, "11"), state="WARPED", state_raw="WARPED",
+                              final=False)
+    assert pricing_outcome(BIG, job) == "running"
+    assert price.price_job(BIG, job) == []
+    assert pricing_outcome(BIG, dataclasses.replace(job, state="COMPLETED")) == "priced"
