@@ -497,17 +497,21 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 error = (f"nothing stored: all {quarantined} record(s) read were quarantined "
                          f"(see 'hpc-billing quarantine --run {run_id}')")
             moved = False
-            if outcome == "ok":
+            if outcome in ("ok", "partial"):
                 # The rollups of the days this window touched, in the same transaction.
                 store_charges.refresh_rollups(session)
                 if stream is not None and window is not None:
                     if cluster is None:
                         raise ValueError("a windowed collection needs a cluster for its "
                                          "watermark")
-                    store_runs.set_watermark(session, cluster, stream, window.until, run_id)
-                    moved = True
-            elif outcome == "partial":
-                store_charges.refresh_rollups(session)
+                    # How far polls have read and stored: lets the next window reach
+                    # past a watermark that a partial window holds (poll_window).
+                    store_runs.set_watermark(session, cluster, read_stream(stream),
+                                             window.until, run_id)
+                    if outcome == "ok":
+                        store_runs.set_watermark(session, cluster, stream, window.until,
+                                                 run_id)
+                        moved = True
             store_runs.finish_run(session, run_id, outcome=outcome, records_read=records,
                                   counts=counts, quarantined=quarantined, lines_read=stats.lines,
                                   error=error,
@@ -566,6 +570,11 @@ def floor_second(dt: datetime) -> datetime:
     return dt.replace(microsecond=0)
 
 
+def read_stream(stream: str) -> str:
+    """The cursor beside a watermark: the end of the newest window that stored data."""
+    return f"{stream}:read"
+
+
 def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
                 overlap_s: float, lookback_s: float, stream: str = POLL_STREAM,
                 max_ahead_s: float | None = None) -> Window:
@@ -575,20 +584,29 @@ def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
     running (sacct(1), "Without --state"; see RECIPE §6), so re-reading an overlap before
     the watermark catches records slurmdbd wrote late without missing running jobs.
 
-    ``max_ahead_s`` bounds how far past the watermark one window reaches: after an outage
-    the backlog is read in windows of at most that much new time (each its own
+    ``max_ahead_s`` bounds how far one window reaches past what earlier polls read: after
+    an outage the backlog is read in windows of at most that much new time (each its own
     transaction and sacct call, within the sacct timeout) instead of in one window as long
     as the outage; the window then ends before ``now`` and the caller polls again.
+
+    A partial window leaves the watermark where it was (a quarantined record is never
+    passed) but moves the read cursor (``read_stream``): the next window starts at the
+    watermark again, so the quarantined record is read again, and still ends at most
+    ``max_ahead_s`` past the cursor, so new jobs keep being collected. While the watermark
+    is held, windows grow by the time since (README, "Outcomes"), until the record is
+    stored or an operator accepts it (``quarantine --accept``).
     """
     until = floor_second(now.astimezone(UTC))
     with session_factory() as session:  # type: ignore[attr-defined]
         mark = store_runs.get_watermark(session, cluster, stream)
+        read = store_runs.get_watermark(session, cluster, read_stream(stream))
     if mark is None:
         since = until - timedelta(seconds=lookback_s)
     else:
         since = floor_second(mark - timedelta(seconds=overlap_s))
         if max_ahead_s is not None:
-            until = min(until, floor_second(mark) + timedelta(seconds=max(max_ahead_s, 1)))
+            ahead = max(mark, read) if read is not None else mark
+            until = min(until, floor_second(ahead) + timedelta(seconds=max(max_ahead_s, 1)))
     if since >= until:
         since = until - timedelta(seconds=max(overlap_s, 1))
     return Window(since, until)

@@ -150,3 +150,50 @@ def test_the_schema_takes_partial_and_nothing_else(engine):
     with pytest.raises(Exception, match="ck_collector_runs_outcome"), engine.begin() as conn:
         conn.execute(text("INSERT INTO collector_runs (source, kind, outcome) "
                           "VALUES ('t', 'file', 'halfway')"))
+
+
+def test_a_held_watermark_never_stalls_collection(sessions):
+    """Partial polls hold the watermark but move the read cursor: the next window starts at
+    the watermark (the quarantined record is read again) and still reaches past everything
+    read so far, at most max_ahead further, so new jobs keep being collected."""
+    from datetime import UTC, datetime, timedelta
+
+    from collector import pipeline
+
+    mark = datetime(2026, 11, 1, tzinfo=UTC)
+    day = timedelta(days=1)
+    with sessions() as s:
+        store_runs.ensure_cluster(s, "lab")
+        run_id = store_runs.start_run(s, cluster="lab", source="sacct", kind="poll", window=None)
+        store_runs.set_watermark(s, "lab", "sacct", mark, run_id)
+        s.commit()
+
+    def window(now: datetime):
+        return pipeline.poll_window(sessions, cluster="lab", now=now, overlap_s=600,
+                                    lookback_s=86400, max_ahead_s=86400)
+
+    # No read cursor yet: a backlog is read a day at a time from the watermark.
+    first = window(mark + 10 * day)
+    assert (first.since, first.until) == (mark - timedelta(seconds=600), mark + day)
+    # Partial polls have read three days past the held watermark: the window still starts
+    # at the watermark and ends a day past the cursor, not a day past the watermark.
+    with sessions() as s:
+        store_runs.set_watermark(s, "lab", pipeline.read_stream("sacct"), mark + 3 * day,
+                                 run_id)
+        s.commit()
+    held = window(mark + 10 * day)
+    assert (held.since, held.until) == (mark - timedelta(seconds=600), mark + 4 * day)
+    # Caught up: the window ends now.
+    now = mark + 3 * day + timedelta(hours=5)
+    assert window(now).until == now
+
+
+def test_partial_polls_move_the_read_cursor_only(db_url, sessions, fake_sacct):
+    from collector import pipeline
+
+    assert _poll(db_url, fake_sacct) == 0
+    mark = _mark(sessions)
+    assert _poll(db_url, fake_sacct, "garbage") == 3
+    with sessions() as s:
+        cursor = store_runs.get_watermark(s, "lab", pipeline.read_stream("sacct"))
+    assert _mark(sessions) == mark and cursor is not None and cursor >= mark
