@@ -255,6 +255,10 @@ class ColumnarReader:
         skipped = 0
         if lookup is not None:
             df, pre, skipped = self._preskip(df, lookup, pos["Submit"])
+        if not df.height or bool(df["blank"].all()):
+            return Chunk(jobs=records_frame([]).with_columns(
+                pl.lit(None, pl.Boolean).alias("stored")), lines=nlines, skipped=skipped
+            ), body[:consumed_text_len], consumed
         df = df.drop("p_jobid", "p_raw", "p_cluster").with_columns(
             c("line").str.split_exact(d, self.ncols - 1)
             .struct.rename_fields(self.field_names).alias("f")).unnest("f")
@@ -367,6 +371,10 @@ class ColumnarReader:
         df = df.join(sdf, on="State", how="left").with_columns(
             (c("bad") | (c("ok") & ~c("state_ok").fill_null(False))).alias("bad"))
 
+        # Job-line and step-line values are parsed on their own rows only.
+        jdf = df.filter(c("is_job"))
+        df = df.filter(~c("is_job"))
+
         # ---- step lines
         raw_head = c("JobIDRaw").str.split_exact(".", 1).struct.field("field_0")
         step_name = pl.when(c("JobIDRaw").str.contains(".", literal=True)).then(
@@ -419,7 +427,7 @@ class ColumnarReader:
             v, b = self._time(c(col), tz)
             times[col] = v
             tbad = tbad | b
-        df = df.with_columns(
+        jdf = jdf.with_columns(
             times["Submit"].alias("v_submit"), times["Eligible"].alias("v_eligible"),
             times["Start"].alias("v_start"), times["End"].alias("v_end"),
             tl.alias("v_tl"), uid.alias("v_uid"), cta.alias("v_cta"),
@@ -431,11 +439,11 @@ class ColumnarReader:
             (c("is_job") & (tl_bad | uid_bad | cta_bad | ~jid_ok | ~raw_ok | tbad))
             .alias("j_bad"),
         )
-        df = df.with_columns(
+        jdf = jdf.with_columns(
             (c("bad") | c("j_bad") | (c("is_job") & c("v_submit").is_null())).alias("bad"))
 
         # AllocTRES: today's parse_alloc_tres over the distinct values.
-        allocs = df.filter(c("is_job"))["AllocTRES"].unique().to_list()
+        allocs = jdf["AllocTRES"].unique().to_list()
         arows = []
         for text in allocs:
             try:
@@ -447,8 +455,10 @@ class ColumnarReader:
             "AllocTRES": pl.String, "a_cpus": pl.Int64, "a_nodes": pl.Int64,
             "a_mem": pl.Int64, "a_billing": pl.Int64, "a_gpus": pl.String,
             "a_ok": pl.Boolean}, orient="row")
-        df = df.join(adf, on="AllocTRES", how="left").with_columns(
+        jdf = jdf.join(adf, on="AllocTRES", how="left").with_columns(
             (c("bad") | (c("is_job") & ~c("a_ok").fill_null(False))).alias("bad"))
+
+        df = pl.concat([jdf, df], how="diagonal_relaxed").sort("line_no")
 
         # ---- groups: clean = every line ok and parseable, steps belong to the job line
         job_cols = df.filter(c("is_job")).select(

@@ -218,7 +218,7 @@ class Store:
             "clusters", "assocs", "outcomes", "gpus", "prices")}
         self._job_parts: set[int] = set()
         self._charge_parts: set[int] = set()
-        self._seen: pl.Series = pl.Series("h", [], dtype=pl.UInt64)
+        self._seen_set: set[int] = set()   # the poll's job keys (64-bit hashes)
         self._fine: list[pl.DataFrame] = []
         self._coarse: list[pl.DataFrame] = []
         self.counts = {"inserted": 0, "staged": 0, "charge_lines": 0, "changed": 0}
@@ -354,10 +354,12 @@ class Store:
         lines = lines.with_columns(c("usage_date").alias("posted_date"))
 
         # route: new (not stored, not seen in this poll) straight into the tables
-        seen = c("key_hash").is_in(self._seen.implode())
+        hashes = jobs["key_hash"].to_list()
+        seen_set = self._seen_set
+        seen = pl.Series([h in seen_set for h in hashes], dtype=pl.Boolean)
+        seen_set.update(hashes)
         stored = c("stored").fill_null(True) if "stored" in jobs.columns else pl.lit(True)
         jobs = jobs.with_columns((~stored & ~seen).alias("direct"))
-        self._seen = pl.concat([self._seen, jobs["key_hash"]])
         direct = jobs.filter(c("direct"))
         staged = jobs.filter(~c("direct"))
         with self.conn.cursor() as cur:
@@ -505,26 +507,38 @@ def _charge_frame(lines: pl.DataFrame) -> list[tuple[str, str]]:
             ("price_id", "int4"), ("cluster_id", "int2")]
 
 
+LOOKUP_COLUMNS = [("cluster", "text"), ("job_id_raw", "int8"), ("submit", "ts"),
+                  ("raw_digest", "bytea"), ("i", "int4")]
+
+
 def lookup_factory(conn: psycopg.Connection):  # noqa: ANN201
-    """The skip path's lookup (reading thread, its own connection, autocommit reads):
-    for the batch's job keys, whether a row exists and whether its raw digest equals."""
+    """The skip path's lookup (reading thread, its own connection, read-only but for a
+    temp table): for the batch's job keys, whether a row exists and whether its raw
+    digest equals. The keys go in by binary COPY (no per-key Python objects), the
+    answer is one probe of the primary key per key (LATERAL ... OFFSET 0 keeps the
+    planner from a merge join over a whole partition)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS s_lookup (cluster text, job_id_raw bigint,"
+                 " submit_time timestamptz, raw_digest bytea, i int) ON COMMIT DELETE ROWS")
+
     def lookup(keys: pl.DataFrame) -> pl.DataFrame:
         n = keys.height
-        with conn.cursor() as cur:
+        frame = keys.with_columns(pl.int_range(n, dtype=pl.Int32).alias("i"))
+        with conn.transaction(), conn.cursor() as cur:
+            copy_binary(cur, "s_lookup", LOOKUP_COLUMNS, frame,
+                        ["cluster", "job_id_raw", "submit_time", "raw_digest", "i"])
             cur.execute(
-                "SELECT k.i, j.raw_digest = k.d FROM unnest(%s::text[], %s::int8[],"
-                " %s::timestamptz[], %s::bytea[]) WITH ORDINALITY AS k(c, r, s, d, i)"
-                " JOIN e_clusters cl ON cl.name = k.c"
+                "SELECT k.i, j.raw_digest = k.raw_digest FROM s_lookup k"
+                " JOIN e_clusters cl ON cl.name = k.cluster"
                 " CROSS JOIN LATERAL (SELECT j.raw_digest FROM e_jobs j WHERE"
-                " j.cluster_id = cl.id AND j.job_id_raw = k.r AND j.submit_time = k.s"
-                " OFFSET 0) j",
-                [keys["cluster"].to_list(), keys["job_id_raw"].to_list(),
-                 keys["submit"].to_list(), keys["raw_digest"].to_list()])
+                " j.cluster_id = cl.id AND j.job_id_raw = k.job_id_raw"
+                " AND j.submit_time = k.submit_time OFFSET 0) j")
             rows = cur.fetchall()
         exists = np.zeros(n, dtype=bool)
         skip = np.zeros(n, dtype=bool)
-        for i, same in rows:
-            exists[i - 1] = True
-            skip[i - 1] = bool(same)
+        if rows:
+            idx = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            same = np.fromiter((bool(r[1]) for r in rows), dtype=bool, count=len(rows))
+            exists[idx] = True
+            skip[idx] = same
         return pl.DataFrame({"skip": skip, "exists": exists})
     return lookup
