@@ -479,10 +479,11 @@ class Store:
                  "quantity_micro = r.quantity_micro + excluded.quantity_micro, lines = r.lines"
                  " + excluded.lines, "),
                 ("e_rollup_jobs", "", "")):
-            qsum = ", sum(d.quantity_micro), sum(d.sign)" if extra else ""
+            qsum = ", sum(d.quantity_micro)" if extra else ""
+            nlines = ", sum(d.sign)" if extra else ""
             cur.execute(
                 f"INSERT INTO {table} AS r SELECT d.posted_month, d.cluster_id, d.assoc_id,"
-                f" p.currency{extra}{qsum}, sum(d.amount_micro),"
+                f" p.currency{extra}{qsum}, sum(d.amount_micro){nlines},"
                 " count(DISTINCT (d.job_id_raw, d.submit_time)) FILTER (WHERE d.sign > 0)"
                 " - count(DISTINCT (d.job_id_raw, d.submit_time)) FILTER (WHERE d.sign < 0)"
                 " FROM s_delta d JOIN e_prices p ON p.id = d.price_id"
@@ -490,6 +491,9 @@ class Store:
                 f" ON CONFLICT ON CONSTRAINT {table}_pkey DO UPDATE SET {sets}"
                 " amount_micro = r.amount_micro + excluded.amount_micro,"
                 " jobs = r.jobs + excluded.jobs")
+        # buckets a change emptied (an account moved, a job no longer charged)
+        cur.execute("DELETE FROM e_rollup_resource WHERE lines = 0 AND jobs = 0")
+        cur.execute("DELETE FROM e_rollup_jobs WHERE jobs = 0 AND amount_micro = 0")
         cur.execute("TRUNCATE s_delta")
 
 
