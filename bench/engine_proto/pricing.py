@@ -154,6 +154,8 @@ class VectorPricer:
             k = (cl, part, acct, qos, user, day)
             idx = self._rules.get(k)
             if idx is None:
+                if len(self._rules) >= 20_000:    # bounded memory, like RateCard's memo
+                    self._rules.clear()
                 fake = _Match(cl, part, acct, qos, user)
                 # any instant of that local day: select_rule looks at the local date
                 at = datetime(day.year, day.month, day.day, 12, tzinfo=card.tz)
