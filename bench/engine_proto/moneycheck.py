@@ -7,7 +7,8 @@ rollup_steps -> billing.price.price_job, with an empty digest lookup so raw dige
 set as a first import sets them) and with the prototype (ColumnarReader -> VectorPricer).
 Compares every job record (all fields, cpu_used_s at the stored 3 decimals, the raw
 digest) and every charge line (job, usage period, resource, basis, rule, card, rate,
-quantity, amount). Prints the counts and the first differences; exit status 1 on any.
+quantity, amount) and every quarantined record (line number, raw text, reason, job id).
+Prints the counts and the first differences; exit status 1 on any.
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     prod_jobs: dict[tuple, JobRecord] = {}
+    prod_q: set[tuple] = set()
     src = FileSource(args.file, tz=tz, cluster=None)
-    for item in rollup_steps(src.fetch(None, unchanged=_Nothing())):
+    for item in rollup_steps(src.fetch(None, unchanged=_Nothing()), source=src.name):
         if isinstance(item, JobRecord):
             prod_jobs[(item.cluster, item.job_id_raw, item.submit)] = item   # last wins
+        else:
+            prod_q.add((item.line_no, item.raw, item.reason, item.job_id))
     q3 = Decimal("0.001")
     prod_lines = {}
     for key, rec in prod_jobs.items():
@@ -89,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         reader = ColumnarReader(header.split(delim), delimiter=delim, tz=tz,
                                 source=src.name)
         vec = fb = 0
+        proto_q: set[tuple] = set()
         for chunk in reader.chunks(fh):
             frames.append(chunk.jobs)
+            proto_q.update((q.line_no, q.raw, q.reason, q.job_id) for q in chunk.quarantined)
             vec += chunk.vector_jobs
             fb += chunk.fallback_jobs
             lines.append(pricer.price(chunk.jobs))
@@ -122,13 +128,18 @@ def main(argv: list[str] | None = None) -> int:
           f"({pricer.python_jobs:,} jobs priced per record); differing lines: "
           f"{len(line_diff)}")
     print(f"total amount: today {total_p} {card.currency}, prototype {total_m} {card.currency}")
+    q_diff = prod_q ^ proto_q
+    print(f"quarantined: today {len(prod_q):,}, prototype {len(proto_q):,} (line, raw text, "
+          f"reason, job id); differing: {len(q_diff)}")
+    for item in sorted(q_diff, key=str)[:4]:
+        print("QUARANTINE", "today" if item in prod_q else "proto", item)
     print(f"outcomes (prototype): {dict(sorted(pricer.outcomes.items()))}")
     print(f"time: today's path {t_prod:.1f} s, prototype {t_proto:.1f} s (not a benchmark)")
     for k in job_diff[:3]:
         print("JOB", k, "\n  today:", prod_jobs.get(k), "\n  proto:", mine.get(k))
     for k, p, m in line_diff[:5]:
         print("LINE", k, "\n  today:", p, "\n  proto:", m)
-    return 1 if job_diff or line_diff else 0
+    return 1 if job_diff or line_diff or q_diff else 0
 
 
 if __name__ == "__main__":

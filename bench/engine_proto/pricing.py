@@ -136,8 +136,17 @@ class VectorPricer:
             (c("t_start") * 1_000_000).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
             .dt.convert_time_zone(tz).dt.date().alias("day0"),
         )
-        multi = df.filter(c("m1") != c("m0"))
-        single = df.filter(c("m1") == c("m0"))
+        # Integer guards: inputs whose products could leave Int128 (absurd sizes), and
+        # jobs spanning periods, are priced per record by billing.price.
+        small = ((c("mem_bytes") < 2 ** 50) & (c("p_elapsed") < 2 ** 40)
+                 & (c("energy_j").fill_null(0) < 2 ** 60)
+                 & (c("cpu_used_ms").fill_null(0) < 2 ** 60)
+                 & (c("mem_used_byte_s").fill_null(0).cast(I128) < _lit(2 ** 90))
+                 & (c("cpus") < 2 ** 31) & (c("nodes") < 2 ** 31)
+                 & (c("billing").fill_null(0) < 2 ** 40))
+        one = (c("m1") == c("m0")) & small
+        multi = df.filter(~one)
+        single = df.filter(one)
         out = [self._single(single)]
         if multi.height:
             out.append(self._python(multi))
@@ -269,6 +278,17 @@ class VectorPricer:
         amount_scaled = _half_even(c("rate_int") * c("q") * _lit(10 ** scale),
                                    _lit(10).pow(c("rate_exp") + 6).cast(I128))
         x = x.with_columns((amount_scaled * _lit(10 ** (6 - scale))).alias("a"))
+        # A quantity or amount past bigint millionths, or a rate so long that the
+        # product could leave Int128: that job goes to the per-record path.
+        too_big = x.filter((c("q") >= _lit(2 ** 62)) | (c("a") >= _lit(2 ** 62))
+                           | (c("rate_int") * _lit(10 ** scale) > _lit(10 ** 20)))
+        extra = None
+        if too_big.height:
+            bad = too_big.select("cluster", "job_id_raw", "submit").unique()
+            x = x.join(bad, on=["cluster", "job_id_raw", "submit"], how="anti")
+            again = df.join(bad, on=["cluster", "job_id_raw", "submit"], how="semi")
+            df = df.join(bad, on=["cluster", "job_id_raw", "submit"], how="anti")
+            extra = self._python(again)
         lines = x.select(
             "cluster", "job_id_raw", "submit", c("m0").alias("usage_month"), "price_key",
             c("q").cast(pl.Int64).alias("quantity_micro"),
@@ -278,7 +298,8 @@ class VectorPricer:
         nocharge = df.height - priced
         if nocharge:
             self.outcomes[bprice.NO_CHARGE] = self.outcomes.get(bprice.NO_CHARGE, 0) + nocharge
-        return lines.cast(LINE_SCHEMA)
+        lines = lines.cast(LINE_SCHEMA)
+        return lines if extra is None else pl.concat([lines, extra], how="vertical")
 
     # ------------------------------------------------------------------ per record
     def _python(self, multi: pl.DataFrame) -> pl.DataFrame:

@@ -172,6 +172,7 @@ class ColumnarReader:
         self.parser = ParsableParser(columns, delimiter=delimiter, source=source, tz=tz,
                                      default_cluster=default_cluster)
         self.salt_nl = self.parser._digest_salt() + b"\n"
+        self._peek: str | None = None
         tzname = getattr(tz, "key", None) or ("UTC" if tz in (UTC,) else None)
         if tzname is None:
             self.vectorizable = False
@@ -245,10 +246,12 @@ class ColumnarReader:
             last = df["grp"].max()
             if last is None or last <= 1:
                 return None, "", 0          # fewer than two job lines: read more first
+            self._peek = df.filter(c("grp") == last)["line"][0]
             df = df.filter(c("grp") < last)
             consumed = df.height
         else:
             consumed = n
+            self._peek = None
         consumed_text_len = int(df["line"].str.len_chars().sum()) + consumed
         nlines = int((~df["blank"]).sum())
         pre = None
@@ -313,12 +316,26 @@ class ColumnarReader:
 
     # ------------------------------------------------------------------ python path
 
-    def _python_records(self, lines: list[str], first_line_no: int, py_lookup
+    def _python_records(self, lines: list[str], first_line_no: int, py_lookup,
+                        peek: str | None = None
                         ) -> tuple[list[JobRecord], list[QuarantinedRecord]]:
+        """Today's path over ``lines``. ``peek``: the (well-formed job) line that follows
+        them in the input, given to the parser so that it sees what it would see in the
+        whole stream (a short last line is "truncated" only at the real end), and its
+        record dropped again."""
         jobs: list[JobRecord] = []
         quarantined: list[QuarantinedRecord] = []
-        items = self.parser.parse_lines(lines, first_line_no=first_line_no,
-                                        unchanged=py_lookup or NoLookup())
+        items = list(self.parser.parse_lines(lines + ([peek] if peek is not None else []),
+                                             first_line_no=first_line_no,
+                                             unchanged=py_lookup or NoLookup()))
+        if peek is not None:
+            last = items[-1] if items else None
+            peek_id = peek.split(self.delimiter, 1)[0]
+            if isinstance(last, JobRecord) and last.job_id == peek_id:
+                items.pop()
+            else:   # cannot happen for a well-formed job line; parse without the peek
+                items = list(self.parser.parse_lines(lines, first_line_no=first_line_no,
+                                                     unchanged=py_lookup or NoLookup()))
         for item in rollup_steps(items, source=self.source):
             if isinstance(item, JobRecord):
                 jobs.append(item)
@@ -329,7 +346,8 @@ class ColumnarReader:
     def _python_all(self, df, body, n, py_lookup):
         jobs, q = self._python_records(df["line"].to_list(), int(df["line_no"][0]), py_lookup)
         frame = records_frame(jobs)
-        chunk = Chunk(jobs=dedupe(frame), quarantined=q, fallback_jobs=len(jobs))
+        chunk = Chunk(jobs=dedupe(frame).with_columns(pl.lit(None, pl.Boolean).alias("stored")),
+                      quarantined=q, fallback_jobs=len(jobs))
         chunk.lines = int((df["line"].str.len_bytes() > 0).sum())
         return chunk, body, n
 
@@ -473,14 +491,35 @@ class ColumnarReader:
                 | (c("is_step") & ~step_fit.fill_null(False)))).alias("line_bad"))
         # A step that does not fit its job line may belong to a job further back: the
         # Python path must then see the whole chunk (rare; sacct prints steps in place).
+        # A step whose JobIDRaw differs from the job line before it belongs to a job
+        # further back (today's roll-up looks up to 4,096 jobs back): the groups from
+        # the latest job line of this chunk with that id down to the step go to the
+        # per-record path as ONE unit, so it attaches the step as today. (A job line in
+        # an earlier chunk is not seen: see docs/design/engine.md, Risks.)
         misplaced = df.filter(c("is_step") & ~(c("s_head") == c("g_raw")).fill_null(False)
-                              & c("ok") & ~c("bad")).height
-        if misplaced:
-            jobs, q = self._python_records(df["line"].to_list(), int(df["line_no"][0]),
-                                           py_lookup)
-            return Chunk(jobs=dedupe(records_frame(jobs)), quarantined=q,
-                         fallback_jobs=len(jobs), fallback_groups=-1)
+                              & c("ok") & ~c("bad")).select("grp", "line_no", "s_head")
         grp_bad = df.group_by("grp").agg(c("line_bad").any().alias("grp_bad"))
+        units: dict[int, int] = {}
+        if misplaced.height:
+            heads = df.filter(c("is_job")).select(
+                "grp", "line_no", c("JobIDRaw").cast(pl.Int64, strict=False).alias("s_head"))
+            spans = []
+            for g_step, ln, head in misplaced.iter_rows():
+                cands = heads.filter((c("s_head") == head) & (c("line_no") < ln))
+                g0 = int(cands["grp"].max()) if cands.height else g_step
+                spans.append((g0, g_step))
+            spans.sort()
+            merged: list[list[int]] = []
+            for g0, g1 in spans:
+                if merged and g0 <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], g1)
+                else:
+                    merged.append([g0, g1])
+            for g0, g1 in merged:
+                for g in range(g0, g1 + 1):
+                    units[g] = g0
+            grp_bad = grp_bad.with_columns(
+                (c("grp_bad") | c("grp").is_in(list(units))).alias("grp_bad"))
         df = df.join(grp_bad, on="grp", how="left")
 
         quarantined: list[QuarantinedRecord] = []
@@ -488,10 +527,16 @@ class ColumnarReader:
         fb = df.filter(c("grp_bad"))
         nfb_groups = 0
         if fb.height:
-            for (_g,), part in fb.group_by(["grp"], maintain_order=True):
+            unit = c("grp").replace_strict(units, default=c("grp"), return_dtype=pl.Int64) \
+                if units else c("grp")
+            fb = fb.with_columns(unit.alias("unit"))
+            nxt = df.filter(c("is_job")).select("line_no", "line")
+            for (_u,), part in fb.group_by(["unit"], maintain_order=True):
                 nfb_groups += 1
+                after = nxt.filter(c("line_no") > part["line_no"].max()).head(1)
+                peek = after["line"][0] if after.height else self._peek
                 jobs, q = self._python_records(part["line"].to_list(),
-                                               int(part["line_no"][0]), py_lookup)
+                                               int(part["line_no"][0]), py_lookup, peek)
                 fb_jobs.extend(jobs)
                 quarantined.extend(q)
         good = df.filter(~c("grp_bad") & ~c("blank"))
