@@ -28,14 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.engine_proto.pricing import VectorPricer, month_name  # noqa: E402
+from bench.engine_proto.reader import ColumnarReader, frame_records  # noqa: E402
 from billing.price import price_job  # noqa: E402
 from billing.rates import load_rate_card  # noqa: E402
 from billing.records import JobRecord  # noqa: E402
 from billing.rollup import rollup_steps  # noqa: E402
 from collector.slurm.filesource import FileSource  # noqa: E402
-
-from bench.engine_proto.pricing import VectorPricer, month_name  # noqa: E402
-from bench.engine_proto.reader import ColumnarReader, frame_records  # noqa: E402
 
 AS_OF = datetime(2030, 1, 1, tzinfo=timezone.utc)
 

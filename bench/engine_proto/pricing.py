@@ -23,12 +23,11 @@ from decimal import Decimal
 
 import polars as pl
 
+from bench.engine_proto.reader import frame_records, gpus_tuple
 from billing import price as bprice
 from billing.rates import RateCard, Rule
 from billing.records import UNTYPED_GPU, resource_unit
 from billing.rollup import period_bounds
-
-from bench.engine_proto.reader import frame_records, gpus_tuple
 
 UTC = timezone.utc
 MICRO = 10 ** 6
@@ -154,7 +153,6 @@ class VectorPricer:
 
     # ------------------------------------------------------------------ rules and specs
     def _rule_index(self, single: pl.DataFrame) -> pl.DataFrame:
-        c = pl.col
         keys = single.select("cluster", "partition", "account", "qos", "user", "day0").unique()
         rows = []
         card = self.card

@@ -24,7 +24,7 @@ from datetime import timezone, tzinfo
 
 import polars as pl
 
-from billing.records import (NON_FINAL_STATES, REQUEUE_STATES, JobRecord, QuarantinedRecord)
+from billing.records import NON_FINAL_STATES, REQUEUE_STATES, JobRecord, QuarantinedRecord
 from billing.rollup import rollup_steps
 from collector.slurm.fields import SENTINELS, normalise_state, parse_alloc_tres
 from collector.slurm.parse import RAW_DIGEST_VERSION, ParsableParser
@@ -411,11 +411,13 @@ class ColumnarReader:
         else:
             tres_cpu_txt, tcpu, tcpu_ok = (pl.lit(None, pl.String), pl.lit(None, pl.Int64),
                                            pl.lit(True))
-        use_tres_cpu = c("v_cpu_ms").is_null() & (c("TRESUsageInTot") != "") & tres_cpu_txt.is_not_null()
+        use_tres_cpu = (c("v_cpu_ms").is_null() & (c("TRESUsageInTot") != "")
+                        & tres_cpu_txt.is_not_null())
         df = df.with_columns(
             pl.when(c("is_step")).then(raw_head.cast(pl.Int64, strict=False)).alias("s_head"),
             pl.when(c("MaxRSS").is_in(SENT)).then(None).otherwise(rss).alias("s_rss"),
-            pl.when((c("TRESUsageInTot") != "") & tres_mem_txt.is_not_null()).then(tmem).alias("s_mem"),
+            pl.when((c("TRESUsageInTot") != "") & tres_mem_txt.is_not_null()).then(tmem)
+            .alias("s_mem"),
             pl.when(use_tres_cpu).then(tcpu).otherwise(c("v_cpu_ms")).alias("s_cpu"),
             (c("is_step") & (
                 ~raw_head.str.contains(r"^[0-9]{1,18}$").fill_null(False)
@@ -668,8 +670,8 @@ def frame_records(df: pl.DataFrame) -> list[JobRecord]:
     from decimal import Decimal
     out = []
     names = list(JOB_SCHEMA)
-    for row in df.iter_rows():
-        d = dict(zip(names, row))
+    for row in df.select(names).iter_rows():
+        d = dict(zip(names, row, strict=True))
         cpu = d.pop("cpu_used_ms")
         digest = d.pop("raw_digest")
         mem = d.pop("mem_used_byte_s")

@@ -84,10 +84,10 @@ def phase_ingest(path: str, url: str) -> dict:
     import polars as pl
     import psycopg
 
-    from billing.rates import load_rate_card
     from bench.engine_proto.pricing import VectorPricer
     from bench.engine_proto.reader import ColumnarReader
     from bench.engine_proto.store import Store, lookup_factory
+    from billing.rates import load_rate_card
 
     card = load_rate_card((ROOT / "collector" / "data" / "demo-rates.toml").read_text())
     info = _conninfo(url)
@@ -342,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         "bytes_per_job": r["size"]["bytes_per_job"],
         "reingest_s": r["reingest"]["seconds"],
         "reingest_speedup": ing["seconds"] / r["reingest"]["seconds"],
-        "peak_rss_mib": ing["peak_rss_mib"], "peak_rss_small_mib": r["ingest_small"]["peak_rss_mib"],
+        "peak_rss_mib": ing["peak_rss_mib"],
+        "peak_rss_small_mib": r["ingest_small"]["peak_rss_mib"],
         "rss_ratio": ing["peak_rss_mib"] / r["ingest_small"]["peak_rss_mib"],
     }
     print(f"\nengine prototype: {lines:,} lines, {ing['inserted']:,} jobs, "

@@ -241,7 +241,7 @@ class Store:
         uniq = keys.unique()
         missing = [row for row in uniq.iter_rows() if row not in known]
         if missing:
-            arrays = [list(col) for col in zip(*missing)]
+            arrays = [list(col) for col in zip(*missing, strict=True)]
             casts = ", ".join(f"%s::{t}[]" for t in types)
             names = ", ".join(cols)
             cond = " AND ".join(f"d.{c} IS NOT DISTINCT FROM k.{c}" for c in cols)
@@ -458,7 +458,8 @@ class Store:
         cmp = [c for c in _ROW_COLS if c != "last_run_id"]
         a = ", ".join(f"j.{c}" for c in cmp)
         b = ", ".join(f"s.{c}" for c in cmp)
-        key = "j.cluster_id = s.cluster_id AND j.job_id_raw = s.job_id_raw AND j.submit_time = s.submit_time"
+        key = ("j.cluster_id = s.cluster_id AND j.job_id_raw = s.job_id_raw"
+               " AND j.submit_time = s.submit_time")
         cur.execute("DROP TABLE IF EXISTS s_changed")
         cur.execute(
             "CREATE TEMP TABLE s_changed ON COMMIT DROP AS SELECT s.cluster_id, s.job_id_raw,"
@@ -470,13 +471,14 @@ class Store:
         self.counts["changed"] += changed
         if not changed:
             return
+        values = ", ".join("s." + c for c, _ in JOB_COLUMNS)
         upd = ", ".join(f"{c} = s.{c}" for c, _ in JOB_COLUMNS
                         if c not in ("cluster_id", "job_id_raw", "submit_time", "first_run_id"))
         cur.execute(
             f"MERGE INTO e_jobs j USING (SELECT s.* FROM s_jobs s JOIN s_changed x USING"
             f" (cluster_id, job_id_raw, submit_time)) s ON {key}"
             f" WHEN MATCHED THEN UPDATE SET {upd}"
-            f" WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({', '.join('s.' + c for c, _ in JOB_COLUMNS)})")
+            f" WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
         # lines and rollup deltas (closed periods: see the design; the prototype has none)
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS s_delta (posted_month date, cluster_id smallint,"
