@@ -175,18 +175,20 @@ def split_job_id(job_id: str) -> tuple[int | None, int | None, int | None, int |
     ``6_3`` is task 3 of array 6; ``6_[1-5]`` / ``6_[1,3]`` is the not-yet-split pending
     part of array 6 (no task id); ``14+1`` is component 1 of het job 14.
     """
-    if job_id.isdigit():
+    # Every number goes through ``count``: Python's int() would also take "1_000", " 7"
+    # or "+7", and "6_3_4" would read as task 34 of array 6.
+    if job_id.isdigit() and job_id.isascii():
         return None, None, None, None
     if "_" in job_id:
         array_text, _, task_text = job_id.partition("_")
         if task_text.startswith("["):
             if not task_text.endswith("]"):
                 raise ValueError(f"bad array task list in JobID {job_id!r}")
-            return int(array_text), None, None, None
-        return int(array_text), int(task_text), None, None
+            return count(array_text), None, None, None
+        return count(array_text), count(task_text), None, None
     if "+" in job_id:
         het_text, _, offset_text = job_id.partition("+")
-        return None, None, int(het_text), int(offset_text)
+        return None, None, count(het_text), count(offset_text)
     raise ValueError(f"unrecognised JobID {job_id!r}")
 
 

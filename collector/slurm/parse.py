@@ -89,10 +89,6 @@ def _opt(value: str) -> str | None:
     return None if value in SENTINELS else value
 
 
-def _opt_int(value: str) -> int | None:
-    return None if value in SENTINELS else int(value)
-
-
 # Part of every raw digest: bump it when a change to the parser or the roll-up changes
 # the record some raw lines give, so that every job is parsed (and stored) again once.
 # 2: allocation fallbacks (NCPUS/NNodes/NodeList/ReqMem/AllocGRES for a job that ran with
@@ -610,7 +606,7 @@ class ParsableParser:
             cpu_time_alloc = int(value) if value.isdigit() else (
                 None if value in SENTINELS else int(duration_s(value)))
             what = "UID"
-            uid = _opt_int(f[i_uid])
+            uid = opt_count(f[i_uid])
             name = f[i_name]
             if known:
                 final = is_final_record(state, end)

@@ -723,3 +723,10 @@ def test_negative_counts_and_dbindex_out_of_range_are_quarantined_naming_the_col
     assert "AllocTRES='cpu=-2'" in alloc.reason
     assert "DBIndex='18446744073709551616'" in too_big.reason
     assert biggest.db_index == 2 ** 64 - 1 and biggest.cpus == 2
+
+
+@pytest.mark.parametrize("job_id", ["6_3_4", "1_000_2", "6_+3", "14+ 1", "٣", "6_٣"])
+def test_job_ids_with_numbers_python_would_stretch_are_refused(job_id):
+    # int() accepts "1_000", " 7", "+7" and other digits; JobIDs never hold them.
+    with pytest.raises(ValueError):
+        split_job_id(job_id)
