@@ -38,6 +38,10 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "collector.finance": (("billing", "reportlab"),
                           ("collector.store", "collector.slurm", "collector.web",
                            "collector.pipeline", "sqlalchemy", "flask")),
+    # Use cases: what a command or a route does, over the store and billing's builders.
+    "collector.usecases": (("billing", "collector.store", "collector.finance", "collector.render",
+                            "collector.settings"),
+                           ("collector.web", "collector.cli", "flask")),
     # The scheduler runs the pipeline and the node inventory; it never touches the web app.
     "collector.scheduler": (("billing", "collector.pipeline", "collector.health", "collector.store",
                              "collector.sources",
