@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 
 import psycopg2
 import pytest
-from sqlalchemy import text
 
 from billing.audit import EXPORT, PERIOD_CLOSE, AuditError, verify_chain
 from collector.store import audit as store_audit
@@ -24,7 +23,8 @@ from collector.store.audit import AuditStoreError
 from collector.usecases import audit as uc
 from tests.conftest import _libpq_dsn
 from tests.helpers import run_cli
-from tests.integration.test_typed_gpus import CARD, EXPORT as SACCT_EXPORT
+from tests.integration.test_typed_gpus import CARD
+from tests.integration.test_typed_gpus import EXPORT as SACCT_EXPORT
 
 PERIOD = "2026-11"
 KEY = b"0123456789abcdef0123456789abcdef-test-key"

@@ -11,6 +11,7 @@ chemistry +0.01) that every document must carry.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -33,7 +34,8 @@ from collector.usecases import exports as uc_exports
 from collector.usecases import statement as uc_statement
 from collector.usecases.documents import FinanceInputError
 from tests.helpers import run_cli
-from tests.integration.test_typed_gpus import CARD, EXPORT as SACCT_EXPORT
+from tests.integration.test_typed_gpus import CARD
+from tests.integration.test_typed_gpus import EXPORT as SACCT_EXPORT
 
 KEY = b"k" * 40
 CARD_2 = CARD.replace('cpu_hour = "0.05"', 'cpu_hour = "0.06"')
@@ -109,7 +111,6 @@ def test_csv_and_json_statements_add_up_to_the_report(corrected, sessions, trail
     assert len(entries) == 2 * len(report)
     last = entries[-1].details
     assert last["document"] == "statement" and last["format"] == "json"
-    import hashlib
     assert last["documents"][0]["sha256"] == hashlib.sha256(out_json.read_bytes()).hexdigest()
 
 
