@@ -46,9 +46,15 @@ echo "$SHA  $VENDOR/$TARBALL" | sha256sum --check --quiet - \
 WHEELS=$LAB_CACHE/wheels
 mkdir -p "$WHEELS"
 PY_HOST=${PYTHON:-python3}
-# Build environments never see the host's pip settings inside the root.
+# Build environments never see the host's pip settings inside the root (PIP_FIND_LINKS and
+# the like name host paths). pip in the root trusts what the host's pip trusts: the host's CA
+# bundle is copied in (a machine may reach the package registry through a TLS proxy whose CA
+# only the host's bundle has).
+HOST_CA=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
+ROOT_CA=/etc/ssl/certs/hpc-billing-lab-host-ca.crt
 ROOT_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
-          PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180)
+          PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 PIP_CERT=$ROOT_CA
+          SSL_CERT_FILE=$ROOT_CA)
 
 in_build() {   # run in the release's build environment (the host's python, or the root's)
     if [ -z "$ROOT" ]; then "$@"; else chroot "$ROOT" "${ROOT_ENV[@]}" "$@"; fi
@@ -62,6 +68,7 @@ root_mounts() {
         trap 'unmount_under "$ROOT" >&2' EXIT
     fi
     mount_root
+    if [ -f "$HOST_CA" ]; then cp "$HOST_CA" "$ROOT$ROOT_CA"; else cp "$ROOT/etc/ssl/certs/ca-certificates.crt" "$ROOT$ROOT_CA"; fi
 }
 
 slurm_version() {
@@ -151,6 +158,7 @@ make_venv() {
             echo "$deps_key" > "$venv/.deps"
         fi
         "$py" -m pip install --quiet --no-deps --no-build-isolation --force-reinstall "$project"
+        write_runner "SLURM_CONF=$IN_ETC/slurm.conf exec $venv/bin/hpc-billing \"\$@\""
         echo "$py"
     else
         venv=/opt/hpc-billing-venv
@@ -170,8 +178,28 @@ make_venv() {
         fi
         in_build "$py" -m pip install --quiet --no-deps --no-build-isolation --force-reinstall "$src"
         rm -rf "$ROOT$src" "$ROOT/var/tmp/$(basename "$WHEEL")"
+        # A chroot passes the host's environment on: keep only the collector's settings and TZ.
+        write_runner "keep=()
+for name in \$(compgen -e); do
+    case \$name in
+        HPC_BILLING_LAB_*) ;;
+        HPC_BILLING_*|TZ|LANG|LC_*) keep+=(\"\$name=\${!name}\") ;;
+    esac
+done
+exec /usr/sbin/chroot $ROOT /usr/bin/env -i PATH=$venv/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \\
+    \"\${keep[@]}\" SLURM_CONF=$IN_ETC/slurm.conf $venv/bin/hpc-billing \"\$@\""
         echo "$py"
     fi
+}
+
+# write_runner BODY: $REL_DIR/bin/hpc-billing-pyslurm, the venv's hpc-billing for this release
+# (what tests/slurm runs for the pyslurm source).
+write_runner() {
+    mkdir -p "$REL_DIR/bin"
+    printf '#!/bin/bash\n# hpc-billing with %s for Slurm %s (deploy/lab/pyslurm.sh)\n%s\n' \
+        "${TARBALL%.tar.gz}" "$REL" "$1" > "$REL_DIR/bin/.hpc-billing-pyslurm.tmp"
+    chmod 755 "$REL_DIR/bin/.hpc-billing-pyslurm.tmp"
+    mv -f "$REL_DIR/bin/.hpc-billing-pyslurm.tmp" "$REL_DIR/bin/hpc-billing-pyslurm"
 }
 
 case "$action" in
