@@ -85,13 +85,16 @@ TresAlloc = Mapping[tuple[int, int], str]
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
     """``obj.name`` or ``obj[name]``; ``default`` when absent or when pyslurm raises
-    (some properties fail on records that lack the underlying data)."""
+    (some properties fail on records that lack the underlying data). A method is called:
+    pyslurm 22.5 and 24.11 define ``db.Job.group_name`` / ``group_id`` without @property
+    (and so leave them out of ``to_dict()``)."""
     if obj is None:
         return default
     if isinstance(obj, Mapping):
         return obj.get(name, default)
     try:
-        return getattr(obj, name, default)
+        value = getattr(obj, name, default)
+        return value() if callable(value) and not isinstance(value, type) else value
     except Exception:  # noqa: BLE001 - a broken pyslurm property is "no value"
         return default
 

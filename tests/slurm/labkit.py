@@ -288,8 +288,8 @@ def settled(row: dict[str, str], steps: list[dict[str, str]] = ()) -> bool:
     if not (is_final_record(state, epoch(row["End"])) and row["Eligible"] not in ("Unknown", "")
             and bool(row["Partition"]) and row["JobName"] != "allocation"):
         return False
-    if epoch(row["Start"]) is None:
-        return True                                   # never ran: no steps
+    if epoch(row["Start"]) is None or not row["AllocTRES"]:
+        return True          # never ran (a het job cancelled while pending has a Start): no steps
     return (any(s["JobID"].endswith(".batch") for s in steps)
             and all(epoch(s["End"]) is not None for s in steps))
 

@@ -4,7 +4,7 @@ the mix (and only those: the clusters are shared by all tests)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -31,9 +31,13 @@ def sessions(db_url):
     engine.dispose()
 
 
-def collect(lab, db_url: str, *extra: str) -> int:
+def collect(lab, job_mix, db_url: str, *extra: str) -> int:
+    """One sacct poll of this cluster from the session's job mix on: what an older lab
+    holds is not this test's."""
+    since = job_mix.started - timedelta(seconds=60)
+    lookback = f"{int((datetime.now(UTC) - since).total_seconds()) + 60}s"
     return run_cli("collect", "--once", "--source", "sacct", "--cluster", lab.cluster,
-                   "--sacct", lab.sacct_path, "--lookback", "2h", "--database-url", db_url,
+                   "--sacct", lab.sacct_path, "--lookback", lookback, "--database-url", db_url,
                    *extra, env=lab.cli_env)
 
 
@@ -50,7 +54,7 @@ def key(line: dict[str, str]) -> tuple[int, datetime]:
 
 
 def test_every_job_is_stored_once_as_sacct_shows_it(lab, job_mix, db_url, sessions):
-    assert collect(lab, db_url) == 0
+    assert collect(lab, job_mix, db_url) == 0
     jobs = stored(sessions, lab.cluster)
     assert all(len(records) == 1 for records in jobs.values())      # identity is unique
     # The array has 3 tasks; the het job is 2 records on 22.05, one on 24.11 and 26.05.
@@ -80,7 +84,7 @@ def test_every_job_is_stored_once_as_sacct_shows_it(lab, job_mix, db_url, sessio
 
 
 def test_gpu_types_users_states_and_names(lab, job_mix, db_url, sessions):
-    assert collect(lab, db_url) == 0
+    assert collect(lab, job_mix, db_url) == 0
     jobs = stored(sessions, lab.cluster)
 
     def rec(name: str) -> JobRecord:
@@ -129,11 +133,11 @@ def jobs_of_array(jobs, job_mix) -> list[JobRecord]:
 def test_running_job_is_stored_open_then_final_without_duplicate(lab, job_mix, db_url, sessions):
     job_id = lab.sbatch("-J", "open_then_final", "-c1", "--mem=100M", "--wrap", "sleep 12")
     lab.wait_recorded_running(job_id)
-    assert collect(lab, db_url) == 0
+    assert collect(lab, job_mix, db_url) == 0
     (first,) = [r[0] for (raw, _), r in stored(sessions, lab.cluster).items() if raw == job_id]
     assert (first.state, first.final, first.end) == ("RUNNING", False, None)
     (line,) = lab.wait_final([job_id], timeout=60)
-    assert collect(lab, db_url) == 0
+    assert collect(lab, job_mix, db_url) == 0
     records = [r for (raw, _), rs in stored(sessions, lab.cluster).items() if raw == job_id
                for r in rs]
     assert len(records) == 1
@@ -146,7 +150,7 @@ def test_running_job_is_stored_open_then_final_without_duplicate(lab, job_mix, d
 
 
 def test_slurm_billing_is_recomputed_for_every_job(lab, job_mix, db_url, sessions):
-    assert collect(lab, db_url) == 0
+    assert collect(lab, job_mix, db_url) == 0
     # The partitions' TRESBillingWeights as slurmctld has them (the real scontrol).
     weights = read_billing_weights(lab.scontrol_path, timeout_s=30, cluster=lab.cluster)
     assert set(weights) == {"batch", "gpu"}
@@ -169,7 +173,7 @@ def test_slurm_billing_is_recomputed_for_every_job(lab, job_mix, db_url, session
 
 
 def test_charges_equal_the_hand_computation_from_sacct(lab, job_mix, db_url, sessions, rate_card):
-    assert collect(lab, db_url, "--rates", str(rate_card)) == 0
+    assert collect(lab, job_mix, db_url, "--rates", str(rate_card)) == 0
     priced = 0
     with sessions() as session:
         for line in job_mix.lines:

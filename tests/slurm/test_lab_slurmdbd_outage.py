@@ -67,24 +67,26 @@ def test_slurmdbd_down_then_up_fails_polls_and_then_stores_everything_once(
         wait_for(lambda: any(o == "ok" for _, o, _ in _polls(db_url)), 60, "a first ok poll")
         mark = watermark(db_url, lab.cluster)
         _stop_slurmdbd(lab)
-        stopped = time.monotonic()
-        # A job that runs and ends while slurmdbd is down: slurmctld keeps its record.
-        outage_job = lab.sbatch("-J", "during_outage", "-c1", "--mem=100M", "--wrap", "sleep 2")
-        before = len(_polls(db_url))
-        wait_for(lambda: sum(o == "failed" for _, o, _ in _polls(db_url)[before:]) >= 2, 120,
-                 "two failed polls")
-        failed_after = time.monotonic() - stopped
-        failures = [(o, e) for _, o, e in _polls(db_url)[before:] if o == "failed"]
-        assert all("sacct" in error for _, error in failures), failures
-        assert watermark(db_url, lab.cluster) == mark           # nothing moved
-        assert daemon.metric("hpcb_polls_total", cluster=lab.cluster, outcome="failed") >= 2
-    finally:
-        _start_slurmdbd(lab)
-    try:
+        try:
+            stopped = time.monotonic()
+            # A job that runs and ends while slurmdbd is down: slurmctld keeps its record.
+            outage_job = lab.sbatch("-J", "during_outage", "-c1", "--mem=100M", "--wrap",
+                                    "sleep 2")
+            before = len(_polls(db_url))
+            wait_for(lambda: sum(o == "failed" for _, o, _ in _polls(db_url)[before:]) >= 2,
+                     120, "two failed polls")
+            failed_after = time.monotonic() - stopped
+            failures = [(o, e) for _, o, e in _polls(db_url)[before:] if o == "failed"]
+            assert all("sacct" in error for _, error in failures), failures
+            assert watermark(db_url, lab.cluster) == mark           # nothing moved
+            assert daemon.metric("hpcb_polls_total", cluster=lab.cluster, outcome="failed") >= 2
+        finally:
+            _start_slurmdbd(lab)
         restarted = time.monotonic()
         (line,) = lab.wait_final([outage_job], timeout=120)
         key = (outage_job, epoch(line["Submit"]))
-        wait_for(lambda: _stored(db_url, lab.cluster).get(key) == 1, 120, "the outage job to be stored")
+        wait_for(lambda: _stored(db_url, lab.cluster).get(key) == 1, 120,
+                 "the outage job to be stored")
         recovered_after = time.monotonic() - restarted
         wait_for(lambda: watermark(db_url, lab.cluster) > mark, 60, "the watermark to move")
     finally:
