@@ -45,10 +45,11 @@ when Slurm recorded none.
 ``max`` is the larger of allocated and used. When Slurm recorded no usage (None; e.g. a
 job line without steps), ``used`` counts 0 and ``max`` counts the allocation.
 
-GPUs: a GPU type with its own rate in the winning rule (``gpu_hour_by_type``) gets its
-own line ``gpu:<type>``; untyped GPUs and typed ones without their own rate are added up
-into one ``gpu`` line priced at ``gpu_hour`` (a GPU count is added before the quantity is
-computed, so the line has one rounding).
+GPUs: every GPU type gets its own line ``gpu:<type>``, priced at the type's own rate in
+the winning rule (``gpu_hour_by_type``) or, without one, at ``gpu_hour``; untyped GPUs are
+the ``gpu`` line, at ``gpu_hour``. A line keeps its type whatever rate priced it, and
+each line is rounded on its own (see Money: a job with two GPU types at one rate may
+differ by rounding from what one merged line would have cost; README, Pricing).
 
 Every quantity is computed exactly (as a fraction) and rounded half-even to 6 decimal
 places once, for the whole job. A line with quantity 0 is not written; a resource the
@@ -69,7 +70,7 @@ remainders (the earlier slice on a tie). So the slices of a job add up exactly t
 whole quantity. The quantity itself uses ElapsedRaw; only the proportions use Start/End.
 When End == Start but ElapsedRaw > 0, everything goes to the Start period. (When a rule
 change makes two slices of one job use different rules, each slice takes its share of
-the whole quantity as its own rule computes it: basis and GPU grouping.)
+the whole quantity as its own rule computes it: its basis, and its rate.)
 
 Money
 -----
@@ -92,13 +93,26 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from decimal import (ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, Inexact,
-                     InvalidOperation, Overflow)
+from datetime import UTC, datetime, timedelta
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
 from fractions import Fraction
 
 from billing.rates import RateCard, Rule
-from billing.records import UNTYPED_GPU, ChargeLine, JobRecord, is_final_record, resource_unit
+from billing.records import (
+    UNTYPED_GPU,
+    ChargeLine,
+    JobRecord,
+    is_final_record,
+    resource_unit,
+)
 from billing.rollup import split_by_period
 
 # Outcomes (pricing_outcome); the run log counts jobs by these.
@@ -144,6 +158,16 @@ def round_amount(value: Decimal, scale: int) -> Decimal:
     # Its flags may be set by several threads at once; nothing reads them, and only its
     # traps (the same for every caller) decide what raises.
     return value.quantize(quantum, rounding=ROUND_HALF_EVEN, context=_ROUNDING)
+
+
+def money_text(value: Decimal) -> str:
+    """An amount as finance reads it: exact, at least 2 decimal places, no exponent
+    (1.19, 1.190000 -> "1.19"; 1.125 -> "1.125"; 5 -> "5.00"; -0.04 -> "-0.04")."""
+    text = format(value.normalize(context=_ROUNDING), "f")
+    whole, _, frac = text.partition(".")
+    if whole in ("-0", "") and not frac.strip("0"):
+        whole = "0"
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 def line_amount(rate: Decimal, quantity: Decimal, scale: int) -> Decimal:
@@ -199,7 +223,7 @@ def _has_allocation(job: JobRecord) -> bool:
 
 _HOUR_S = 3600
 _GIB_HOUR = _GIB * _HOUR_S
-_UTC = timezone.utc
+_UTC = UTC
 _ONE_SECOND = timedelta(seconds=1)
 
 
@@ -290,14 +314,18 @@ def _compute_specs(rule: Rule, job: JobRecord) -> list[_Spec]:
         out.append(_Spec("cpu", basis["cpu"], (), rates.cpu_hour))
     if rates.mem_gib_hour is not None:
         out.append(_Spec("mem", basis["mem"], (), rates.mem_gib_hour))
-    gpu_types = [t for t, count in job.gpus if count]
-    typed = sorted(t for t in gpu_types if t != UNTYPED_GPU and t in rates.gpu_hour_by_type)
-    default = tuple(sorted(t for t in gpu_types if t not in typed))
-    if rates.gpu_hour is not None and default:
-        out.append(_Spec("gpu", "allocated", default, rates.gpu_hour))
-    for gpu_type in typed:
-        out.append(_Spec(f"gpu:{gpu_type}", "allocated", (gpu_type,),
-                         rates.gpu_hour_by_type[gpu_type]))
+    # One line per GPU type, whatever rate prices it: the type's own rate, else gpu_hour.
+    # Untyped GPUs are the "gpu" line. (A type is never merged into another line, so the
+    # invoice keeps saying which GPUs were used.)
+    gpu_types = sorted(t for t, count in job.gpus if count)
+    if UNTYPED_GPU in gpu_types and rates.gpu_hour is not None:
+        out.append(_Spec("gpu", "allocated", (UNTYPED_GPU,), rates.gpu_hour))
+    for gpu_type in gpu_types:
+        if gpu_type == UNTYPED_GPU:
+            continue
+        rate = rates.gpu_hour_by_type.get(gpu_type, rates.gpu_hour)
+        if rate is not None:
+            out.append(_Spec(f"gpu:{gpu_type}", "allocated", (gpu_type,), rate))
     if rates.node_hour is not None:
         out.append(_Spec("node", "allocated", (), rates.node_hour))
     if rates.billing_unit_hour is not None and job.billing is not None:
@@ -367,7 +395,7 @@ def _whole_seconds(dt: datetime) -> datetime:
         return dt
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"naive datetime {dt!r}: times must be timezone-aware")
-    return dt.astimezone(timezone.utc).replace(microsecond=0)
+    return dt.astimezone(UTC).replace(microsecond=0)
 
 
 def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:

@@ -38,6 +38,17 @@ The card
     [slurm.billing_weights] # optional: a partition's TRESBillingWeights, for reconcile
     batch = "CPU=1.0,Mem=0.25G,GRES/gpu=2.0"
 
+    [gl]                    # optional: general-ledger codes for the GL journal
+    receivable = "1200"     # debited with an account's charges (default)
+    revenue = "4000"        # credited with a resource's revenue (default)
+    [gl.receivable_by_account]
+    physics = "CC-4711"     # a Slurm account's own receivable or cost centre
+    [gl.revenue_by_resource]
+    cpu = "4010"            # cpu, mem, gpu, node, billing, energy, or "gpu:<type>"
+    "gpu:h100" = "4021"     # (a gpu:<type> without an entry takes gpu's, then revenue)
+
+A GL mapping file (``load_gl_mapping``) holds the same ``[gl]`` table on its own.
+
 Money is written as strings ("0.031") and read as Decimal; TOML floats are refused because
 a float cannot hold 0.031 exactly (integers are accepted: they are exact). Rates must not
 be negative. A resource without a rate in the winning rule is not charged; a rate of "0"
@@ -78,7 +89,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone, tzinfo
+from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
@@ -104,7 +115,7 @@ DEFAULT_BASIS: dict[str, str] = {
 }
 _ALLOCATED_ONLY = {"gpu": "GPU", "node": "node", "billing": "billing"}
 _TOP_KEYS = ("currency", "scale", "period", "timezone", "exempt_states", "accrue_running",
-             "rules", "slurm")
+             "rules", "slurm", "gl")
 _RULE_KEYS = ("name", "match", "from", "until", "priority", "rates", "basis")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 MAX_SCALE = 6
@@ -122,6 +133,14 @@ class RateCardError(ValueError):
         super().__init__("invalid rate card:\n" + "\n".join(f"  - {e}" for e in self.errors))
 
 
+class GlMappingError(RateCardError):
+    """A GL mapping file that cannot be used; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(errors)
+        self.args = ("invalid GL mapping:\n" + "\n".join(f"  - {e}" for e in self.errors),)
+
+
 @dataclass(frozen=True)
 class Rates:
     """A rule's rates (currency per unit); None = the resource is not charged."""
@@ -136,8 +155,8 @@ class Rates:
 
     def for_resource(self, resource: str) -> Decimal | None:
         """The rate of a charge-line resource: ``cpu`` ... ``energy`` or ``gpu:<type>``."""
-        if resource.startswith("gpu:"):
-            return self.gpu_hour_by_type.get(resource[4:])
+        if resource.startswith("gpu:"):     # a type without its own rate: gpu_hour
+            return self.gpu_hour_by_type.get(resource[4:], self.gpu_hour)
         for key, name in RATE_KEYS.items():
             if name == resource:
                 return getattr(self, key)
@@ -179,6 +198,34 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class GlCodes:
+    """General-ledger codes (the card's ``[gl]`` table or a mapping file).
+
+    Debits go to an account's receivable or cost centre: ``receivable_by_account[account]``,
+    else ``receivable``. Credits go to revenue per resource: ``revenue_by_resource`` for
+    the resource (``gpu:<type>`` falls back to ``gpu``), else ``revenue``. None: no code.
+    """
+
+    receivable: str | None = None
+    revenue: str | None = None
+    receivable_by_account: dict[str, str] = field(default_factory=dict, hash=False)
+    revenue_by_resource: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def receivable_for(self, account: str | None) -> str | None:
+        """The code debited for a Slurm account's charges (None: the account has none)."""
+        if account is not None and account in self.receivable_by_account:
+            return self.receivable_by_account[account]
+        return self.receivable
+
+    def revenue_for(self, resource: str) -> str | None:
+        """The code credited with a resource's revenue (None: the resource has none)."""
+        found = self.revenue_by_resource.get(resource)
+        if found is None and resource.startswith("gpu:"):
+            found = self.revenue_by_resource.get("gpu")
+        return found if found is not None else self.revenue
+
+
+@dataclass(frozen=True)
 class RateCard:
     """A validated rate card (see the module docstring). ``version`` is its content hash."""
 
@@ -191,6 +238,7 @@ class RateCard:
     rules: tuple[Rule, ...]
     version: str
     slurm_billing_weights: dict[str, str] = field(default_factory=dict, hash=False)
+    gl: GlCodes | None = None        # the optional [gl] table: general-ledger codes
     # select_rule's memo: the rules whose match holds for a combination of the match
     # fields, best first. Derived from the card alone; not part of its value.
     _fitting: dict[tuple[str | None, ...], tuple[Rule, ...]] = field(
@@ -244,7 +292,7 @@ class RateCard:
 
 def _zone(name: str) -> tzinfo:
     if name == "UTC":
-        return timezone.utc
+        return UTC
     return ZoneInfo(name)
 
 
@@ -294,7 +342,7 @@ def _decimal(value: Any, where: str, errors: list[str]) -> Decimal | None:
 
 
 def _date(value: Any, where: str, errors: list[str]) -> date | None:
-    if isinstance(value, datetime) or isinstance(value, time):
+    if isinstance(value, (datetime, time)):
         errors.append(f"{where}: write a date without a time, e.g. 2026-01-01 (a rule "
                       f"starts and ends at midnight in the card's timezone), got "
                       f"{_show(value)}")
@@ -502,6 +550,89 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+_GL_KEYS = ("receivable", "revenue", "receivable_by_account", "revenue_by_resource")
+_GL_CODE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+_RESOURCES = tuple(RATE_KEYS.values())
+
+
+def _gl_code(value: Any, where: str, errors: list[str]) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        errors.append(f"{where}: a GL code must be a non-empty string, e.g. \"4000\", got "
+                      f"{_show(value)}")
+        return None
+    if _GL_CODE.fullmatch(value) is None or value != value.strip():
+        errors.append(f"{where}: a GL code is at most 64 characters, without control "
+                      f"characters or surrounding spaces, got {_show(value)}")
+        return None
+    return value
+
+
+def _gl(value: Any, where: str, errors: list[str]) -> GlCodes | None:
+    """The ``[gl]`` table (of a card or a mapping file), every problem listed."""
+    if not isinstance(value, dict):
+        errors.append(f"{where}: must be a table ([gl]), got {_show(value)}")
+        return None
+    before = len(errors)
+    _unknown_keys(value, _GL_KEYS, f"{where}.", errors)
+    found: dict[str, str | None] = {}
+    for key in ("receivable", "revenue"):
+        if key in value:
+            found[key] = _gl_code(value[key], f"{where}.{key}", errors)
+    by_account: dict[str, str] = {}
+    table = value.get("receivable_by_account", {})
+    if not isinstance(table, dict):
+        errors.append(f"{where}.receivable_by_account: must be a table of Slurm account = "
+                      f"\"GL code\", got {_show(table)}")
+    else:
+        for account, code in table.items():
+            checked = _gl_code(code, f"{where}.receivable_by_account.{account}", errors)
+            if checked is not None:
+                by_account[account] = checked
+    by_resource: dict[str, str] = {}
+    table = value.get("revenue_by_resource", {})
+    if not isinstance(table, dict):
+        errors.append(f"{where}.revenue_by_resource: must be a table of resource = "
+                      f"\"GL code\", got {_show(table)}")
+    else:
+        for resource, code in table.items():
+            at = f"{where}.revenue_by_resource.{resource}"
+            base, colon, gpu_type = resource.partition(":")
+            if not (resource in _RESOURCES or (base == "gpu" and colon and gpu_type)):
+                errors.append(f"{at}: unknown resource (known: {', '.join(_RESOURCES)}, "
+                              f"gpu:<type>; write \"gpu:h100\" = ... with quotes)")
+                continue
+            checked = _gl_code(code, at, errors)
+            if checked is not None:
+                by_resource[resource] = checked
+    if len(errors) != before:
+        return None
+    if not (found or by_account or by_resource):
+        errors.append(f"{where}: empty; give receivable and revenue codes (or per account "
+                      f"and per resource tables), or leave the table out")
+        return None
+    return GlCodes(receivable=found.get("receivable"), revenue=found.get("revenue"),
+                   receivable_by_account=by_account, revenue_by_resource=by_resource)
+
+
+def load_gl_mapping(text: str) -> GlCodes:
+    """A GL mapping file: a TOML document holding one ``[gl]`` table, exactly as in a
+    rate card. RateCardError lists every problem found."""
+    try:
+        document = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise GlMappingError([f"TOML syntax: {exc}"]) from None
+    errors: list[str] = []
+    _unknown_keys(document, ("gl",), "", errors)
+    codes = None
+    if "gl" not in document:
+        errors.append("gl: missing (a GL mapping file holds one [gl] table)")
+    else:
+        codes = _gl(document["gl"], "gl", errors)
+    if errors or codes is None:
+        raise GlMappingError(errors)
+    return codes
+
+
 def card_version(document: dict[str, Any]) -> str:
     """sha256 hex of the canonical JSON of a parsed TOML document (see the module doc)."""
     text = json.dumps(_canonical(document), sort_keys=True, separators=(",", ":"),
@@ -587,6 +718,8 @@ def load_rate_card(text: str) -> RateCard:
                     continue
                 weights[partition] = spec
 
+    gl = _gl(document["gl"], "gl", errors) if "gl" in document else None
+
     rules: list[Rule] = []
     raw_rules = document.get("rules")
     if raw_rules is None:
@@ -608,7 +741,7 @@ def load_rate_card(text: str) -> RateCard:
     assert isinstance(currency, str) and isinstance(scale, int) and isinstance(zone, str)
     return RateCard(currency=currency, scale=scale, period="month", timezone=zone,
                     exempt_states=exempt, accrue_running=accrue, rules=tuple(rules),
-                    version=card_version(document), slurm_billing_weights=weights)
+                    version=card_version(document), slurm_billing_weights=weights, gl=gl)
 
 
 # ----------------------------------------------------------------------------- describing
@@ -628,9 +761,9 @@ def describe_rule(rule: Rule, currency: str) -> list[str]:
     what = "; ".join(parts) or "every job"
     until = (f"until {rule.valid_until.isoformat()} (exclusive)" if rule.valid_until
              else "no end date")
-    lines = [f"rule {_show(rule.name)} (rules[{rule.index}]): matches {what} "
-             f"[{rule.specificity} key(s)]; from {rule.valid_from.isoformat()}, {until}; "
-             f"priority {rule.priority}"]
+    lines = [(f"rule {_show(rule.name)} (rules[{rule.index}]): matches {what} "
+              f"[{rule.specificity} key(s)]; from {rule.valid_from.isoformat()}, {until}; "
+              f"priority {rule.priority}")]
     unpriced = []
     for key, resource in RATE_KEYS.items():
         rate = getattr(rule.rates, key)
@@ -647,6 +780,7 @@ def describe_rule(rule: Rule, currency: str) -> list[str]:
         if resource == "gpu":
             note += (", untyped GPUs and types without their own rate"
                      if rule.rates.gpu_hour_by_type else ", all GPUs")
+            note += ", each type on its own gpu:<type> line"
         lines.append(f"  {resource:<14} {rate} {currency} per {_UNITS[resource]} ({note})")
     if unpriced:
         lines.append(f"  not charged:   {', '.join(unpriced)}")
@@ -656,8 +790,8 @@ def describe_rule(rule: Rule, currency: str) -> list[str]:
 def describe_card(card: RateCard) -> list[str]:
     """Human lines for ``hpc-billing rates check``: the card, then each rule."""
     lines = [f"rate card {card.version}",
-             f"currency {card.currency}, amounts rounded half-even to {card.scale} decimal "
-             f"place(s), billed by {card.period} in {card.timezone}",
+             (f"currency {card.currency}, amounts rounded half-even to {card.scale} decimal "
+              f"place(s), billed by {card.period} in {card.timezone}"),
              "exempt states (no charge): " + (", ".join(sorted(card.exempt_states))
                                               or "none"),
              "running jobs: " + ("priced up to the as-of time, replaced when they end"
@@ -667,4 +801,18 @@ def describe_card(card: RateCard) -> list[str]:
         lines.extend(describe_rule(rule, card.currency))
     for partition, spec in sorted(card.slurm_billing_weights.items()):
         lines.append(f"slurm billing weights, partition {_show(partition)}: {spec}")
+    if card.gl is not None:
+        lines.extend(describe_gl(card.gl))
+    return lines
+
+
+def describe_gl(codes: GlCodes) -> list[str]:
+    """Human lines for a ``[gl]`` table: which code each side of the journal uses."""
+    receivable = codes.receivable or "(none: every account needs one)"
+    revenue = codes.revenue or "(none: every resource needs one)"
+    lines = [f"GL: debit receivable {receivable}, credit revenue {revenue}"]
+    for account, code in sorted(codes.receivable_by_account.items()):
+        lines.append(f"  account {_show(account)}: receivable {code}")
+    for resource, code in sorted(codes.revenue_by_resource.items()):
+        lines.append(f"  resource {resource}: revenue {code}")
     return lines

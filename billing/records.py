@@ -12,7 +12,7 @@ datetime is timezone-aware UTC, and counts are ints. Money never appears here as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 # States after which Slurm will not change a job record again (slurm.conf(5) / sacct(1)
@@ -164,14 +164,14 @@ def utc(dt: datetime) -> datetime:
     """Return dt as an aware UTC datetime; refuses naive datetimes."""
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"naive datetime {dt!r}: times must be timezone-aware")
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 # Resource names of charge lines ("gpu:<type>" for typed GPUs) and their units.
 RESOURCE_UNITS: dict[str, str] = {
     "cpu": "core_hour",
     "mem": "gib_hour",
-    "gpu": "gpu_hour",          # untyped GPUs, and typed ones priced at the default rate
+    "gpu": "gpu_hour",          # untyped GPUs; a typed one is always "gpu:<type>"
     "node": "node_hour",
     "billing": "billing_unit_hour",
     "energy": "kwh",
@@ -214,6 +214,22 @@ class ChargeLine:
     @property
     def job_key(self) -> tuple[str, int, datetime]:
         return (self.cluster, self.job_id_raw, self.submit)
+
+
+@dataclass(frozen=True, slots=True)
+class BilledLine:
+    """A charge line as finance bills it: the line and the job attributes it is billed by
+    (what the finance builders in billing.ledger, .focus, .invoice and .explain read).
+    ``job_id`` is as Slurm prints it (``6_3``); times are aware UTC or None."""
+
+    line: ChargeLine
+    job_id: str
+    account: str | None = None
+    user: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,11 @@ from datetime import tzinfo
 
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.fields import REQUIRED_FIELDS
-from collector.slurm.jsonparse import parse_sacct_json
+from collector.slurm.jsonparse import (
+    check_jobs_document,
+    document_info,
+    parse_sacct_json,
+)
 from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
 from collector.slurm.source import Item, SourceError
 
@@ -92,9 +96,11 @@ class FileSource:
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if errors:
             raise SourceError(f"{self.name}: the JSON document reports errors: {errors!r}")
-        if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
-            raise SourceError(f"{self.name}: not a sacct --json / slurmrestd jobs document "
-                              f"(no 'jobs' list)")
+        try:
+            check_jobs_document(doc)
+        except ValueError as exc:
+            raise SourceError(f"{self.name}: {exc}") from None
+        info = document_info(doc)
         quarantined = 0
         try:
             for item in parse_sacct_json(doc, source=self.name, default_cluster=self.cluster):
@@ -104,7 +110,9 @@ class FileSource:
         finally:
             self._stats = FetchStats(lines=0, bytes=os.fstat(handle.fileno()).st_size,
                                      extra={"format": "json", "jobs": len(doc["jobs"]),
-                                            "quarantined": quarantined})
+                                            "quarantined": quarantined,
+                                            "data_version": info.version_name,
+                                            "slurm_release": info.slurm_release})
 
     # ------------------------------------------------------------------------- text
 

@@ -1,11 +1,18 @@
-"""The slurmrestd source: accounting from ``GET /slurmdb/v0.0.38/jobs`` (Slurm 22.05).
+"""The slurmrestd source: accounting from ``GET /slurmdb/v0.0.NN/jobs``, NN = 36..45.
 
 This module owns talking HTTP to slurmrestd: the URL (``http(s)://host:port`` with JWT
 headers, or ``unix:/path/to/slurmrestd.sock`` for rest_auth/local), the token (re-read
-from its file at every fetch, so a rotated token needs no restart), the query of one
-window, cutting that window into chunks that bound memory, the errors, and the filter that
-gives exactly sacct's window semantics. The JSON is parsed by ``jsonparse``, the same code
-as ``sacct --json`` file imports, so both give the same items.
+from its file at every fetch, so a rotated token needs no restart), choosing the API
+version, the query of one window, cutting that window into chunks that bound memory, the
+errors, and the filter that gives exactly sacct's window semantics. The JSON is parsed
+by ``jsonparse``, the same code as ``sacct --json`` file imports, so both give the same
+items.
+
+The version: each release serves a few (22.05: dbv0.0.38; 24.11: v0.0.40..42; 26.05:
+v0.0.42..45). The newest one ``GET /openapi/v3`` lists is used (without a listing, the
+jobs path is tried from v0.0.45 down), remembered per URL for the process's life (the
+daemon builds a source per poll), named in ``stats.extra["api_version"]`` and the log, and
+chosen again after a 404 (an upgrade). See docs/slurm-json.md.
 
 Facts about slurmrestd 22.05.8 it relies on (measured on the lab, deploy/lab; RECIPE §8):
   * ``start_time`` and ``end_time`` are the window parameters that count (they fill the
@@ -42,34 +49,53 @@ Facts about slurmrestd 22.05.8 it relies on (measured on the lab, deploy/lab; RE
     End is BEFORE its Eligible, i.e. cancelled before its ``--begin`` time, with the two in
     different chunks; no chunk's query matches it. It never ran and costs nothing.)
 
-Differences from the sacct source (Slurm 22.05's JSON lacks them; see jsonparse): ``uid``
-and ``db_index`` are None, ``exit_code`` / ``derived_exit_code`` read ``0:0`` whatever the
-job's exit status, and ``state_raw`` is ``CANCELLED`` where sacct prints ``CANCELLED by
-<uid>``. Everything else is stored identically.
+Differences from the sacct source (what the JSON lacks; see jsonparse): ``uid`` (and
+``db_index`` before v0.0.45) is None and ``state_raw`` is ``CANCELLED`` where sacct prints
+``CANCELLED by <uid>``; 22.05's dbv0.0.38 also reads exit codes as ``0:0`` whatever the
+job's status.
+Everything else is stored identically.
 
-Only the stdlib (http.client, socket, ssl, json) and billing.records are used.
+Only the stdlib (http.client, socket, ssl, json), billing.records and jsonparse are used.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import logging
 import math
+import re
 import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone, tzinfo
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from billing.records import FetchStats, QuarantinedRecord, Window
-from collector.slurm.jsonparse import parse_sacct_json
+from collector.slurm.jsonparse import (
+    KNOWN_VERSIONS,
+    check_jobs_document,
+    document_info,
+    parse_sacct_json,
+)
 from collector.slurm.source import Item, SourceError
 
-UTC = timezone.utc
-JOBS_PATH = "/slurmdb/v0.0.38/jobs"
+log = logging.getLogger(__name__)
+OPENAPI_PATH = "/openapi/v3"
+# Newest first: the order in which versions are tried when there is no listing.
+VERSIONS = tuple(f"v0.0.{n}" for n in sorted(KNOWN_VERSIONS, reverse=True))
+_JOBS_PATH_RE = re.compile(r"^/slurmdb/(v0\.0\.(\d+))/jobs/?$")
+# The version chosen per slurmrestd URL, for the life of the process: the daemon builds a
+# new source for every poll, and a listing is megabytes. (version, how, versions listed)
+_CHOSEN: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+
+
+def forget_api_versions() -> None:
+    """Forget every remembered choice (the next fetch of each source chooses again)."""
+    _CHOSEN.clear()
 # slurm_errno.h: ESLURM_REST_EMPTY_RESULT, "Nothing found with query".
 EMPTY_RESULT = 9003
 _BODY_EXCERPT = 500
@@ -184,31 +210,39 @@ def server_time(dt: datetime, tz: tzinfo, *, lower: bool) -> str:
     return urllib.parse.quote(text, safe="")
 
 
-def _epoch(value: Any) -> int:
-    """A dbv0.0.38 time (epoch int; 0 = unset) or a later plugin's {"set", "number"}."""
+def _epoch(value: Any) -> int | None:
+    """A job time in any form Slurm prints (epoch int, or ``{set, infinite, number}``);
+    0 when unset, None when it is not a time at all."""
+    if value is None:
+        return 0
     if isinstance(value, dict):
-        if not value.get("set", True):
+        if value.get("set") is False or value.get("infinite") is True:
             return 0
         value = value.get("number")
-    if isinstance(value, bool) or not isinstance(value, int):
-        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
     return value
 
 
 def in_window(job: Any, since: int, until: int) -> bool:
     """sacct's rule without --state: Eligible < until and (End >= since or not ended).
-    Jobs never eligible (held: Eligible unknown) are in no window. A non-object passes,
-    so that the parser quarantines it."""
+    Jobs never eligible (held: Eligible unknown) are in no window. A job whose times do
+    not read (not an object, no ``time`` object, a time that is no number) passes, so
+    that the parser quarantines it instead of it vanishing here."""
     if not isinstance(job, dict):
         return True
-    times = job.get("time") or {}
+    times = job.get("time")
+    if not isinstance(times, dict):
+        return True
     eligible = _epoch(times.get("eligible"))
     end = _epoch(times.get("end"))
+    if eligible is None or end is None:
+        return True
     return 0 < eligible < until and (end == 0 or end >= since)
 
 
 class SlurmrestdSource:
-    """Source: one window of accounting from slurmrestd's ``/slurmdb/v0.0.38/jobs``.
+    """Source: one window of accounting from slurmrestd's ``/slurmdb/v0.0.NN/jobs``.
 
     ``url``: ``http://host:port``, ``https://host:port`` (optionally with a path prefix,
     for a proxy) or ``unix:/path/to/socket``. ``user`` / ``token`` / ``token_file``: the
@@ -241,6 +275,14 @@ class SlurmrestdSource:
                           else server_timezone)
         self._connect, self._prefix, self._display = self._parse_url(self.url)
         self._stats = FetchStats()
+        self._version: str | None = None          # the API version in use, once chosen
+        self._negotiated_by: str | None = None    # "openapi" or "probe"
+        self._offered: list[str] = []             # versions /openapi/v3 listed
+        self._renegotiations = 0
+        remembered = _CHOSEN.get(self._display)
+        if remembered is not None:
+            self._version, how, offered = remembered
+            self._negotiated_by, self._offered = f"{how}, remembered", list(offered)
 
     # ------------------------------------------------------------------ configuration
 
@@ -258,6 +300,7 @@ class SlurmrestdSource:
         if parts.username or parts.password:
             raise ValueError("slurmrestd URL: put credentials in the token (file), not the URL")
         host, port = parts.hostname, parts.port
+        connect: Callable[[], http.client.HTTPConnection]
         if parts.scheme == "https":
             context = ssl.create_default_context()
             connect = (lambda: http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
@@ -298,20 +341,28 @@ class SlurmrestdSource:
     def _fetch(self, window: Window) -> Iterator[Item]:
         token = self._current_token()          # once per fetch: picks up a rotated token
         chunks = self.chunks(window)
-        counters = {"requests": 0, "bytes": 0, "wait": 0.0, "returned": 0, "kept": 0,
-                    "quarantined": 0}
+        counters: dict[str, Any] = {"requests": 0, "bytes": 0, "wait": 0.0, "returned": 0,
+                                    "kept": 0, "quarantined": 0}
+        documents: dict[str, str | None] = {"data_parser": None, "slurm": None}
 
         def publish() -> None:
             self._stats = FetchStats(
                 lines=0, bytes=counters["bytes"], slurm_seconds=counters["wait"],
                 extra={"url": self._display, "requests": counters["requests"],
                        "chunks": len(chunks), "jobs_returned": counters["returned"],
-                       "jobs": counters["kept"], "quarantined": counters["quarantined"]})
+                       "jobs": counters["kept"], "quarantined": counters["quarantined"],
+                       "api_version": self._version, "negotiated_by": self._negotiated_by,
+                       "offered": list(self._offered), "renegotiations": self._renegotiations,
+                       "data_parser": documents["data_parser"],
+                       "slurm_release": documents["slurm"]})
 
         publish()
         try:
             for index, (start, end) in enumerate(chunks):
-                jobs = self._get_jobs(start, end, token, counters)
+                jobs, meta = self._get_jobs(start, end, token, counters)
+                info = document_info({"meta": meta})
+                documents["data_parser"] = info.plugin or documents["data_parser"]
+                documents["slurm"] = info.slurm_release or documents["slurm"]
                 counters["returned"] += len(jobs)
                 # Exactly sacct's rule for this chunk, and each job once: the chunks a
                 # job is in are consecutive, so it is yielded by the first of them.
@@ -322,14 +373,81 @@ class SlurmrestdSource:
                              or not in_window(job, *previous))]
                 counters["kept"] += len(kept)
                 del jobs
-                for item in parse_sacct_json({"jobs": kept}, source=self.name,
-                                             default_cluster=self.cluster):
-                    if type(item) is QuarantinedRecord:
-                        counters["quarantined"] += 1
-                    yield item
+                try:
+                    for item in parse_sacct_json({"meta": meta, "jobs": kept},
+                                                 source=self.name,
+                                                 default_cluster=self.cluster):
+                        if type(item) is QuarantinedRecord:
+                            counters["quarantined"] += 1
+                        yield item
+                except ValueError as exc:      # not an accounting jobs document
+                    raise SlurmrestdError(f"slurmrestd {self._display}: GET "
+                                          f"{self._jobs_path(self._version)}: {exc}") from None
                 publish()
         finally:
             publish()
+
+    # ------------------------------------------------------------------ versions
+
+    @property
+    def api_version(self) -> str | None:
+        """The data version in use (``v0.0.44``), None until the first request."""
+        return self._version
+
+    @staticmethod
+    def _jobs_path(version: str | None) -> str:
+        return f"/slurmdb/{version or 'v0.0.NN'}/jobs"
+
+    def _choose(self, version: str, how: str) -> None:
+        if version != self._version:
+            log.info("slurmrestd %s: using %s (%s; listed: %s)", self._display,
+                     self._jobs_path(version), how, ", ".join(self._offered) or "no listing")
+        self._version, self._negotiated_by = version, how
+        _CHOSEN[self._display] = (version, how, tuple(self._offered))
+
+    def _candidates(self, token: str | None, counters: dict[str, Any]) -> list[str]:
+        """The versions to try, best first: the newest the server lists under
+        ``/openapi/v3`` (one), or every known one, newest first, when it lists none."""
+        self._offered = self._listed_versions(token, counters)
+        if not self._offered:
+            self._negotiated_by = "probe"
+            return list(VERSIONS)
+        known = [v for v in self._offered if v in VERSIONS]
+        if not known:
+            log.warning("slurmrestd %s: it serves only %s, which this collector does not "
+                        "know; reading %s by shape", self._display, ", ".join(self._offered),
+                        self._offered[-1])
+        self._negotiated_by = "openapi"
+        return [(known or self._offered)[-1]]
+
+    def _listed_versions(self, token: str | None, counters: dict[str, Any]) -> list[str]:
+        """The ``/slurmdb/v0.0.NN/jobs`` versions ``/openapi/v3`` lists, oldest first; []
+        when there is no usable listing. Auth and connection failures are raised."""
+        status, reason, body = self._request(OPENAPI_PATH, token, counters)
+        if status in (401, 403):
+            self._raise_http(OPENAPI_PATH, status, reason, body, token)
+        if status != 200:
+            log.info("slurmrestd %s: GET %s answered HTTP %s; trying the jobs paths",
+                     self._display, OPENAPI_PATH, status)
+            return []
+        try:
+            spec = json.loads(body)
+        except ValueError:
+            return []
+        paths = spec.get("paths") if isinstance(spec, dict) else None
+        if not isinstance(paths, dict):
+            return []
+        found: dict[int, str] = {}
+        for path in paths:
+            match = _JOBS_PATH_RE.match(str(path))
+            if match:
+                found[int(match.group(2))] = match.group(1)
+        if not found:
+            raise SlurmrestdError(
+                f"slurmrestd {self._display}: {OPENAPI_PATH} lists no /slurmdb/v0.0.NN/jobs "
+                f"path: is slurmrestd running with the slurmdbd plugin (-s slurmdbd or the "
+                f"default plugins) and connected to slurmdbd?")
+        return [found[n] for n in sorted(found)]
 
     # ------------------------------------------------------------------ HTTP
 
@@ -343,14 +461,44 @@ class SlurmrestdSource:
         return "&".join(params)
 
     def _get_jobs(self, start: int, end: int, token: str | None,
-                  counters: dict[str, Any]) -> list[Any]:
-        target = f"{self._prefix}{JOBS_PATH}?{self._query(start, end)}"
+                  counters: dict[str, Any]) -> tuple[list[Any], Any]:
+        """The jobs list and ``meta`` of one window, from the remembered version or, when
+        there is none or it is gone (404), from a newly chosen one."""
+        query = self._query(start, end)
+        if self._version is not None:
+            path = self._jobs_path(self._version)
+            status, reason, body = self._request(f"{path}?{query}", token, counters)
+            if status != 404:
+                return self._jobs_answer(path, status, reason, body, token)
+            log.warning("slurmrestd %s: GET %s answered 404 (upgraded?); choosing the API "
+                        "version again", self._display, path)
+            self._version = None
+            _CHOSEN.pop(self._display, None)
+            self._renegotiations += 1
+        tried = []
+        for version in self._candidates(token, counters):
+            path = self._jobs_path(version)
+            status, reason, body = self._request(f"{path}?{query}", token, counters)
+            if status == 404:
+                tried.append(version)
+                continue
+            answer = self._jobs_answer(path, status, reason, body, token)
+            self._choose(version, self._negotiated_by or "probe")
+            return answer
+        listed = f" (listed by {OPENAPI_PATH})" if self._offered else ""
+        raise SlurmrestdHTTPError(
+            f"slurmrestd {self._display}: no accounting jobs path answers: GET "
+            f"/slurmdb/{{{', '.join(tried)}}}/jobs{listed} all gave HTTP 404; this collector "
+            f"reads {VERSIONS[-1]}..{VERSIONS[0]}", 404)
+
+    def _request(self, target: str, token: str | None,
+                 counters: dict[str, Any]) -> tuple[int, str, bytes]:
         headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
         if self.user:
             headers["X-SLURM-USER-NAME"] = self.user
         if token:
             headers["X-SLURM-USER-TOKEN"] = token
-        where = f"slurmrestd {self._display}: GET {JOBS_PATH}"
+        where = f"slurmrestd {self._display}: GET {target.partition('?')[0]}"
 
         def scrub(text: str) -> str:
             return text.replace(token, "***") if token else text
@@ -358,7 +506,7 @@ class SlurmrestdSource:
         conn = self._connect()
         started = time.perf_counter()
         try:
-            conn.request("GET", target, headers=headers)
+            conn.request("GET", f"{self._prefix}{target}", headers=headers)
             response = conn.getresponse()
             body = response.read()
             status, reason = response.status, response.reason
@@ -379,35 +527,63 @@ class SlurmrestdSource:
             counters["requests"] += 1
             conn.close()
         counters["bytes"] += len(body)
+        return status, reason, body
 
+    def _raise_http(self, path: str, status: int, reason: str, body: bytes,
+                    token: str | None) -> None:
+        where = f"slurmrestd {self._display}: GET {path}"
         doc: Any = None
         try:
             doc = json.loads(body)
         except ValueError:
             doc = None
         errors = doc.get("errors") if isinstance(doc, dict) else None
+        if isinstance(errors, list) and errors:
+            detail = _describe_errors(errors)
+        else:
+            detail = body[:_BODY_EXCERPT].decode("utf-8", "replace").strip() or "(empty body)"
+        hint = (" (the user name or token was refused: check the token's user, "
+                "lifespan and the token file)" if status in (401, 403) else "")
+        message = f"{where}: HTTP {status} {reason}{hint}: {detail}"
+        raise SlurmrestdHTTPError(message.replace(token, "***") if token else message, status)
+
+    def _jobs_answer(self, path: str, status: int, reason: str, body: bytes,
+                     token: str | None) -> tuple[list[Any], Any]:
+        where = f"slurmrestd {self._display}: GET {path}"
+
+        def scrub(text: str) -> str:
+            return text.replace(token, "***") if token else text
+
         if status != 200:
-            if isinstance(errors, list) and errors:
-                detail = _describe_errors(errors)
-            else:
-                detail = body[:_BODY_EXCERPT].decode("utf-8", "replace").strip() or "(empty body)"
-            hint = (" (the user name or token was refused: check the token's user, "
-                    "lifespan and the token file)" if status in (401, 403) else "")
-            raise SlurmrestdHTTPError(scrub(f"{where}: HTTP {status} {reason}{hint}: {detail}"),
-                                      status)
+            self._raise_http(path, status, reason, body, token)
+        doc: Any = None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
         if not isinstance(doc, dict):
             raise SlurmrestdError(scrub(f"{where}: the answer is not a JSON object: "
                                         f"{body[:_BODY_EXCERPT].decode('utf-8', 'replace')!r}"))
+        errors = doc.get("errors")
         failures = [e for e in (errors or []) if not _is_empty_result(e)]
         if failures:
             raise SlurmrestdAPIError(scrub(f"{where}: slurmrestd reports "
                                            f"{_describe_errors(failures)}"), failures)
+        meta = doc.get("meta")
+        if not document_info({"meta": meta}).plugin:
+            # No usable meta: the path names the version (the reader needs it only for
+            # dbv0.0.36/37's start times).
+            meta = {"plugin": {"type": f"openapi/db{path.split('/')[2]}"}}
         jobs = doc.get("jobs")
         if jobs is None and errors:
-            return []                          # "Nothing found": no jobs list needed
+            return [], meta                    # "Nothing found": no jobs list needed
         if not isinstance(jobs, list):
             raise SlurmrestdError(f"{where}: the answer has no 'jobs' list")
-        return jobs
+        try:
+            check_jobs_document(doc)           # before the window filter drops anything
+        except ValueError as exc:
+            raise SlurmrestdError(f"{where}: {exc}") from None
+        return jobs, meta
 
 
 def _is_empty_result(error: Any) -> bool:

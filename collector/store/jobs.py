@@ -23,7 +23,7 @@ import json
 import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -33,8 +33,6 @@ from sqlalchemy.orm import Session
 from billing.records import JobRecord
 from collector.store.copytext import LinesReader, escape
 from collector.store.models import Job
-
-UTC = timezone.utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +116,7 @@ if {attr for _, attr in RECORD_COLUMNS} - {"gpu_count"} != set(JobRecord.__slots
     raise RuntimeError("JobRecord fields and JobWriter's RECORD_COLUMNS disagree")
 
 _NULL = "\\N"
+_DB_INDEX_MAX = 2**64 - 1        # jobs.db_index numeric(20,0), ck_jobs_db_index_u64
 _CPU_QUANTUM = Decimal("0.001")  # numeric(18, 3)
 
 
@@ -142,6 +141,14 @@ def _int(value: int | None) -> str:
             raise TypeError(f"expected int, got {value!r}")
         value = int(value)
     return str(value)
+
+
+def _db_index(value: int | None) -> str:
+    """slurmdbd's DBIndex is unsigned 64-bit (numeric(20,0), checked 0 .. 2^64-1)."""
+    text = _int(value)
+    if value is not None and not 0 <= value <= _DB_INDEX_MAX:
+        raise ValueError(f"db_index {value} is not an unsigned 64-bit DBIndex")
+    return text
 
 
 def _ts(value: datetime | None) -> str:
@@ -223,6 +230,7 @@ def _encode(rec: JobRecord) -> str:
                 job_id_raw, array_job_id, array_task_id, het_job_id, het_job_offset, uid,
                 elapsed_s, timelimit_min, nodes, cpus, mem_bytes, billing, cpu_time_alloc_s,
                 max_rss_bytes, mem_used_byte_s, energy_j, db_index)))
+            or (db_index is not None and not 0 <= db_index <= _DB_INDEX_MAX)
             or (final is not True and final is not False)
             or None in (cluster, job_id_raw, job_id, state, state_raw, elapsed_s, nodes, cpus,
                         mem_bytes)
@@ -319,7 +327,7 @@ def _encode_checked(rec: JobRecord) -> str:
         _int(rec.max_rss_bytes),
         _int(rec.mem_used_byte_s),
         _int(rec.energy_j),
-        _int(rec.db_index),
+        _db_index(rec.db_index),
         "t" if final else "f",
     ))
 
@@ -365,10 +373,12 @@ def _quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
 
-# The stage table's name carries a digest of its column list: a pooled connection that
-# outlives a schema change (migrate, then write, in one process) never uses a stale stage.
+# The stage table's name carries a digest of its column list and of the column types
+# that changed since (0008: db_index numeric): a pooled connection that outlives a schema
+# change (migrate, then write, in one process) never uses a stale stage.
+_STAGE_TYPES = "db_index:numeric(20,0)"
 _STAGE = "hpcb_stage_jobs_" + hashlib.blake2b(
-    ",".join(_STAGE_COLUMNS).encode(), digest_size=4).hexdigest()
+    (",".join(_STAGE_COLUMNS) + ";" + _STAGE_TYPES).encode(), digest_size=4).hexdigest()
 
 # Temp tables live for the connection's session, so the stage survives commits on a
 # pooled connection; ON COMMIT DELETE ROWS empties it at every commit, and a rollback of
@@ -610,7 +620,7 @@ def _record(row: Any) -> JobRecord:
         max_rss_bytes=row.max_rss_bytes,
         mem_used_byte_s=None if row.mem_used_byte_s is None else int(row.mem_used_byte_s),
         energy_j=row.energy_j,
-        db_index=row.db_index,
+        db_index=None if row.db_index is None else int(row.db_index),
         final=row.final,
     )
 

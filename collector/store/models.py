@@ -71,6 +71,7 @@ NAMING_CONVENTION = {
 }
 
 RUN_KINDS = ("poll", "file", "backfill", "reprice")
+DB_INDEX_MAX = 2**64 - 1         # jobs.db_index: slurmdbd's unsigned 64-bit DBIndex
 RUN_OUTCOMES = ("running", "ok", "failed")
 CHARGE_KINDS = ("charge", "correction")
 CHARGE_BASES = ("allocated", "used", "max")
@@ -143,7 +144,8 @@ class Job(Base):
     max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     mem_used_byte_s: Mapped[Decimal | None] = mapped_column(Numeric(38, 0))
     energy_j: Mapped[int | None] = mapped_column(BigInteger)
-    db_index: Mapped[int | None] = mapped_column(BigInteger)
+    # slurmdbd's DBIndex: unsigned 64-bit (24.11+ prints values above 2^63), so not bigint.
+    db_index: Mapped[Decimal | None] = mapped_column(Numeric(20, 0))
     final: Mapped[bool] = mapped_column(Boolean)
     content_hash: Mapped[str] = mapped_column(Text)
     # blake2b-128 hex of the raw sacct lines the row was parsed from (0006), NULL when
@@ -159,6 +161,7 @@ class Job(Base):
 
     __table_args__ = (
         CheckConstraint("jsonb_typeof(gpus) = 'object'", name="gpus_is_object"),
+        CheckConstraint(f"db_index >= 0 AND db_index <= {DB_INDEX_MAX}", name="db_index_u64"),
         # The job listing: one cluster, ordered by submit time, bounded by
         # submit_time < until. A later issue tunes indexes with EXPLAIN.
         Index("ix_jobs_cluster_submit_time", "cluster", "submit_time", "job_id_raw"),

@@ -12,8 +12,7 @@ Each fast path is checked against the slower code it short-cuts:
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal as D
+from datetime import UTC, date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -26,7 +25,6 @@ from billing.records import JobRecord
 from billing.rollup import split_by_period
 from collector.store.jobs import _encode, _encode_checked
 
-UTC = timezone.utc
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -189,7 +187,8 @@ def records(draw, clean: bool = False) -> JobRecord:
         node_list=draw(texts), cpu_time_alloc_s=draw(ints),
         cpu_used_s=draw(st.none() | st.decimals(min_value=0, max_value=10**12, places=4)),
         max_rss_bytes=draw(ints), mem_used_byte_s=draw(st.none() | st.integers(0, 2**100)),
-        energy_j=draw(ints), db_index=draw(ints), final=draw(st.booleans()),
+        energy_j=draw(ints), db_index=draw(st.none() | st.integers(0, 2**64 - 1)),
+        final=draw(st.booleans()),
         raw_digest=draw(st.none() | st.just("0" * 32)))
 
 
@@ -199,13 +198,15 @@ def test_encode_is_encode_checked(rec):
     assert _encode(rec) == _encode_checked(rec)
 
 
-BASE = dict(cluster="lab", job_id="1", job_id_raw=1, submit=datetime(2026, 1, 1, tzinfo=UTC),
-            state="COMPLETED", state_raw="COMPLETED", final=True)
+BASE = {"cluster": "lab", "job_id": "1", "job_id_raw": 1,
+        "submit": datetime(2026, 1, 1, tzinfo=UTC), "state": "COMPLETED",
+        "state_raw": "COMPLETED", "final": True}
 
 
 @pytest.mark.parametrize("bad", [
     {"uid": True}, {"nodes": 1.5}, {"final": 1}, {"account": 5},
     {"submit": datetime(2026, 1, 1)}, {"end": datetime(2026, 1, 1)},
+    {"db_index": -1}, {"db_index": 2**64},           # DBIndex is unsigned 64-bit
 ])
 def test_encode_refuses_what_encode_checked_refuses(bad):
     rec = JobRecord(**{**BASE, **bad})

@@ -9,7 +9,7 @@ Memory: 100M = 104857600 B = 0.09765625 GiB; 1G = 1 GiB.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal as D
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,16 +17,30 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing import price
-from billing.price import (job_quantities, job_total, largest_remainder, line_amount,
-                           plan_lines, price_job, price_jobs, pricing_outcome,
-                           quantize_quantity, round_amount)
+from billing.price import (
+    job_quantities,
+    job_total,
+    largest_remainder,
+    line_amount,
+    plan_lines,
+    price_job,
+    price_jobs,
+    pricing_outcome,
+    quantize_quantity,
+    round_amount,
+)
 from billing.rates import RateCard, load_rate_card
 from billing.records import ChargeLine, JobRecord
-from billing.rollup import period_after, period_bounds, period_of, rollup_steps, split_by_period
+from billing.rollup import (
+    period_after,
+    period_bounds,
+    period_of,
+    rollup_steps,
+    split_by_period,
+)
 from collector.slurm.filesource import FileSource
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "sacct-wide-header.psv"
-UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
@@ -81,11 +95,12 @@ def real(jobs, job_id: str, state: str | None = None) -> JobRecord:
 
 
 def synthetic(**kw) -> JobRecord:
-    base = dict(cluster="lab", job_id="900", job_id_raw=900,
-                submit=at("2026-11-01T00:00:00"), state="COMPLETED", state_raw="COMPLETED",
-                partition="batch", account="physics", user="root", qos="normal",
-                start=at("2026-11-10T10:00:00"), end=at("2026-11-10T11:00:00"),
-                elapsed_s=3600, nodes=1, cpus=1, final=True)
+    base = {"cluster": "lab", "job_id": "900", "job_id_raw": 900,
+            "submit": at("2026-11-01T00:00:00"), "state": "COMPLETED",
+            "state_raw": "COMPLETED", "partition": "batch", "account": "physics",
+            "user": "root", "qos": "normal", "start": at("2026-11-10T10:00:00"),
+            "end": at("2026-11-10T11:00:00"), "elapsed_s": 3600, "nodes": 1, "cpus": 1,
+            "final": True}
     base.update(kw)
     return JobRecord(**base)
 
@@ -361,18 +376,57 @@ def test_typed_gpus():
         (NOV, "gpu:a100", D("2.000000"), D("2.35"), D("4.70")),
     ]
     assert [l.unit for l in price_job(card, job)] == ["core_hour", "gpu_hour", "gpu_hour"]
-    # h100 has no typed rate: priced at gpu_hour, merged with the untyped one in one line
+    # h100 has no typed rate: priced at gpu_hour, and its line still says gpu:h100
     job2 = synthetic(cpus=0, gpus=(("a100", 2), ("h100", 1), ("untyped", 1)))
     assert table(price_job(card, job2)) == [
-        (NOV, "gpu", D("2.000000"), D("0.90"), D("1.80")),
+        (NOV, "gpu", D("1.000000"), D("0.90"), D("0.90")),        # the untyped one
         (NOV, "gpu:a100", D("2.000000"), D("2.35"), D("4.70")),
+        (NOV, "gpu:h100", D("1.000000"), D("0.90"), D("0.90")),   # gpu_hour, typed line
     ]
-    # Without any typed rate everything is "gpu"; without gpu_hour only a100 is charged.
+    # Without any typed rate every type still has its own line, at gpu_hour: 1 untyped
+    # GPU-hour = 0.90, 2 a100 GPU-hours x 0.90 = 1.80 (0.90 + 1.80 = the 2.70 of 3 hours).
     assert table(price_job(simple_card('gpu_hour = "0.90"'), job)) == [
-        (NOV, "gpu", D("3.000000"), D("0.90"), D("2.70"))]
+        (NOV, "gpu", D("1.000000"), D("0.90"), D("0.90")),
+        (NOV, "gpu:a100", D("2.000000"), D("0.90"), D("1.80"))]
+    # Without gpu_hour only a100 (its own rate) is charged.
     only_typed = simple_card('[rules.rates.gpu_hour_by_type]\na100 = "2.35"')
     assert table(price_job(only_typed, job)) == [
         (NOV, "gpu:a100", D("2.000000"), D("2.35"), D("4.70"))]
+    assert table(price_job(only_typed, job2)) == [
+        (NOV, "gpu:a100", D("2.000000"), D("2.35"), D("4.70"))]
+
+
+def test_typed_gpus_at_the_generic_rate_keep_their_type_and_quantity():
+    # The issue's case: a rule with gpu_hour only; an h100 job and an a100 job, each of
+    # 2 GPUs x 5 h = 10 GPU-hours x 0.90 = 9.00, billed as gpu:h100 and gpu:a100.
+    card = simple_card('gpu_hour = "0.90"')
+    for gpu_type in ("h100", "a100"):
+        job = synthetic(cpus=0, gpus=((gpu_type, 2),), end=at("2026-11-10T15:00:00"),
+                        elapsed_s=5 * 3600)
+        lines = price_job(card, job)
+        assert [(l.resource, l.unit, l.quantity, l.rate, l.amount, l.rule) for l in lines] == [
+            (f"gpu:{gpu_type}", "gpu_hour", D("10.000000"), D("0.90"), D("9.00"), "r")]
+        assert card.rules[0].rates.for_resource(f"gpu:{gpu_type}") == D("0.90")
+
+
+def test_typed_lines_round_each_line_on_its_own():
+    # Rounding per line (README, Pricing: "Typed GPU lines and rounding"). Rate 1 EUR per
+    # GPU-hour, scale 2, 1 a100 + 1 h100 for 18 s: each type is 18/3600 = 0.005000
+    # GPU-hours x 1 = 0.005 -> 0.00 (half-even: the even digit 0), so the job pays 0.00.
+    # One merged line of 0.010000 GPU-hours would have cost 0.01: one cent less per job
+    # with two GPU types at the same rate, at most.
+    card = simple_card('gpu_hour = "1"')
+    job = synthetic(cpus=0, gpus=(("a100", 1), ("h100", 1)), end=at("2026-11-10T10:00:18"),
+                    elapsed_s=18)
+    assert table(price_job(card, job)) == [
+        (NOV, "gpu:a100", D("0.005000"), D(1), D("0.00")),
+        (NOV, "gpu:h100", D("0.005000"), D(1), D("0.00"))]
+    # 54 s: 0.015 each -> 0.02 each (half-even: 2 is even) = 0.04; merged 0.03 -> 0.03.
+    job = dataclasses.replace(job, end=at("2026-11-10T10:00:54"), elapsed_s=54)
+    assert table(price_job(card, job)) == [
+        (NOV, "gpu:a100", D("0.015000"), D(1), D("0.02")),
+        (NOV, "gpu:h100", D("0.015000"), D(1), D("0.02"))]
+    assert job_total(price_job(card, job)) == D("0.04")
 
 
 def test_job_quantities_match_the_unsplit_lines(jobs):
@@ -540,7 +594,7 @@ def test_running_job_accrued_to_as_of(jobs):
     assert table(lines) == [
         (NOV, "cpu", D("1.000000"), D("36.00"), D("36.00")),
         (NOV, "mem", D("0.097656"), D("7.20"), D("0.70")),     # 0.09765625 -> 0.097656; x 7.2 = 0.7031232
-        (NOV, "gpu", D("1.000000"), D("360"), D("360.00")),
+        (NOV, "gpu", D("1.000000"), D(360), D("360.00")),
         (NOV, "node", D("1.000000"), D("3.6"), D("3.60")),
         (NOV, "billing", D("3.000000"), D("1.80"), D("5.40")),
     ]
@@ -565,7 +619,7 @@ def test_a_record_with_an_end_is_priced_to_its_end_even_when_accruing(jobs):
     # job 16's REQUEUED record: Slurm gave it an End; price it to there, not to as_of
     job = real(jobs, "16", "REQUEUED")
     lines = price_job(ACCRUE, job, as_of=at("2026-11-23T00:00:00"))
-    assert [(l.resource, l.quantity) for l in lines][0] == ("cpu", D("0.001111"))   # 4 s
+    assert next((l.resource, l.quantity) for l in lines) == ("cpu", D("0.001111"))  # 4 s
 
 
 # ------------------------------------------------------------------------ plan_lines
@@ -628,6 +682,21 @@ def test_plan_vanished_resource_and_late_job():
             for l in out] == [
         ("cpu", "correction", "2026-11", D("1.000000"), D("0.03"), D("0.031")),
         ("gpu", "correction", "2026-11", D("-2.000000"), D("-1.80"), D("0.90"))]
+
+
+def test_plan_a_merged_gpu_line_in_a_closed_period_is_reclassified_at_no_cost():
+    # Lines priced before typed GPU lines existed: October (closed) billed an h100 job's
+    # 2 GPU-hours as an untyped "gpu" line. Repriced now, the job wants gpu:h100: the
+    # next open period gets gpu -2.000000 / -1.80 and gpu:h100 +2.000000 / +1.80, which
+    # add up to 0.00: the type is corrected, the money is not.
+    closed = frozenset({"2026-10"})
+    frozen = [line("2026-10", "gpu", qty="2.000000", amount="1.80", rate="0.90")]
+    desired = [line("2026-10", "gpu:h100", qty="2.000000", amount="1.80", rate="0.90")]
+    out = plan_lines(desired, frozen, closed=closed, first_open_after=next_open(closed))
+    assert [(l.resource, l.kind, l.posted_period, l.quantity, l.amount) for l in out] == [
+        ("gpu", "correction", "2026-11", D("-2.000000"), D("-1.80")),
+        ("gpu:h100", "correction", "2026-11", D("2.000000"), D("1.80"))]
+    assert job_total(out) == D("0.00")
 
 
 def test_plan_refuses_inconsistent_input():

@@ -9,6 +9,8 @@ tests/slurm.
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import json
 import os
 import socket
@@ -16,7 +18,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -33,6 +35,7 @@ from collector.slurm.restsource import (
     SlurmrestdHTTPError,
     SlurmrestdSource,
     SlurmrestdTimeout,
+    forget_api_versions,
     in_window,
     read_token_file,
     server_time,
@@ -41,7 +44,6 @@ from collector.slurm.source import SourceError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CAPTURE = json.loads((FIXTURES / "slurmrestd-dbv0.0.38-jobs.json").read_text(encoding="utf-8"))
-UTC = timezone.utc
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTUzNjQwMjMsImlhdCI6MTc5NTM2MDQyMywic3VuIjoicm9vdCJ9.c2VjcmV0LXNpZ25hdHVyZQ"
 # 2026-11-22T12:46:40Z .. 12:48:20Z: jobs 10, 14, 15 and the first record of 16 qualify.
 SINCE, UNTIL = 1795351600, 1795351700
@@ -52,18 +54,46 @@ def epoch_window(since: float, until: float) -> Window:
 
 
 Reply = tuple[int, bytes] | Callable[[dict], tuple[int, bytes]]
+NOT_FOUND = (404, json.dumps({"errors": [{"error": "Unable to find requested URL",
+                                           "error_number": 9005}]}).encode())
+
+
+def openapi_listing(versions) -> bytes:
+    """What ``GET /openapi/v3`` lists: the slurmdb jobs paths of ``versions`` (and, as a
+    real slurmrestd does, other paths that are not jobs)."""
+    paths = {"/openapi/v3": {}, "/slurm/v0.0.42/jobs/": {}}
+    for version in versions:
+        paths[f"/slurmdb/{version}/jobs/"] = {"get": {"operationId": f"slurmdb_{version}_get_jobs"}}
+        paths[f"/slurmdb/{version}/job/{{job_id}}"] = {}
+    return json.dumps({"openapi": "3.0.3", "info": {"title": "Slurm REST API"},
+                       "paths": paths}).encode()
 
 
 class Recorder:
-    """What the fake server answers (one reply for every request, or a list in order)
-    and what it was asked."""
+    """A slurmrestd that serves the jobs path of ``versions`` only (404 for the others)
+    and lists them under /openapi/v3 (or answers ``openapi`` there instead). The jobs path
+    answers ``replies`` in order, then ``default``; everything asked is recorded."""
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.replies: list[Reply] = []
         self.default: Reply = (200, json.dumps(CAPTURE).encode())
+        self.versions: list[str] = ["v0.0.38"]           # the 22.05 capture's
+        self.openapi: Reply | None = None                # None: list self.versions
+
+    @property
+    def job_requests(self) -> list[dict]:
+        return [r for r in self.requests if "/jobs" in r["path"]]
 
     def answer(self, request: dict) -> tuple[int, bytes]:
+        path = urlsplit(request["path"]).path
+        if path.endswith("/openapi/v3"):
+            reply = self.openapi if self.openapi is not None else (
+                200, openapi_listing(self.versions))
+            return reply(request) if callable(reply) else reply
+        version = path.split("/slurmdb/")[-1].split("/")[0]
+        if "/slurmdb/" not in path or version not in self.versions:
+            return NOT_FOUND
         reply = self.replies.pop(0) if self.replies else self.default
         return reply(request) if callable(reply) else reply
 
@@ -72,7 +102,7 @@ def make_handler(recorder: Recorder):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             request = {"path": self.path, "headers": dict(self.headers.items())}
             recorder.requests.append(request)
             status, body = recorder.answer(request)
@@ -104,6 +134,15 @@ def serve(server) -> threading.Thread:
                               daemon=True)
     thread.start()
     return thread
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices() -> Iterator[None]:
+    """Each test starts with no remembered API version (they are per URL, and a port may
+    come back in a later test)."""
+    forget_api_versions()
+    yield
+    forget_api_versions()
 
 
 @pytest.fixture
@@ -171,8 +210,11 @@ def test_sends_auth_headers_and_an_encoded_window(http_server, token_file):
     src = source(url, token_file=str(token_file))
     assert (src.name, src.windowed) == ("slurmrestd", True)
     list(src.fetch(epoch_window(SINCE, UNTIL - 0.5)))
-    (request,) = recorder.requests
-    assert request["headers"]["X-SLURM-USER-NAME"] == "root"
+    listing, request = recorder.requests
+    assert listing["path"] == "/openapi/v3"
+    for sent in (listing, request):
+        assert sent["headers"]["X-SLURM-USER-NAME"] == "root"
+        assert sent["headers"]["X-SLURM-USER-TOKEN"] == TOKEN
     assert request["headers"]["X-SLURM-USER-TOKEN"] == TOKEN
     path = request["path"]
     assert path.startswith("/slurmdb/v0.0.38/jobs?")
@@ -185,8 +227,9 @@ def test_sends_auth_headers_and_an_encoded_window(http_server, token_file):
 def test_no_headers_when_none_configured(unix_server):
     url, recorder = unix_server
     list(source(url, user=None).fetch(epoch_window(SINCE, UNTIL)))
-    (request,) = recorder.requests
-    assert not {"X-SLURM-USER-NAME", "X-SLURM-USER-TOKEN"} & set(request["headers"])
+    assert len(recorder.requests) == 2
+    for request in recorder.requests:
+        assert not {"X-SLURM-USER-NAME", "X-SLURM-USER-TOKEN"} & set(request["headers"])
 
 
 def test_token_file_is_read_again_at_every_fetch(http_server, token_file):
@@ -197,14 +240,14 @@ def test_token_file_is_read_again_at_every_fetch(http_server, token_file):
     list(src.fetch(epoch_window(SINCE, UNTIL)))
     token_file.write_text("# from scontrol token\nexport SLURM_JWT='third.token.x'\n")
     list(src.fetch(epoch_window(SINCE, UNTIL)))
-    assert [r["headers"]["X-SLURM-USER-TOKEN"] for r in recorder.requests] == [
+    assert [r["headers"]["X-SLURM-USER-TOKEN"] for r in recorder.job_requests] == [
         TOKEN, "rotated.token.value", "third.token.x"]
 
 
 def test_token_given_directly(http_server):
     url, recorder = http_server
     list(source(url, token=TOKEN).fetch(epoch_window(SINCE, UNTIL)))
-    assert recorder.requests[0]["headers"]["X-SLURM-USER-TOKEN"] == TOKEN
+    assert recorder.job_requests[0]["headers"]["X-SLURM-USER-TOKEN"] == TOKEN
 
 
 @pytest.mark.parametrize("content, message", [
@@ -223,7 +266,8 @@ def test_bad_token_files(tmp_path, content, message):
 def test_path_prefix_of_a_proxy_is_kept(http_server):
     url, recorder = http_server
     list(source(url + "/slurm/").fetch(epoch_window(SINCE, UNTIL)))
-    assert recorder.requests[0]["path"].startswith("/slurm/slurmdb/v0.0.38/jobs?")
+    assert [r["path"].split("?")[0] for r in recorder.requests] == [
+        "/slurm/openapi/v3", "/slurm/slurmdb/v0.0.38/jobs"]
 
 
 @pytest.mark.parametrize("url", ["ftp://host", "unix:relative.sock", "http://", "http://u:p@host:1"])
@@ -251,7 +295,14 @@ def test_the_real_answer_filtered_to_sacct_window_semantics(http_server):
     assert sorted((s.job_id_raw, s.step) for s in steps) == [(10, "batch"), (16, "batch")]
     stats = src.stats
     assert stats.extra["jobs_returned"] == 23 and stats.extra["jobs"] == 4
-    assert stats.extra["requests"] == 1 and stats.bytes == len(json.dumps(CAPTURE).encode())
+    assert stats.extra["requests"] == 2 and stats.bytes == (
+        len(json.dumps(CAPTURE).encode()) + len(openapi_listing(["v0.0.38"])))
+    assert (stats.extra["api_version"], stats.extra["negotiated_by"], stats.extra["offered"],
+            stats.extra["data_parser"], stats.extra["slurm_release"]) == (
+        "v0.0.38", "openapi", ["v0.0.38"], "openapi/dbv0.0.38", "22.05.8")
+    # The next fetch uses the remembered version: one request.
+    list(src.fetch(epoch_window(SINCE, UNTIL)))
+    assert src.stats.extra["requests"] == 1 and src.api_version == "v0.0.38"
 
 
 def test_chunks_bound_each_request_and_yield_each_job_once(unix_server):
@@ -260,11 +311,11 @@ def test_chunks_bound_each_request_and_yield_each_job_once(unix_server):
     # A window over the whole capture, 12:45:00 .. 12:52:00, in 30-second requests.
     items = list(src.fetch(epoch_window(1795351500, 1795351920)))
     windows = [(unquote(query(r)["start_time"][0]), unquote(query(r)["end_time"][0]))
-               for r in recorder.requests]
+               for r in recorder.job_requests]
     assert len(windows) == 14
     assert windows[0] == ("2026-11-22T12:45:00", "2026-11-22T12:45:30")
     assert windows[-1] == ("2026-11-22T12:51:30", "2026-11-22T12:52:00")
-    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))    # consecutive
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))    # consecutive
     records = [i for i in items if isinstance(i, JobRecord)]
     assert len(records) == len({(r.job_id_raw, r.submit) for r in records}) == 23
     assert keys(items) == {(j["job_id"], j["time"]["submission"]) for j in CAPTURE["jobs"]}
@@ -326,9 +377,9 @@ def test_a_failure_in_a_later_chunk_raises_after_the_earlier_items(http_server):
     seen = []
     with pytest.raises(SlurmrestdHTTPError, match="HTTP 503"):
         for item in src.fetch(epoch_window(SINCE, SINCE + 120)):
-            seen.append(item)
+            seen.append(item)  # noqa: PERF402 - keeps what came before the failure
     assert keys(seen)                               # the first chunk's jobs came through
-    assert src.stats.extra["requests"] == 2
+    assert src.stats.extra["requests"] == 3                  # the listing and two chunks
 
 
 def test_connection_refused(tmp_path):
@@ -389,7 +440,7 @@ def test_a_dst_fold_widens_the_window():
 def test_server_timezone_reaches_the_query(http_server):
     url, recorder = http_server
     list(source(url, server_timezone="Europe/Berlin").fetch(epoch_window(SINCE, UNTIL)))
-    assert unquote(query(recorder.requests[0])["start_time"][0]) == "2026-11-22T13:46:40"
+    assert unquote(query(recorder.job_requests[0])["start_time"][0]) == "2026-11-22T13:46:40"
 
 
 def test_environment_is_not_read():
@@ -441,3 +492,268 @@ def test_json_records_equal_the_text_export_but_for_what_22_05_json_lacks():
 def text_key(records, job_id_raw):
     (submit,) = [submit for raw, submit in records if raw == job_id_raw]
     return submit
+
+
+# ------------------------------------------------------------------ the API version
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "json"
+CORPUS_VERSIONS = [f"v0.0.{n}" for n in range(36, 46)]
+# Every corpus job is eligible in [T, T + 500] (T = 1796000000); this window holds them all.
+CORPUS_SINCE, CORPUS_UNTIL = 1796000000 - 3600, 1796000000 + 3600
+
+
+def slurmrestd_doc(version: str) -> dict:
+    """The corpus document of ``version`` as slurmrestd answers it (its meta names the
+    openapi plugin instead of the sacct command)."""
+    doc = json.loads((CORPUS / version / "sacct.json").read_text(encoding="utf-8"))
+    if int(version.rsplit(".", 1)[1]) >= 39:
+        doc["meta"]["plugin"].update({"type": "openapi/slurmdbd",
+                                      "name": "Slurm OpenAPI slurmdbd"})
+        doc["meta"].pop("command", None)
+    return doc
+
+
+def serve_versions(recorder: Recorder, versions, *, doc_version: str | None = None) -> dict:
+    recorder.versions = list(versions)
+    doc = slurmrestd_doc(doc_version or recorder.versions[-1])
+    recorder.default = (200, json.dumps(doc).encode())
+    return doc
+
+
+@pytest.mark.parametrize("version", CORPUS_VERSIONS)
+def test_each_version_served_alone_is_found_and_read_like_sacct_json(http_server, version):
+    """The fake slurmrestd serves one data version (and lists it); the source finds it,
+    and stores exactly what the same document gives as a file import."""
+    url, recorder = http_server
+    doc = serve_versions(recorder, [version])
+    src = source(url, cluster="corpus", max_window_s=7200)
+    items = list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert [r["path"].split("?")[0] for r in recorder.requests] == [
+        "/openapi/v3", f"/slurmdb/{version}/jobs"]
+    assert not [i for i in items if isinstance(i, QuarantinedRecord)]
+    direct = list(parse_sacct_json(doc, source="slurmrestd", default_cluster="corpus"))
+    assert items == direct and len([i for i in items if isinstance(i, JobRecord)]) == 16
+    assert (src.api_version, src.stats.extra["data_parser"]) == (
+        version, doc["meta"]["plugin"].get("data_parser") or doc["meta"]["plugin"]["type"])
+
+
+@pytest.mark.parametrize("served, chosen", [
+    (["v0.0.40", "v0.0.41", "v0.0.42"], "v0.0.42"),            # Slurm 24.11
+    (["v0.0.42", "v0.0.43", "v0.0.44", "v0.0.45"], "v0.0.45"),  # Slurm 26.05
+    (["v0.0.38", "v0.0.39"], "v0.0.39"),
+])
+def test_the_newest_listed_version_is_chosen(http_server, served, chosen):
+    url, recorder = http_server
+    serve_versions(recorder, served)
+    src = source(url, cluster="corpus")
+    list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_SINCE + 60)))
+    assert [r["path"].split("?")[0] for r in recorder.job_requests] == [
+        f"/slurmdb/{chosen}/jobs"]
+    assert (src.stats.extra["api_version"], src.stats.extra["negotiated_by"],
+            src.stats.extra["offered"]) == (chosen, "openapi", served)
+
+
+def test_without_a_listing_the_versions_are_tried_newest_first(http_server):
+    url, recorder = http_server
+    serve_versions(recorder, ["v0.0.40", "v0.0.41"])
+    recorder.openapi = (404, b'{"errors": []}')
+    src = source(url, cluster="corpus", max_window_s=7200)
+    items = list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert [r["path"].split("?")[0].rsplit("/", 2)[1] for r in recorder.job_requests] == [
+        "v0.0.45", "v0.0.44", "v0.0.43", "v0.0.42", "v0.0.41"]
+    assert (src.api_version, src.stats.extra["negotiated_by"]) == ("v0.0.41", "probe")
+    assert len([i for i in items if isinstance(i, JobRecord)]) == 16
+    # Remembered: the next poll asks v0.0.41 straight away.
+    recorder.requests.clear()
+    list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert [r["path"].split("?")[0] for r in recorder.requests] == ["/slurmdb/v0.0.41/jobs"]
+
+
+@pytest.mark.parametrize("listing", [
+    (200, b"<html>not json</html>"), (200, b'{"openapi": "3.0.3"}'), (500, b"oops")])
+def test_an_unusable_listing_falls_back_to_trying(http_server, listing):
+    url, recorder = http_server
+    serve_versions(recorder, ["v0.0.45"])
+    recorder.openapi = listing
+    src = source(url, cluster="corpus")
+    list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert (src.api_version, src.stats.extra["negotiated_by"]) == ("v0.0.45", "probe")
+
+
+def test_an_upgraded_slurmrestd_is_negotiated_again(http_server, caplog):
+    """22.05 (dbv0.0.38) is replaced by 24.11 under a running collector: the remembered
+    version answers 404, the source lists again and moves to v0.0.42, and says so."""
+    url, recorder = http_server
+    src = source(url, cluster="corpus", max_window_s=7200)
+    serve_versions(recorder, ["v0.0.38"])
+    list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert src.api_version == "v0.0.38"
+    serve_versions(recorder, ["v0.0.40", "v0.0.41", "v0.0.42"])
+    recorder.requests.clear()
+    with caplog.at_level("INFO", logger="collector.slurm.restsource"):
+        items = list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert [r["path"].split("?")[0] for r in recorder.requests] == [
+        "/slurmdb/v0.0.38/jobs", "/openapi/v3", "/slurmdb/v0.0.42/jobs"]
+    assert (src.api_version, src.stats.extra["renegotiations"]) == ("v0.0.42", 1)
+    assert len([i for i in items if isinstance(i, JobRecord)]) == 16
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("v0.0.38/jobs answered 404" in m for m in messages), messages
+    assert any("using /slurmdb/v0.0.42/jobs" in m for m in messages), messages
+
+
+def test_a_version_newer_than_known_is_read_by_shape_with_a_warning(http_server, caplog):
+    url, recorder = http_server
+    doc = serve_versions(recorder, ["v0.0.46"], doc_version="v0.0.45")
+    doc["meta"]["plugin"]["data_parser"] = "data_parser/v0.0.46"
+    recorder.default = (200, json.dumps(doc).encode())
+    src = source(url, cluster="corpus")
+    with caplog.at_level("WARNING", logger="collector.slurm.restsource"):
+        items = list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert src.api_version == "v0.0.46"
+    assert len([i for i in items if isinstance(i, JobRecord)]) == 16
+    assert any("does not know" in r.getMessage() for r in caplog.records)
+
+
+def test_known_versions_win_over_unknown_newer_ones(http_server):
+    url, recorder = http_server
+    serve_versions(recorder, ["v0.0.44", "v0.0.46"], doc_version="v0.0.44")
+    src = source(url, cluster="corpus")
+    list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    assert src.api_version == "v0.0.44"
+
+
+def test_no_jobs_path_anywhere_is_a_clear_error(http_server):
+    url, recorder = http_server
+    recorder.versions = []
+    recorder.openapi = (404, b"")
+    with pytest.raises(SlurmrestdHTTPError, match=r"no accounting jobs path answers.*"
+                       r"v0\.0\.45, .*v0\.0\.36\}/jobs all gave HTTP 404") as caught:
+        list(source(url).fetch(epoch_window(SINCE, UNTIL)))
+    assert caught.value.status == 404
+    assert len(recorder.job_requests) == 10
+
+
+def test_a_listing_without_slurmdb_is_a_clear_error(http_server):
+    url, recorder = http_server
+    recorder.openapi = (200, json.dumps({"paths": {"/slurm/v0.0.42/jobs/": {}}}).encode())
+    with pytest.raises(SlurmrestdError, match="lists no /slurmdb/v0.0.NN/jobs path"):
+        list(source(url).fetch(epoch_window(SINCE, UNTIL)))
+    assert recorder.job_requests == []
+
+
+def test_a_refused_listing_is_an_auth_error(http_server):
+    url, recorder = http_server
+    recorder.openapi = (401, json.dumps({"errors": [{"error": "Authentication failure",
+                                                     "error_number": 1007}]}).encode())
+    with pytest.raises(SlurmrestdHTTPError, match="GET /openapi/v3: HTTP 401.*token was "
+                                                  "refused") as caught:
+        list(source(url, token=TOKEN).fetch(epoch_window(SINCE, UNTIL)))
+    assert caught.value.status == 401 and TOKEN not in str(caught.value)
+
+
+def test_a_listed_version_that_answers_404_is_not_remembered(http_server):
+    url, recorder = http_server
+    recorder.openapi = (200, openapi_listing(["v0.0.41"]))
+    recorder.versions = []
+    src = source(url)
+    with pytest.raises(SlurmrestdHTTPError, match=r"\{v0\.0\.41\}/jobs \(listed by "
+                                                  r"/openapi/v3\) all gave HTTP 404"):
+        list(src.fetch(epoch_window(SINCE, UNTIL)))
+    assert src.api_version is None
+
+
+def test_a_slurmctld_answer_is_refused_by_name(http_server):
+    url, recorder = http_server
+    recorder.default = (200, json.dumps({"jobs": [
+        {"job_id": 1, "job_state": ["RUNNING"], "eligible_time": 1795351650}]}).encode())
+    with pytest.raises(SlurmrestdError, match="slurmctld job list"):
+        list(source(url).fetch(epoch_window(SINCE, UNTIL)))
+
+
+def test_quarantined_jobs_are_counted_and_named(http_server):
+    url, recorder = http_server
+    doc = serve_versions(recorder, ["v0.0.42"])
+    doc["jobs"][0]["tres"]["allocated"][0]["count"] = "four"
+    recorder.default = (200, json.dumps(doc).encode())
+    src = source(url, cluster="corpus")
+    items = list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    (bad,) = [i for i in items if isinstance(i, QuarantinedRecord)]
+    assert bad.reason.startswith("job #1 (job_id 101) of the JSON document: "
+                                 "tres.allocated[0].count: ")
+    assert bad.source == "slurmrestd" and src.stats.extra["quarantined"] == 1
+    assert len([i for i in items if isinstance(i, JobRecord)]) == 15
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda job: job["time"].update(eligible="soon"), "time.eligible"),
+    (lambda job: job["time"].update(end={"number": "x"}), "time.end"),
+    (lambda job: job.pop("time"), "time.submission"),
+])
+def test_a_job_whose_times_do_not_read_is_quarantined_not_dropped(http_server, change, field):
+    """The window filter cannot place such a job; it must reach the parser (and the
+    quarantine), once, instead of silently falling out of every chunk."""
+    url, recorder = http_server
+    doc = serve_versions(recorder, ["v0.0.44"])
+    change(doc["jobs"][1])
+    recorder.default = (200, json.dumps(doc).encode())
+    src = source(url, cluster="corpus", max_window_s=1800)
+    items = list(src.fetch(epoch_window(CORPUS_SINCE, CORPUS_UNTIL)))
+    (bad,) = [i for i in items if isinstance(i, QuarantinedRecord)]
+    assert bad.reason.startswith(f"job #1 (job_id 102) of the JSON document: {field}: ")
+    assert len([i for i in items if isinstance(i, JobRecord)]) == 15
+
+
+def test_held_jobs_are_in_no_window_whatever_the_form():
+    for eligible in (0, None, {"set": False, "infinite": False, "number": 0}):
+        job = {"time": {"eligible": eligible, "end": 0}}
+        assert not in_window(job, 0, 2**40)
+    assert in_window({"time": {"eligible": {"set": True, "number": 5}, "end": 0}}, 0, 10)
+
+
+# ------------------------------------------------------------------ the lab's real slurmrestd
+
+REAL = CORPUS / "real"
+
+
+@pytest.mark.parametrize("release, newest, served", [
+    ("22.05", "v0.0.38", ["v0.0.36", "v0.0.37", "v0.0.38"]),
+    ("24.11", "v0.0.42", ["v0.0.40", "v0.0.41", "v0.0.42"]),
+    ("26.05", "v0.0.45", ["v0.0.42", "v0.0.43", "v0.0.44", "v0.0.45"]),
+])
+def test_the_real_listings_and_answers_of_each_release(http_server, release, newest, served):
+    """The fake answers with what the lab's slurmrestd answered: its /openapi/v3 paths
+    (with the real escaping and trailing slashes) and its jobs answer of each version."""
+    url, recorder = http_server
+    recorder.versions = served
+    recorder.openapi = (200, (REAL / release / "openapi-v3-paths.json").read_bytes())
+    answers = {v: gzip.decompress((REAL / release / f"slurmrestd-{v}-jobs.json.gz")
+                                  .read_bytes()) for v in served}
+    recorder.default = lambda request: (200, answers[request["path"].split("/")[2]])
+    docs = {v: json.loads(body) for v, body in answers.items()}
+    submits = [j["time"]["submission"] for j in docs[newest]["jobs"]]
+    window = epoch_window(min(submits) - 60, max(submits) + 3600)
+    src = source(url, cluster=None, user="root", token=TOKEN, max_window_s=7200)
+    items = list(src.fetch(window))
+    assert (src.api_version, src.stats.extra["negotiated_by"], src.stats.extra["offered"]) == (
+        newest, "openapi", served)
+    assert src.stats.extra["slurm_release"].startswith(release)
+    assert not [i for i in items if isinstance(i, QuarantinedRecord)]
+    direct = [i for i in parse_sacct_json(docs[newest], source="slurmrestd", default_cluster=None)
+              if isinstance(i, JobRecord)]
+    assert [i for i in items if isinstance(i, JobRecord)] == direct and len(direct) >= 12
+
+
+def test_the_choice_outlives_the_source(http_server):
+    """The daemon builds a source per poll: the next one on the same URL asks the jobs path
+    straight away, without the megabytes of /openapi/v3."""
+    url, recorder = http_server
+    serve_versions(recorder, ["v0.0.40", "v0.0.41", "v0.0.42"])
+    list(source(url, cluster="corpus").fetch(epoch_window(CORPUS_SINCE, CORPUS_SINCE + 60)))
+    recorder.requests.clear()
+    second = source(url, cluster="corpus")
+    assert (second.api_version, second.stats.extra.get("api_version")) == ("v0.0.42", None)
+    list(second.fetch(epoch_window(CORPUS_SINCE, CORPUS_SINCE + 60)))
+    assert [r["path"].split("?")[0] for r in recorder.requests] == ["/slurmdb/v0.0.42/jobs"]
+    assert second.stats.extra["negotiated_by"] == "openapi, remembered"
+    # Another URL chooses for itself.
+    assert source(url + "/proxy").api_version is None
