@@ -158,6 +158,18 @@ def alloc_tres_text(tres_alloc_str: str, tres_names: Mapping[int, str]) -> str:
     return ",".join(parts)
 
 
+def energy_from_tres(tres_alloc_str: str, tres_names: Mapping[int, str]) -> int | None:
+    """The job's ConsumedEnergyRaw as sacct prints it, from ``tres_alloc_str``: the energy
+    TRES's count; unset (NO_VAL64: no energy plugin) is no value (sacct prints nothing); no
+    energy entry at all (a job cancelled while pending, a job whose steps never reported)
+    is 0, as sacct prints 0."""
+    for item in filter(None, tres_alloc_str.split(",")):
+        key, _, value = item.partition("=")
+        if key.isdigit() and tres_names.get(int(key)) == "energy" and value.isdigit():
+            return None if int(value) >= _NO_VAL64 else int(value)
+    return 0
+
+
 def _count(tres: Any, name: str) -> int | None:
     """The count of one TRES of a TrackableResources (attribute or mapping form)."""
     entry = _get(tres, name)
@@ -241,6 +253,7 @@ def _job_items(job: Any, *, default_cluster: str | None, tres_alloc: TresAlloc |
     # pyslurm fills with the REQUESTED figures for a job that never started (sacct's
     # AllocTRES is empty then, so such a job allocates nothing).
     billing: int | None = None
+    energy: int | None = None
     gpus: tuple[tuple[str, int], ...] = ()
     if tres_alloc is not None:
         text = tres_alloc.get((job_id_raw, int(submit.timestamp())))
@@ -250,6 +263,7 @@ def _job_items(job: Any, *, default_cluster: str | None, tres_alloc: TresAlloc |
         cpus, nodes, mem_bytes, billing, gpus = parse_alloc_tres(
             alloc_tres_text(text, tres_names))
         mem_mb = mem_bytes // MB
+        energy = energy_from_tres(text, tres_names)
     elif _has(job, "allocated_tres"):
         tres = _get(job, "allocated_tres")
         cpus = _count(tres, "cpu") or 0
@@ -307,7 +321,7 @@ def _job_items(job: Any, *, default_cluster: str | None, tres_alloc: TresAlloc |
         # The rollup sums the steps' CPU time (as sacct's job-line TotalCPU does); a job
         # without steps used none (sacct prints 00:00:00).
         cpu_used_s=None if steps else Decimal(0),
-        energy_j=None, db_index=db_index, final=is_final_record(state, end),
+        energy_j=energy, db_index=db_index, final=is_final_record(state, end),
     )
     return [record, *steps]
 

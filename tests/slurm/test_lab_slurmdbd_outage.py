@@ -58,6 +58,18 @@ def _stored(url: str, cluster: str) -> Counter:
         engine.dispose()
 
 
+def _state(url: str, cluster: str, job_id_raw: int) -> tuple[str, bool] | None:
+    engine = store_db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text(
+                "SELECT state, final FROM jobs WHERE cluster = :cluster AND job_id_raw = :raw"),
+                {"raw": job_id_raw, "cluster": cluster}).one_or_none()
+    finally:
+        engine.dispose()
+    return None if row is None else (row[0], row[1])
+
+
 def test_slurmdbd_down_then_up_fails_polls_and_then_stores_everything_once(
         lab, job_mix, db_url, tmp_path):
     daemon = Daemon(db_url, Path(lab.sacct_path), "--cluster", lab.cluster, "--lookback", "2h",
@@ -85,21 +97,14 @@ def test_slurmdbd_down_then_up_fails_polls_and_then_stores_everything_once(
         restarted = time.monotonic()
         (line,) = lab.wait_final([outage_job], timeout=120)
         key = (outage_job, epoch(line["Submit"]))
-        wait_for(lambda: _stored(db_url, lab.cluster).get(key) == 1, 120,
-                 "the outage job to be stored")
+        wait_for(lambda: _stored(db_url, lab.cluster).get(key) == 1
+                 and _state(db_url, lab.cluster, outage_job) == ("COMPLETED", True), 120,
+                 "the outage job to be stored, final")
         recovered_after = time.monotonic() - restarted
         wait_for(lambda: watermark(db_url, lab.cluster) > mark, 60, "the watermark to move")
     finally:
         daemon.stop()
-    engine = store_db.make_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            state, final = conn.execute(text(
-                "SELECT state, final FROM jobs WHERE cluster = :cluster AND job_id_raw = :raw"),
-                {"raw": outage_job, "cluster": lab.cluster}).one()
-    finally:
-        engine.dispose()
-    assert (state, final) == ("COMPLETED", True)
+    assert _state(db_url, lab.cluster, outage_job) == ("COMPLETED", True)
     # Exactly once: every job sacct lists for the stored ids, stored once; nothing extra.
     stored = _stored(db_url, lab.cluster)
     assert set(stored.values()) == {1}

@@ -92,9 +92,16 @@ JSON_2205: dict[str, tuple[str, Check]] = {
                           _exit_zero("derived_exit_code")),
     "state_raw": ("CANCELLED without sacct's 'by <uid>'", _state_without_uid),
 }
+# data_parser v0.0.40 and later (sacct --json and slurmrestd alike): the job has its user's
+# name but no uid, and no DBIndex before v0.0.45 (whose sluid is the DBIndex, base32).
+JSON_V40: dict[str, tuple[str, Check]] = {
+    "uid": ("v0.0.40+ JSON has the user's name, no uid", _absent("uid")),
+    "db_index": ("v0.0.40-v0.0.44 JSON has no DBIndex", _absent("db_index")),
+    "state_raw": ("CANCELLED without sacct's 'by <uid>'", _state_without_uid),
+}
+JSON_V45 = {name: JSON_V40[name] for name in ("uid", "state_raw")}
 PYSLURM: dict[str, tuple[str, Check]] = {
     "state_raw": ("pyslurm's state has no 'by <uid>'", _state_without_uid),
-    "group": ("pyslurm.db.Job has no group name", _absent("group")),
     "cpu_used_s": ("pyslurm's step CPU time is whole seconds", _whole_seconds),
 }
 PYSLURM_2205 = {
@@ -109,7 +116,11 @@ EXCEPTIONS: dict[tuple[str, str], dict[str, tuple[str, Check]]] = {
     ("file", "22.05"): JSON_2205,
     ("slurmrestd", "22.05"): JSON_2205,
     ("pyslurm", "22.05"): PYSLURM_2205,
+    ("file", "24.11"): JSON_V40,            # sacct --json: v0.0.42, the default of 24.11
+    ("slurmrestd", "24.11"): JSON_V40,      # the newest 24.11 serves: v0.0.42
     ("pyslurm", "24.11"): PYSLURM,
+    ("file", "26.05"): JSON_V45,            # sacct --json: v0.0.45, the default of 26.05
+    ("slurmrestd", "26.05"): JSON_V45,      # the newest 26.05 serves: v0.0.45
 }
 PYSLURM_RELEASES = ("22.05", "24.11")
 

@@ -273,7 +273,7 @@ def test_real_records_with_their_allocation_agree_with_sacct(release):
             ref.user, ref.uid, ref.account, ref.partition, ref.qos)
         assert (rec.db_index, rec.exit_code, rec.timelimit_min) == (
             ref.db_index, ref.exit_code, ref.timelimit_min)
-        assert rec.max_rss_bytes == ref.max_rss_bytes
+        assert (rec.max_rss_bytes, rec.energy_j) == (ref.max_rss_bytes, ref.energy_j)
         # Step CPU time in whole seconds (sacct: milliseconds).
         assert rec.cpu_used_s is None or 0 <= ref.cpu_used_s - rec.cpu_used_s < 1
         compared += 1
