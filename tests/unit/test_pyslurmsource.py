@@ -9,7 +9,7 @@ Two sets of real records:
   captured job mix (tests/fixtures/pyslurm-<version>-jobs.json, written by
   deploy/lab/pyslurm_dump.py: db.Job.to_dict(), the legacy slurmdb_jobs records'
   tres_alloc_str and the TRES table), compared with ``sacct --format=ALL`` of the same jobs
-  (tests/fixtures/slurm-<release>/sacct-all.psv): with the allocation, CPUs, memory,
+  (tests/corpus/json/real/<release>/sacct-all.psv.gz): with the allocation, CPUs, memory,
   billing and GPUs by type are sacct's.
 
 The fetch tests put a fake ``pyslurm`` package on sys.path: a third-party library at the
@@ -19,6 +19,7 @@ process boundary, never our own code.
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import sys
 import textwrap
@@ -226,7 +227,11 @@ def load_capture(release: str) -> tuple[dict, dict[int, str], dict[tuple[int, in
 
 
 def sacct_capture(release: str) -> dict[int, JobRecord]:
-    lines = (FIXTURES / f"slurm-{release}" / "sacct-all.psv").read_text(encoding="utf-8")
+    """``sacct --format=ALL`` of the same jobs, captured at the same time (the JSON corpus
+    keeps the lab's captures, tests/fixtures/slurm-README.md)."""
+    path = FIXTURES.parent / "corpus" / "json" / "real" / release / "sacct-all.psv.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = handle.read()
     rows = [line for line in lines.split("\n") if line]
     parser = ParsableParser(rows[0].split("|"), delimiter="|", source="test")
     return {r.job_id_raw: r for r in rollup_steps(parser.parse_lines(rows[1:]))
