@@ -408,7 +408,7 @@ class PyslurmSource:
         db = getattr(pyslurm, "db", None)
         job_filter = (getattr(db, "JobFilter", None) or getattr(db, "JobSearchFilter", None)
                       if db is not None else None)
-        if job_filter is None or not hasattr(db, "Jobs"):
+        if db is None or job_filter is None or not hasattr(db, "Jobs"):
             version = getattr(pyslurm, "__version__", "unknown")
             raise SourceError(f"pyslurm {version} has no pyslurm.db.Jobs / JobFilter API; the "
                               f"pyslurm source needs pyslurm >= 23.2 ({_INSTALL_HINT})")
@@ -455,7 +455,7 @@ class PyslurmSource:
             return None, {}
         names = {int(_get(tres, "id")): str(_get(tres, "type_and_name"))
                  for tres in tres_api.load(name_is_key=False).values()}
-        ids = sorted({_int(_get(job, "id")) for job in objects} - {None})
+        ids = sorted({job_id for job in objects if (job_id := _int(_get(job, "id"))) is not None})
         if not ids:
             return {}, names
         kwargs: dict[str, Any] = {"jobids": ids}

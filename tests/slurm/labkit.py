@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -114,7 +113,7 @@ class LabLock:
                 if time.monotonic() > deadline:
                     os.close(self.fd)
                     raise AssertionError(f"the lab's lock {path} was not free within "
-                                         f"{timeout_s:.0f} s (another user of the lab)")
+                                         f"{timeout_s:.0f} s (another user of the lab)") from None
                 time.sleep(0.5)
 
     def release(self) -> None:
