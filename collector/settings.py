@@ -305,8 +305,8 @@ class Settings:
                 errors.append("HPC_BILLING_CLUSTER / --cluster: required with the pyslurm source")
             if importlib.util.find_spec("pyslurm") is None:
                 errors.append("HPC_BILLING_SOURCE=pyslurm: pyslurm is not installed "
-                              "(pip install 'hpc-billing[pyslurm]'; it needs a pyslurm release "
-                              "matching your Slurm, see the README)")
+                              "(it must be the pyslurm release matching your Slurm's major.minor: "
+                              "see the README, 'Installing the pyslurm that matches your Slurm')")
         if self.rates is not None and not os.path.isfile(self.rates):
             errors.append(f"HPC_BILLING_RATES / --rates: no such file: {self.rates}")
         if errors:
