@@ -346,6 +346,19 @@ def _pairs(counts: dict[str, int] | Counter[str]) -> tuple[tuple[str, int], ...]
     return tuple(sorted((str(k), int(v)) for k, v in counts.items() if v))
 
 
+# How many quarantined records a run's error text names (line and reason).
+FIRST_BAD = 3
+
+
+def describe_quarantined(item: QuarantinedRecord) -> str:
+    """``line 3 (JobID 2): cannot parse AllocTRES='cpu=x': ...`` for the run's error."""
+    where = f"line {item.line_no}" if item.line_no is not None else "a record"
+    if item.job_id:
+        where += f" (JobID {item.job_id})"
+    reason = item.reason if len(item.reason) <= 300 else item.reason[:297] + "..."
+    return f"{where}: {reason}"
+
+
 def _report(result: RunResult, clusters: set[str], examples: list[str]) -> None:
     """The warnings of a run that stored something: each says what to look at."""
     name = f"run {result.run_id} ({result.source})"
@@ -408,6 +421,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     accepted = 0
     duplicates = 0
     examples: list[str] = []
+    first_bad: list[str] = []         # the first quarantined records: line and reason
     clusters: set[str] = set()
     counts = store_jobs.UpsertCounts(0, 0, 0)
     try:
@@ -465,6 +479,8 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                             if accepted_raw and store_runs.raw_digest(item.raw) in accepted_raw:
                                 accepted += 1          # the operator accepted its loss
                                 continue
+                            if len(first_bad) < FIRST_BAD and isinstance(item, QuarantinedRecord):
+                                first_bad.append(describe_quarantined(item))
                             chunk.append(item)
                         if len(chunk) >= WRITE_CHUNK:
                             behind.put(chunk)
@@ -491,11 +507,13 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 outcome = "partial"
                 error = (f"{quarantined} record(s) quarantined, the other records stored"
                          + ("; the watermark stays where it was"
-                            if stream is not None and window is not None else ""))
+                            if stream is not None and window is not None else "")
+                         + "; first: " + "; ".join(first_bad))
             else:
                 outcome = "failed"
                 error = (f"nothing stored: all {quarantined} record(s) read were quarantined "
-                         f"(see 'hpc-billing quarantine --run {run_id}')")
+                         f"(see 'hpc-billing quarantine --run {run_id}'); first: "
+                         + "; ".join(first_bad))
             moved = False
             if outcome in ("ok", "partial"):
                 # The rollups of the days this window touched, in the same transaction.

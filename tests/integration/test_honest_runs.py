@@ -110,6 +110,8 @@ def test_a_run_that_stores_nothing_it_read_fails_and_keeps_the_quarantine(db_url
     run = _runs(sessions)[0]
     assert (run.outcome, run.jobs_inserted, run.quarantined) == ("failed", 0, 2)
     assert "nothing stored" in (run.error or "")
+    # The run names the first bad records, their lines and why, not just a count.
+    assert "first: line 2" in (run.error or "") and "line 3 (JobID 12)" in (run.error or "")
     with sessions() as s:
         raws = {q.raw for q in store_runs.list_quarantine(s, run_id=run.id)}
     assert raws == {"not|a record", "12|12|x|lab"}
