@@ -170,7 +170,7 @@ def phase_report(url: str) -> dict:
     """The busiest posted month: the report from the rollups and from the raw lines."""
     from sqlalchemy import text
 
-    from collector.store import charges, db
+    from collector.store import db, reports
 
     engine = db.make_engine(url)
     sessions = db.session_factory(engine)
@@ -191,9 +191,9 @@ def phase_report(url: str) -> dict:
         return min(times), rows
 
     rollup_s, from_rollup = best_of(
-        lambda s: charges.charge_report(s, period=period, group_by=["account"]))
+        lambda s: reports.charge_report(s, period=period, group_by=["account"]))
     raw_s, from_raw = best_of(
-        lambda s: charges.charge_report_raw(s, period=period, group_by=["account"]))
+        lambda s: reports.charge_report_raw(s, period=period, group_by=["account"]))
     engine.dispose()
     if from_rollup != from_raw:
         raise SystemExit("the report from the rollups differs from the raw aggregate")

@@ -557,8 +557,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             return status
         from billing.rollup import period_of
         from collector import render
-        from collector.store import charges as store_charges
         from collector.store import jobs as store_jobs
+        from collector.store import reports as store_reports
         from collector.store import runs as store_runs
 
         print("\nStored jobs (hpc-billing jobs):", flush=True)
@@ -571,7 +571,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             for period in periods:
                 print(f"\nCharges posted in {period} (hpc-billing report --period {period} "
                       "--group-by account,user):")
-                report = store_charges.charge_report(session, period=period, group_by=["account", "user"],
+                report = store_reports.charge_report(session, period=period, group_by=["account", "user"],
                                                      cluster=None)
                 flat = [render.flatten_report_row(render.report_row_to_dict(r, ["account", "user"]),
                                                   ["account", "user"]) for r in report]
@@ -703,13 +703,13 @@ def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
             print(line)
         return EXIT_OK
     from collector import render
-    from collector.store import charges as store_charges
+    from collector.store import rate_cards as store_rate_cards
 
     database = Database(settings)
     try:
         database.ensure_schema()
         with database.sessions() as session:
-            cards = store_charges.list_rate_cards(session)
+            cards = store_rate_cards.list_rate_cards(session)
         rows = [render.dataclass_to_dict(c) for c in cards]
         columns = [c for c in (rows[0].keys() if rows else ["id", "version", "currency", "loaded_at"])
                    if c != "text"]
@@ -721,10 +721,10 @@ def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
     """Price stored jobs in [since, until) again with the current card, in one transaction."""
-    from collector.store import charges as store_charges
     from collector.store import jobs as store_jobs
+    from collector.store import rollups as store_rollups
     from collector.store import runs as store_runs
-    from collector.store.jobs import UpsertCounts
+    from collector.store.job_writer import UpsertCounts
 
     if settings.rates is None:
         raise SettingsError(["reprice needs a rate card: set HPC_BILLING_RATES or pass --rates FILE"])
@@ -757,7 +757,7 @@ def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
                         chunk = []
                 if chunk:
                     pricer.price(session, chunk, run_id=run_id)
-                store_charges.refresh_rollups(session)
+                store_rollups.refresh_rollups(session)
                 store_runs.finish_run(session, run_id, outcome="ok", records_read=read,
                                       counts=UpsertCounts(0, 0, 0), quarantined=0, lines_read=0,
                                       jobs_priced=pricer.jobs_priced, charge_lines=pricer.lines_written,
@@ -780,7 +780,7 @@ def cmd_reprice(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_period(settings: Settings, args: argparse.Namespace) -> int:
     from collector import render
-    from collector.store import charges as store_charges
+    from collector.store import periods as store_periods
 
     database = Database(settings)
     try:
@@ -789,12 +789,12 @@ def cmd_period(settings: Settings, args: argparse.Namespace) -> int:
             if args.period_command == "close":
                 import getpass
 
-                store_charges.close_period(session, args.period, by=getpass.getuser(), note=args.note)
+                store_periods.close_period(session, args.period, by=getpass.getuser(), note=args.note)
                 session.commit()
                 print(f"period {args.period} is closed: its charges will not change; later changes "
                       "are posted as corrections in the next open period")
                 return EXIT_OK
-            rows = [render.dataclass_to_dict(p) for p in store_charges.list_periods(session)]
+            rows = [render.dataclass_to_dict(p) for p in store_periods.list_periods(session)]
         render.write_table(sys.stdout, list(rows[0].keys()) if rows else ["period", "closed_at"], rows,
                            empty_message="(no closed period)")
     finally:
@@ -813,7 +813,7 @@ def _report_dicts(rows, group_by: list[str]) -> list[dict]:
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     from collector import render
-    from collector.store import charges as store_charges
+    from collector.store import reports as store_reports
 
     group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
     bad = [g for g in group_by if g not in REPORT_KEYS]
@@ -824,7 +824,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     try:
         database.ensure_schema()
         with database.sessions() as session:
-            rows = store_charges.charge_report(session, period=args.period, group_by=group_by,
+            rows = store_reports.charge_report(session, period=args.period, group_by=group_by,
                                                cluster=settings.cluster)
         dicts = _report_dicts(rows, group_by)
         if args.format == "json":
@@ -850,7 +850,7 @@ def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
     import csv
 
     from collector import render
-    from collector.store import charges as store_charges
+    from collector.store import reports as store_reports
 
     database = Database(settings)
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="", encoding="utf-8")
@@ -861,7 +861,7 @@ def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
         totals: dict[str, Decimal] = {}
         lines = 0
         with database.sessions() as session:
-            for line in store_charges.statement_lines(session, period=args.period, account=args.account,
+            for line in store_reports.statement_lines(session, period=args.period, account=args.account,
                                                       cluster=settings.cluster):
                 row = render.dataclass_to_dict(line)
                 row["amount"] = render.money(line.amount)
@@ -948,7 +948,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_budget(settings: Settings, args: argparse.Namespace) -> int:
     from collector import render
-    from collector.store import charges as store_charges
+    from collector.store import budgets as store_budgets
 
     database = Database(settings)
     try:
@@ -958,11 +958,11 @@ def cmd_budget(settings: Settings, args: argparse.Namespace) -> int:
                 currency = args.currency
                 if currency is None:
                     currency = _read_card(settings.rates)[0].currency if settings.rates else "EUR"
-                store_charges.set_budget(session, args.account, args.period, args.amount, currency)
+                store_budgets.set_budget(session, args.account, args.period, args.amount, currency)
                 session.commit()
                 print(f"budget of {args.account} for {args.period}: {args.amount} {currency}")
                 return EXIT_OK
-            budgets = store_charges.list_budgets(session, period=args.period)
+            budgets = store_budgets.list_budgets(session, period=args.period)
         rows = []
         for b in budgets:
             row = render.dataclass_to_dict(b)

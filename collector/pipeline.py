@@ -33,7 +33,11 @@ from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
 from billing.rollup import rollup_steps
 from collector.slurm.source import Source
 from collector.store import charges as store_charges
+from collector.store import job_writer as store_job_writer
 from collector.store import jobs as store_jobs
+from collector.store import periods as store_periods
+from collector.store import rate_cards as store_rate_cards
+from collector.store import rollups as store_rollups
 from collector.store import runs as store_runs
 
 log = logging.getLogger(__name__)
@@ -172,7 +176,7 @@ class Pricer:
         # Read the closed periods in this transaction, under the lock close_period waits
         # for: a period closed by another process is respected from the next batch on,
         # and cannot close under a batch being written.
-        self._closed = store_charges.closed_periods(session, lock=True)
+        self._closed = store_periods.closed_periods(session, lock=True)
         keys = [(r.cluster, r.job_id_raw, r.submit) for r in records]
         desired: dict[tuple, list[ChargeLine]] = {}
         prepared = self._prepared
@@ -260,7 +264,7 @@ class _WriteBehind:
     waits for it, so the caller can roll back.
     """
 
-    def __init__(self, writer: store_jobs.JobWriter, pricer: Pricer | None, session,
+    def __init__(self, writer: store_job_writer.JobWriter, pricer: Pricer | None, session,
                  run_id: int, cluster: str | None) -> None:
         self._writer = writer
         self._pricer = pricer
@@ -409,7 +413,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     duplicates = 0
     examples: list[str] = []
     clusters: set[str] = set()
-    counts = store_jobs.UpsertCounts(0, 0, 0)
+    counts = store_job_writer.UpsertCounts(0, 0, 0)
     try:
         with bulk_gc(), session_factory() as session:  # type: ignore[attr-defined]
             on_changed = on_inserted = None
@@ -419,7 +423,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
 
                 def on_inserted(records: list[JobRecord], _session=session) -> None:
                     pricer.price(_session, records, run_id=run_id, new_jobs=True)
-            writer = store_jobs.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
+            writer = store_job_writer.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
                                           on_changed=on_changed, on_inserted=on_inserted)
             unchanged = None
             with ExitStack() as cleanup:
@@ -431,7 +435,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                     # a job met twice in one window is then parsed twice, and the writer
                     # finds the second copy unchanged.
                     lookup_session = cleanup.enter_context(session_factory())  # type: ignore[arg-type]
-                    unchanged = store_jobs.UnchangedJobs(lookup_session)
+                    unchanged = store_job_writer.UnchangedJobs(lookup_session)
                     items = source.fetch(window, unchanged=unchanged)  # type: ignore[call-arg]
                 else:
                     items = source.fetch(window)
@@ -480,7 +484,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
             if unchanged is not None and unchanged.count:
                 records += unchanged.count
                 clusters |= unchanged.clusters
-                counts = counts + store_jobs.UpsertCounts(0, 0, unchanged.count)
+                counts = counts + store_job_writer.UpsertCounts(0, 0, unchanged.count)
             stats = source.stats
             extra = stats.extra
             duplicates += int(extra.get("duplicates_skipped", 0) or 0)  # type: ignore[call-overload]
@@ -499,7 +503,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
             moved = False
             if outcome in ("ok", "partial"):
                 # The rollups of the days this window touched, in the same transaction.
-                store_charges.refresh_rollups(session)
+                store_rollups.refresh_rollups(session)
                 if stream is not None and window is not None:
                     if cluster is None:
                         raise ValueError("a windowed collection needs a cluster for its "
@@ -528,7 +532,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
             pass
         with session_factory() as session:  # type: ignore[attr-defined]
             store_runs.finish_run(session, run_id, outcome="failed", records_read=records,
-                                  counts=store_jobs.UpsertCounts(0, 0, 0), quarantined=0,
+                                  counts=store_job_writer.UpsertCounts(0, 0, 0), quarantined=0,
                                   lines_read=lines, error=error)
             session.commit()
         result = RunResult(run_id=run_id, source=source.name, kind=kind, cluster=cluster,
@@ -560,7 +564,7 @@ def make_pricer(session_factory: SessionFactory, card: RateCard, text: str, *, s
                 as_of: datetime) -> Pricer:
     """Register the card version (idempotent, own transaction) and return a Pricer."""
     with session_factory() as session:  # type: ignore[attr-defined]
-        card_id = store_charges.ensure_rate_card(session, version=card.version, currency=card.currency,
+        card_id = store_rate_cards.ensure_rate_card(session, version=card.version, currency=card.currency,
                                                  text=text, source=source)
         session.commit()
     return Pricer(card, card_id, as_of=as_of)

@@ -20,6 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -169,3 +170,31 @@ def redact_url(url: str | URL) -> str:
     else:
         rendered = _USERINFO_PASSWORD.sub(r"\g<head>***\g<tail>", url)
     return _QUERY_PASSWORD.sub(r"\g<head>***", rendered)
+
+
+# -------------------------------------------------------------------- read sessions
+
+def begin_read(session: Session, *, statement_timeout_s: float) -> None:
+    """Make the session's (new) transaction READ ONLY with a statement timeout.
+
+    Call first thing in the transaction: ``SET TRANSACTION`` must precede any query.
+    Both settings end with the transaction, so a pooled connection is not affected.
+    """
+    timeout_ms = max(1, int(statement_timeout_s * 1000))
+    session.execute(text("SET TRANSACTION READ ONLY"))
+    # set_config(..., true) is SET LOCAL with a bind parameter.
+    session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
+                    {"ms": str(timeout_ms)})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be used right now (refused or lost
+    connection, pool exhausted, statement timeout), as opposed to a bug."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def ping(session: Session) -> None:
+    """``SELECT 1``: raises when the database does not answer."""
+    session.execute(text("SELECT 1")).scalar_one()

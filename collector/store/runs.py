@@ -12,19 +12,19 @@ apart from the window's transaction that rolls back.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
 from psycopg2.extras import execute_values
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import extract, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from billing.records import QuarantinedRecord, Window
-from collector.store.jobs import UpsertCounts
+from collector.store.job_writer import UpsertCounts
 from collector.store.models import (
     RUN_KINDS,
     RUN_OUTCOMES,
@@ -330,22 +330,46 @@ def accept_quarantined(session: Session, *, run_id: int | None = None,
     return int(session.execute(stmt).rowcount or 0)
 
 
-__all__ = [
-    "RUN_OUTCOMES",
-    "SACCT_STREAM",
-    "QuarantineEntry",
-    "RunInfo",
-    "accept_quarantined",
-    "accepted_digests",
-    "add_quarantined",
-    "backfill_stream",
-    "ensure_cluster",
-    "finish_run",
-    "get_run",
-    "get_watermark",
-    "list_quarantine",
-    "list_runs",
-    "raw_digest",
-    "set_watermark",
-    "start_run",
-]
+
+# ----------------------------------------------------------------------- newest polls
+
+@dataclass(frozen=True, slots=True)
+class LastPoll:
+    """The newest poll of a cluster (with one of the outcomes asked for), and its age by
+    the DATABASE's clock (so the clocks of several head nodes never matter)."""
+
+    cluster: str
+    run_id: int
+    finished_at: datetime
+    age_s: float
+    outcome: str = "ok"
+    quarantined: int = 0
+    error: str | None = None
+
+
+def last_poll(session: Session, cluster: str,
+              outcomes: Collection[str] = ("ok",)) -> LastPoll | None:
+    """The newest finished run of kind 'poll' with one of ``outcomes`` for ``cluster``
+    (any process), or None. "Newest" is the highest id: polls of one cluster never
+    overlap (the leader lock), and ``ix_collector_runs_cluster_id`` answers with a short
+    backward index scan."""
+    r = _RUNS.c
+    row = session.execute(
+        select(r.id, r.finished_at, r.outcome, r.quarantined, r.error,
+               extract("epoch", func.clock_timestamp() - r.finished_at).label("age_s"))
+        .where(r.cluster == cluster, r.kind == "poll", r.outcome.in_(list(outcomes)),
+               r.finished_at.is_not(None))
+        .order_by(r.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if row is None:
+        return None
+    return LastPoll(cluster=cluster, run_id=int(row.id),
+                    finished_at=row.finished_at.astimezone(UTC), age_s=float(row.age_s),
+                    outcome=row.outcome, quarantined=int(row.quarantined or 0),
+                    error=row.error)
+
+
+def last_ok_poll(session: Session, cluster: str) -> LastPoll | None:
+    """The newest poll with outcome 'ok' for ``cluster`` (see ``last_poll``)."""
+    return last_poll(session, cluster, ("ok",))

@@ -41,8 +41,12 @@ from flask import json as flask_json
 
 from billing.records import ChargeLine, JobRecord
 from collector import render
+from collector.store import budgets as store_budgets
 from collector.store import charges as store_charges
-from collector.store import reads
+from collector.store import db as store_db
+from collector.store import jobs as store_jobs
+from collector.store import rate_cards as store_rate_cards
+from collector.store import reports as store_reports
 from collector.store import runs as store_runs
 from collector.web.auth import Scope, TokenTable, authenticate
 from collector.web.problems import NOT_FOUND, UNAVAILABLE, ApiError, invalid
@@ -50,7 +54,7 @@ from collector.web.problems import NOT_FOUND, UNAVAILABLE, ApiError, invalid
 UTC = timezone.utc
 
 # The store's whitelist of report groupings (account, user, partition, qos, cluster, resource).
-REPORT_KEYS = tuple(store_charges.GROUP_BY)
+REPORT_KEYS = tuple(store_reports.GROUP_BY)
 MAX_REPORT_PERIODS = 24
 MAX_RANGE_DAYS = 366
 DEFAULT_JOBS_DAYS = 30
@@ -174,14 +178,14 @@ def _fingerprint(filters: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_cursor(position: reads.JobPosition, filters: dict[str, Any]) -> str:
+def encode_cursor(position: store_jobs.JobPosition, filters: dict[str, Any]) -> str:
     doc = {"v": 1, "k": [position.cluster, position.submit.isoformat(), position.job_id_raw],
            "f": _fingerprint(filters)}
     raw = json.dumps(doc, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(text: str, filters: dict[str, Any]) -> reads.JobPosition:
+def decode_cursor(text: str, filters: dict[str, Any]) -> store_jobs.JobPosition:
     """The position in ``text``; ValueError (with a reason for the client) otherwise."""
     bad = ValueError("not a cursor of this API (tampered or truncated): use next_cursor as given")
     if len(text) > _CURSOR_MAX:
@@ -204,7 +208,7 @@ def decode_cursor(text: str, filters: dict[str, Any]) -> reads.JobPosition:
     if fingerprint != _fingerprint(filters):
         raise ValueError("the cursor belongs to a listing with other filters; repeat the "
                          "same parameters with it, or start again without a cursor")
-    return reads.JobPosition(cluster=cluster, submit=submit.astimezone(UTC), job_id_raw=job_id_raw)
+    return store_jobs.JobPosition(cluster=cluster, submit=submit.astimezone(UTC), job_id_raw=job_id_raw)
 
 
 # ------------------------------------------------------------------------ rendering
@@ -266,7 +270,7 @@ def make_blueprint(*, sessions: Callable[[], Any], tokens: TokenTable | None,
     @contextmanager
     def read() -> Iterator[Any]:
         with sessions() as session:
-            reads.begin_read(session, statement_timeout_s=statement_timeout_s)
+            store_db.begin_read(session, statement_timeout_s=statement_timeout_s)
             yield session
 
     # ------------------------------------------------------------------- /report
@@ -310,7 +314,7 @@ def make_blueprint(*, sessions: Callable[[], Any], tokens: TokenTable | None,
         cluster = q.text("cluster")
         q.check()
         with read() as session:
-            rows = reads.report_range(session, periods=periods, group_by=group_by,
+            rows = store_reports.report_range(session, periods=periods, group_by=group_by,
                                       cluster=cluster, accounts=scope().restriction)
         return _ok({"periods": periods, "group_by": group_by, "cluster": cluster,
                     "rows": [render.report_row_to_dict(row, group_by) for row in rows]})
@@ -350,7 +354,7 @@ def make_blueprint(*, sessions: Callable[[], Any], tokens: TokenTable | None,
         if account is not None:
             scope().require_account(account)
         with read() as session:
-            page = reads.job_page(session, limit=limit + 1, after=after, cluster=cluster,
+            page = store_jobs.job_page(session, limit=limit + 1, after=after, cluster=cluster,
                                   account=account, accounts=scope().restriction, user=user,
                                   since=since, until=until)
         more = len(page) > limit
@@ -358,7 +362,7 @@ def make_blueprint(*, sessions: Callable[[], Any], tokens: TokenTable | None,
         next_cursor = None
         if more:
             last = page[-1]
-            next_cursor = encode_cursor(reads.JobPosition(last.cluster, last.submit,
+            next_cursor = encode_cursor(store_jobs.JobPosition(last.cluster, last.submit,
                                                           last.job_id_raw), filters)
         return _ok({"items": [render.job_to_dict(job) for job in page],
                     "next_cursor": next_cursor, "since": render.iso(since),
@@ -373,7 +377,7 @@ def make_blueprint(*, sessions: Callable[[], Any], tokens: TokenTable | None,
             q.fail("job_id_raw", f"must be at most {MAX_BIGINT}")
         q.check()
         with read() as session:
-            records: list[JobRecord] = reads.jobs_by_raw_id(session, cluster, job_id_raw)
+            records: list[JobRecord] = store_jobs.jobs_by_raw_id(session, cluster, job_id_raw)
             if not records:
                 raise ApiError(404, f"no job {job_id_raw} of cluster {cluster!r} is stored",
                                type_=NOT_FOUND)
@@ -398,7 +402,7 @@ def make_blueprint(*, sessions: Callable[[], Any], tokens: TokenTable | None,
             q.fail("include", "the only value is 'text' (the TOML of each card)")
         q.check()
         with read() as session:
-            cards = store_charges.list_rate_cards(session)
+            cards = store_rate_cards.list_rate_cards(session)
         items = []
         for card in cards:
             item = render.dataclass_to_dict(card)
@@ -440,7 +444,7 @@ def make_blueprint(*, sessions: Callable[[], Any], tokens: TokenTable | None,
         period = q.period("period")
         q.check()
         with read() as session:
-            found = store_charges.list_budgets(session, period=period)
+            found = store_budgets.list_budgets(session, period=period)
         items = []
         for budget in found:
             if not scope().allows(budget.account):

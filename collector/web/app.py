@@ -35,8 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector.health import Health
 from collector.settings import Settings
-from collector.store import reads
-from collector.store.db import head_revision, redact_url
+from collector.store.db import database_unavailable, head_revision, redact_url
 from collector.web import api, probes
 from collector.web.auth import TokenTable, load_tokens
 from collector.web.problems import (
@@ -179,7 +178,7 @@ def create_app(settings: Settings, *, engine: Any, sessions: Callable[[], Any], 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         request_id = g.get("request_id") or secrets.token_hex(8)
-        if reads.database_unavailable(exc):
+        if database_unavailable(exc):
             log.warning("request %s %s (request id %s): database unavailable: %s",
                         request.method, request.path, request_id,
                         redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))

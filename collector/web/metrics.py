@@ -51,8 +51,9 @@ from prometheus_client.registry import Collector
 
 from collector.health import Health, PollReport
 from collector.settings import Settings
-from collector.store import charges as store_charges
+from collector.store import budgets as store_budgets
 from collector.store import nodes as store_nodes
+from collector.store import reports as store_reports
 from collector.store import scrape as store_scrape
 
 log = logging.getLogger(__name__)
@@ -265,12 +266,12 @@ class _DatabaseCollector(Collector):
 
         def money(session: Any) -> None:
             period = current_period(now, self._zone(session))
-            for row in store_charges.charge_report(session, period=period,
+            for row in store_reports.charge_report(session, period=period,
                                                    group_by=["cluster", "account"]):
                 for resource, total in sorted(row.resources.items()):
                     fam.charges.add_metric([row["cluster"] or "", row["account"] or "",
                                             resource, row.currency], float(total.amount))
-            for budget in store_charges.list_budgets(session, period):
+            for budget in store_budgets.list_budgets(session, period):
                 if budget.used_fraction is not None:
                     fam.budget.add_metric([budget.account, budget.period],
                                           float(budget.used_fraction))

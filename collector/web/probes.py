@@ -47,8 +47,8 @@ from flask import Blueprint, Response, json
 from collector.health import Health
 from collector.render import iso
 from collector.settings import Settings
-from collector.store import reads
-from collector.store.db import schema_revision
+from collector.store import db as store_db
+from collector.store import runs as store_runs
 
 log = logging.getLogger("hpc_billing.web.probes")
 
@@ -64,8 +64,8 @@ class _DbFacts:
 
     latency_ms: float = 0.0
     revision: str | None = None
-    polls: dict[str, reads.LastPoll | None] = field(default_factory=dict)    # ok/partial
-    last: dict[str, reads.LastPoll | None] = field(default_factory=dict)     # any outcome
+    polls: dict[str, store_runs.LastPoll | None] = field(default_factory=dict)    # ok/partial
+    last: dict[str, store_runs.LastPoll | None] = field(default_factory=dict)     # any outcome
     error: str | None = None          # exception type name, for the body
     error_text: str | None = None     # for the log only
 
@@ -95,14 +95,14 @@ class DatabaseChecker:
         started = time.monotonic()
         try:
             with self._sessions() as session:
-                reads.begin_read(session, statement_timeout_s=self._timeout_s)
-                reads.ping(session)
+                store_db.begin_read(session, statement_timeout_s=self._timeout_s)
+                store_db.ping(session)
                 facts.latency_ms = round((time.monotonic() - started) * 1000, 1)
-                facts.revision = schema_revision(session.connection())
+                facts.revision = store_db.schema_revision(session.connection())
                 if facts.revision == self._head:
-                    facts.polls = {c: reads.last_poll(session, c, STORED_OUTCOMES)
+                    facts.polls = {c: store_runs.last_poll(session, c, STORED_OUTCOMES)
                                    for c in self._clusters}
-                    facts.last = {c: reads.last_poll(session, c, FINISHED_OUTCOMES)
+                    facts.last = {c: store_runs.last_poll(session, c, FINISHED_OUTCOMES)
                                   for c in self._clusters}
         except Exception as exc:  # noqa: BLE001 - a probe reports, it never raises
             facts.error = type(exc).__name__
@@ -145,7 +145,7 @@ def _json(body: dict[str, Any], status: int) -> Response:
 
 
 def _freshness(settings: Settings, health: Health,
-               polls: dict[str, reads.LastPoll | None]) -> dict[str, Any]:
+               polls: dict[str, store_runs.LastPoll | None]) -> dict[str, Any]:
     stale_after = settings.stale_after_s
     snap = health.snapshot()
     grace_left = snap.started_at + stale_after - health.now()
@@ -179,7 +179,7 @@ def _freshness(settings: Settings, health: Health,
             "clusters": clusters}
 
 
-def _polls(last: dict[str, reads.LastPoll | None]) -> dict[str, Any]:
+def _polls(last: dict[str, store_runs.LastPoll | None]) -> dict[str, Any]:
     """The ``polls`` check: the newest finished poll per cluster; warns, never fails."""
     clusters: dict[str, Any] = {}
     for cluster, poll in last.items():

@@ -31,9 +31,10 @@ from sqlalchemy import text
 from collector import render
 from collector.health import Health
 from collector.settings import Settings
+from collector.store import budgets as store_budgets
 from collector.store import charges as store_charges
 from collector.store import jobs as store_jobs
-from collector.store import reads
+from collector.store import reports as store_reports
 from collector.store.db import make_engine, session_factory
 from collector.web.app import create_app
 from collector.web.auth import new_token, token_digest
@@ -270,21 +271,21 @@ def test_report_equals_the_cli_report(client, tokens, populated, capsys, group_b
 
 @pytest.mark.parametrize("group_by", [["account"], ["user", "resource"], ["cluster", "qos"]])
 def test_report_range_of_one_period_is_charge_report(session, populated, group_by):
-    assert reads.report_range(session, periods=[PERIOD], group_by=group_by) == \
-        store_charges.charge_report(session, period=PERIOD, group_by=group_by)
-    assert reads.report_range(session, periods=[PERIOD], group_by=group_by, cluster="lab") == \
-        store_charges.charge_report(session, period=PERIOD, group_by=group_by, cluster="lab")
+    assert store_reports.report_range(session, periods=[PERIOD], group_by=group_by) == \
+        store_reports.charge_report(session, period=PERIOD, group_by=group_by)
+    assert store_reports.report_range(session, periods=[PERIOD], group_by=group_by, cluster="lab") == \
+        store_reports.charge_report(session, period=PERIOD, group_by=group_by, cluster="lab")
 
 
 def test_report_range_counts_a_job_once_across_periods(session, populated):
     # Move one job's lines into two periods: its amounts add up, it counts as one job.
     session.execute(text(
         "UPDATE charge_lines SET posted_period = '2026-12' WHERE job_id_raw = 2 AND resource = 'gpu'"))
-    single = {r.group["account"]: r for r in store_charges.charge_report(
+    single = {r.group["account"]: r for r in store_reports.charge_report(
         session, period=PERIOD, group_by=["account"])}
-    december = {r.group["account"]: r for r in store_charges.charge_report(
+    december = {r.group["account"]: r for r in store_reports.charge_report(
         session, period="2026-12", group_by=["account"])}
-    both = {r.group["account"]: r for r in reads.report_range(
+    both = {r.group["account"]: r for r in store_reports.report_range(
         session, periods=[PERIOD, "2026-12"], group_by=["account"])}
     physics = both["physics"]
     assert physics.amount == single["physics"].amount + december["physics"].amount
@@ -415,7 +416,7 @@ def test_rate_cards_runs_quarantine_budgets(client, tokens, session):
     assert [(b["account"], b["amount"]) for b in budgets] == [("chemistry", "0.00"),
                                                              ("physics", "100.00")]
     physics = budgets[1]
-    stored = next(b for b in store_charges.list_budgets(session) if b.account == "physics")
+    stored = next(b for b in store_budgets.list_budgets(session) if b.account == "physics")
     assert physics["used"] == render.money(stored.used)
     assert budgets[0]["used_fraction"] is None
     assert client.get("/api/v1/budgets", headers=_auth(tokens.physics)).get_json()["items"] == [physics]
