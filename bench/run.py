@@ -111,7 +111,8 @@ def phase_ingest(path: str, url: str) -> dict:
     """What ``hpc-billing import`` does: one file, priced, one transaction."""
     from billing.rates import load_rate_card
     from collector import pipeline
-    from collector.cli import demo_rates_path
+    from collector.pricer import make_pricer
+    from collector.usecases.demo import demo_rates_path
     from collector.slurm.filesource import FileSource
     from collector.store import db
 
@@ -122,8 +123,8 @@ def phase_ingest(path: str, url: str) -> dict:
     source = FileSource(path, tz=ZoneInfo("UTC"), cluster=None)
     busy0, cpu0 = _machine_busy_s(), _own_cpu_s()
     t0 = time.perf_counter()
-    pricer = pipeline.make_pricer(sessions, card, text, source="demo",
-                                  as_of=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    pricer = make_pricer(sessions, card, text, source="demo",
+                         as_of=datetime(2030, 1, 1, tzinfo=timezone.utc))
     result = pipeline.collect(sessions, source, cluster=None, window=None, kind="file",
                               stream=None, pricer=pricer)
     seconds = time.perf_counter() - t0

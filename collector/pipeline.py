@@ -1,17 +1,10 @@
-"""One collection window, end to end: fetch -> parse -> roll up -> store -> watermark.
+"""One collection window, end to end: fetch -> parse -> roll up -> price -> store -> watermark.
 
-This module owns the transaction boundaries of a poll and its honest outcome. A run is
-logged in its own short transaction first (so a failure is recorded even though the
-data is rolled back); then every job, every quarantined record and the watermark are
-written in ONE transaction, so a window is either stored whole or not at all.
-
-Outcomes (docs/columns.md and README "Commands"): ``ok`` when every record read was
-stored or deliberately skipped (unchanged, a duplicate of a record met earlier in the
-run, or quarantined text an operator accepted); ``partial`` when some records were
-quarantined and the rest stored; ``failed`` when nothing of what it read was stored, or
-the window could not be read or written at all. Only an ``ok`` window moves its
-watermark: a partial one stores what it could and leaves the watermark where it was, so
-the next poll reads the quarantined records again (never past a record not stored).
+``collect`` owns a window's transactions and its honest outcome: the run is logged in a
+short transaction of its own, then every job, quarantined record, charge line and the
+watermark go in ONE transaction, so a window is stored whole or not at all. Only an
+``ok`` window moves its watermark. ``_WriteBehind`` runs the window's database work in a
+second thread. Outcomes and the write path: docs/design/collection.md.
 """
 
 from __future__ import annotations
@@ -22,189 +15,26 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
-from billing.price import NO_RULE, PARTLY_PRICED, PRICED, plan_lines, price_job_outcome
-from billing.rates import RateCard
-from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
+from billing.price import NO_RULE, PARTLY_PRICED
+from billing.records import JobRecord, QuarantinedRecord, Window
 from billing.rollup import rollup_steps
+from collector.pricer import Pricer
+from collector.run_result import CollectError, RunResult
 from collector.slurm.source import Source
-from collector.store import charges as store_charges
 from collector.store import job_writer as store_job_writer
 from collector.store import jobs as store_jobs
-from collector.store import periods as store_periods
-from collector.store import rate_cards as store_rate_cards
 from collector.store import rollups as store_rollups
 from collector.store import runs as store_runs
+from collector.store.db import Session, Sessions
 
 log = logging.getLogger(__name__)
 
-POLL_STREAM = "sacct"
 QUARANTINE_BATCH = 1000
 
 
-class CollectError(Exception):
-    """A window could not be stored; the run log has the details and nothing was written."""
-
-    def __init__(self, result: RunResult) -> None:
-        self.result = result
-        super().__init__(result.error or "collection failed")
-
-
-OUTCOMES = ("ok", "partial", "failed")
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    run_id: int
-    source: str
-    kind: str
-    cluster: str | None
-    window: Window | None
-    outcome: str                      # "ok" | "partial" | "failed" (see the module doc)
-    records_read: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    quarantined: int = 0
-    lines_read: int = 0
-    duration_s: float = 0.0
-    error: str | None = None
-    clusters_seen: frozenset[str] = field(default_factory=frozenset)
-    jobs_priced: int = 0
-    charge_lines: int = 0
-    source_s: float = 0.0             # time spent inside the source (sacct, slurmrestd ...)
-    duplicates: int = 0               # job records met again in the run (stored once)
-    accepted: int = 0                 # quarantined texts an operator accepted, skipped
-    ignored_columns: tuple[str, ...] = ()
-    unknown_states: tuple[tuple[str, int], ...] = ()   # (state, jobs), not final
-    unpriced: tuple[tuple[str, int], ...] = ()         # (pricing outcome, jobs)
-    watermark_moved: bool = False     # this run set its stream's watermark (ok windows)
-
-    @property
-    def unknown_state_jobs(self) -> int:
-        return sum(count for _, count in self.unknown_states)
-
-    @property
-    def unpriced_jobs(self) -> int:
-        return sum(count for _, count in self.unpriced)
-
-    def summary(self) -> str:
-        span = (f"[{self.window.since:%Y-%m-%dT%H:%M:%SZ}, {self.window.until:%Y-%m-%dT%H:%M:%SZ})"
-                if self.window else "whole file")
-        unpriced = f"unpriced {self.unpriced_jobs}"
-        if self.unpriced:
-            unpriced += " (" + ", ".join(f"{reason} {n}" for reason, n in self.unpriced) + ")"
-        text = (f"run {self.run_id} {self.kind} {self.source} {span}: {self.outcome}; "
-                f"read {self.records_read} jobs from {self.lines_read} lines, "
-                f"inserted {self.inserted}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"duplicates {self.duplicates}, quarantined {self.quarantined}"
-                + (f", accepted {self.accepted}" if self.accepted else "")
-                + f", priced {self.jobs_priced} ({self.charge_lines} charge lines), {unpriced}, "
-                f"ignored columns {len(self.ignored_columns)}, "
-                f"unknown states {self.unknown_state_jobs} in {self.duration_s:.2f}s")
-        if self.error:
-            text += f"; error: {self.error}"
-        return text
-
-
-SessionFactory = Callable[[], object]
-
-
-def next_period(period: str) -> str:
-    """The billing period after ``period`` ("2026-12" -> "2027-01"; months only)."""
-    year, month = int(period[:4]), int(period[5:7])
-    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
-
-
-class Pricer:
-    """Prices jobs with one rate-card version and writes their lines (never commits).
-
-    Closed periods are respected: lines whose usage falls in a closed period become
-    corrections posted in the first open period after it (billing.price.plan_lines), so
-    nothing stored in a closed period ever changes.
-    """
-
-    def __init__(self, card: RateCard, rate_card_id: int, *, as_of: datetime) -> None:
-        self.card = card
-        self.rate_card_id = rate_card_id
-        self.as_of = as_of
-        self.jobs_priced = 0
-        self.lines_written = 0
-        self.lines_deleted = 0
-        # Jobs priced, by billing.price outcome ("priced", "no matching rule" ...).
-        self.outcomes: Counter[str] = Counter()
-        self._closed: frozenset[str] = frozenset()
-        # key -> (record, (outcome, its lines)), priced ahead by the reading thread
-        self._prepared: dict[tuple, tuple[JobRecord, tuple[str, list[ChargeLine]]]] = {}
-
-    @property
-    def unpriced(self) -> dict[str, int]:
-        """Jobs priced in this run that got no line (or not for every period), by why."""
-        return {reason: n for reason, n in sorted(self.outcomes.items()) if reason != PRICED}
-
-    def prepare(self, rec: JobRecord) -> tuple[str, list[ChargeLine]] | None:
-        """``price_job_outcome`` for ``rec``, for ``remember``; None when it fails
-        (``price`` then prices the job again and raises). Pure: any thread."""
-        try:
-            return price_job_outcome(self.card, rec, as_of=self.as_of)
-        except Exception:  # noqa: BLE001 - priced again, and the failure raised, by price()
-            return None
-
-    def remember(self, rec: JobRecord, priced: tuple[str, list[ChargeLine]] | None) -> None:
-        """Keep ``prepare``'s answer for ``rec`` until ``price`` asks for it."""
-        if priced is not None:
-            self._prepared[(rec.cluster, rec.job_id_raw, rec.submit)] = (rec, priced)
-
-    def forget_prepared(self) -> None:
-        """Drop what ``price`` did not use (jobs the writer found unchanged)."""
-        self._prepared.clear()
-
-    def _first_open_after(self, period: str) -> str:
-        candidate = next_period(period)
-        while candidate in self._closed:
-            candidate = next_period(candidate)
-        return candidate
-
-    def price(self, session, records: list[JobRecord], *, run_id: int,
-              new_jobs: bool = False) -> None:
-        """Price ``records`` and make their open-period lines match. ``new_jobs``: the
-        jobs were inserted in this transaction, so they have no lines to compare with."""
-        # Read the closed periods in this transaction, under the lock close_period waits
-        # for: a period closed by another process is respected from the next batch on,
-        # and cannot close under a batch being written.
-        self._closed = store_periods.closed_periods(session, lock=True)
-        keys = [(r.cluster, r.job_id_raw, r.submit) for r in records]
-        desired: dict[tuple, list[ChargeLine]] = {}
-        prepared = self._prepared
-        outcomes: Counter[str] = Counter()
-        for rec in records:
-            key = (rec.cluster, rec.job_id_raw, rec.submit)
-            hit = prepared.pop(key, None)
-            # Prepared lines serve only the very record the writer stored (the same
-            # object, or an equal one: not when storing rounded its cpu_used_s).
-            if hit is not None and (hit[0] is rec or hit[0] == rec):
-                outcome, desired[key] = hit[1]
-            else:
-                outcome, desired[key] = price_job_outcome(self.card, rec, as_of=self.as_of)
-            outcomes[outcome] += 1
-        if self._closed:
-            frozen = store_charges.frozen_lines(session, keys)
-            lines = [line for key in keys for line in plan_lines(
-                desired[key], frozen.get(key, []), closed=self._closed,
-                first_open_after=self._first_open_after)]
-        else:
-            lines = [line for key in keys for line in desired[key]]
-        counts = store_charges.replace_charges(session, keys, lines, run_id=run_id,
-                                               rate_card_ids={self.card.version: self.rate_card_id},
-                                               new_jobs=new_jobs)
-        self.jobs_priced += len(records)
-        self.outcomes.update(outcomes)
-        self.lines_written += counts.inserted
-        self.lines_deleted += counts.deleted
 
 
 _GC_LOCK = threading.Lock()
@@ -383,7 +213,7 @@ def _report(result: RunResult, clusters: set[str], examples: list[str]) -> None:
                          f"'hpc-billing quarantine --accept --run {result.run_id}'")
 
 
-def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,
+def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
             window: Window | None, kind: str, stream: str | None,
             batch_rows: int = 5_000, pricer: Pricer | None = None,
             skip_unchanged: bool = True) -> RunResult:
@@ -424,21 +254,19 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 def on_inserted(records: list[JobRecord], _session=session) -> None:
                     pricer.price(_session, records, run_id=run_id, new_jobs=True)
             writer = store_job_writer.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
-                                          on_changed=on_changed, on_inserted=on_inserted)
-            unchanged = None
+                                                on_changed=on_changed, on_inserted=on_inserted)
+            unchanged: store_job_writer.UnchangedJobs | None = None
             with ExitStack() as cleanup:
-                if skip_unchanged and getattr(source, "skips_unchanged", False):
+                if skip_unchanged and source.skips_unchanged:
                     # The digest lookups run in this thread while the writing thread
                     # uses ``session``, so they get a session of their own (one psycopg2
                     # connection must never serve two threads: a COPY in one would
                     # break a query in the other). It sees what earlier polls committed;
                     # a job met twice in one window is then parsed twice, and the writer
                     # finds the second copy unchanged.
-                    lookup_session = cleanup.enter_context(session_factory())  # type: ignore[arg-type]
+                    lookup_session = cleanup.enter_context(session_factory())
                     unchanged = store_job_writer.UnchangedJobs(lookup_session)
-                    items = source.fetch(window, unchanged=unchanged)  # type: ignore[call-arg]
-                else:
-                    items = source.fetch(window)
+                items = source.fetch(window, unchanged=unchanged)
                 # Price in this thread only where most jobs read are new or changed (the
                 # skip path drops the unchanged ones before parsing); elsewhere the
                 # writer prices just the jobs it finds changed.
@@ -510,7 +338,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                                          "watermark")
                     # How far polls have read and stored: lets the next window reach
                     # past a watermark that a partial window holds (poll_window).
-                    store_runs.set_watermark(session, cluster, read_stream(stream),
+                    store_runs.set_watermark(session, cluster, store_runs.read_stream(stream),
                                              window.until, run_id)
                     if outcome == "ok":
                         store_runs.set_watermark(session, cluster, stream, window.until,
@@ -559,70 +387,3 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
         raise CollectError(result)
     return result
 
-
-def make_pricer(session_factory: SessionFactory, card: RateCard, text: str, *, source: str,
-                as_of: datetime) -> Pricer:
-    """Register the card version (idempotent, own transaction) and return a Pricer."""
-    with session_factory() as session:  # type: ignore[attr-defined]
-        card_id = store_rate_cards.ensure_rate_card(session, version=card.version, currency=card.currency,
-                                                 text=text, source=source)
-        session.commit()
-    return Pricer(card, card_id, as_of=as_of)
-
-
-def floor_second(dt: datetime) -> datetime:
-    return dt.replace(microsecond=0)
-
-
-def read_stream(stream: str) -> str:
-    """The cursor beside a watermark: the end of the newest window that stored data."""
-    return f"{stream}:read"
-
-
-def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
-                overlap_s: float, lookback_s: float, stream: str = POLL_STREAM,
-                max_ahead_s: float | None = None) -> Window:
-    """The next poll's window: [watermark - overlap, now), or [now - lookback, now) at first.
-
-    sacct selects jobs eligible before -E that ended after -S or are still pending or
-    running (sacct(1), "Without --state"; see RECIPE §6), so re-reading an overlap before
-    the watermark catches records slurmdbd wrote late without missing running jobs.
-
-    ``max_ahead_s`` bounds how far one window reaches past what earlier polls read: after
-    an outage the backlog is read in windows of at most that much new time (each its own
-    transaction and sacct call, within the sacct timeout) instead of in one window as long
-    as the outage; the window then ends before ``now`` and the caller polls again.
-
-    A partial window leaves the watermark where it was (a quarantined record is never
-    passed) but moves the read cursor (``read_stream``): the next window starts at the
-    watermark again, so the quarantined record is read again, and still ends at most
-    ``max_ahead_s`` past the cursor, so new jobs keep being collected. While the watermark
-    is held, windows grow by the time since (README, "Outcomes"), until the record is
-    stored or an operator accepts it (``quarantine --accept``).
-    """
-    until = floor_second(now.astimezone(UTC))
-    with session_factory() as session:  # type: ignore[attr-defined]
-        mark = store_runs.get_watermark(session, cluster, stream)
-        read = store_runs.get_watermark(session, cluster, read_stream(stream))
-    if mark is None:
-        since = until - timedelta(seconds=lookback_s)
-    else:
-        since = floor_second(mark - timedelta(seconds=overlap_s))
-        if max_ahead_s is not None:
-            ahead = max(mark, read) if read is not None else mark
-            until = min(until, floor_second(ahead) + timedelta(seconds=max(max_ahead_s, 1)))
-    if since >= until:
-        since = until - timedelta(seconds=max(overlap_s, 1))
-    return Window(since, until)
-
-
-def backfill_windows(start: datetime, end: datetime, chunk_s: float) -> list[Window]:
-    """Cut [start, end) into windows of at most chunk_s seconds."""
-    out: list[Window] = []
-    cursor = start
-    step = timedelta(seconds=chunk_s)
-    while cursor < end:
-        nxt = min(cursor + step, end)
-        out.append(Window(cursor, nxt))
-        cursor = nxt
-    return out

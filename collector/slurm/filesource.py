@@ -41,8 +41,8 @@ from collector.slurm.jsonparse import (
     document_info,
     parse_sacct_json,
 )
-from collector.slurm.parse import ParsableParser, UnchangedLookup
-from collector.slurm.source import Item, SourceError
+from collector.slurm.parse import ParsableParser
+from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import hashlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, tzinfo
-from typing import Protocol
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, is_final_record
 from collector.slurm.fields import (
@@ -40,7 +39,7 @@ from collector.slurm.fields import (
     timelimit_min,
     tres_value,
 )
-from collector.slurm.source import Item, SourceError
+from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 SACCT_DELIMITER = "\x1f"
 
@@ -100,16 +99,6 @@ def _opt_int(value: str) -> int | None:
 RAW_DIGEST_VERSION = "2"
 # Groups (jobs) per lookup of stored digests.
 SKIP_BATCH_GROUPS = 1000
-
-
-class UnchangedLookup(Protocol):
-    """What ``ParsableParser.parse_lines(unchanged=...)`` asks to skip unchanged jobs."""
-
-    def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
-        """Of these (cluster, job_id_raw, raw_digest), the digests already stored."""
-
-    def skipped(self, cluster: str) -> None:
-        """One job of ``cluster`` was skipped: stored from exactly these lines."""
 
 
 class ParsableParser:

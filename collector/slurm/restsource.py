@@ -81,7 +81,7 @@ from collector.slurm.jsonparse import (
     document_info,
     parse_sacct_json,
 )
-from collector.slurm.source import Item, SourceError
+from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = "/openapi/v3"
@@ -256,6 +256,7 @@ class SlurmrestdSource:
 
     name = "slurmrestd"
     windowed = True
+    skips_unchanged = False   # JSON: every job is parsed (``unchanged`` is ignored)
 
     def __init__(self, *, url: str, user: str | None, token: str | None,
                  token_file: str | None, timeout_s: float, cluster: str | None,
@@ -320,7 +321,8 @@ class SlurmrestdSource:
     def stats(self) -> FetchStats:
         return self._stats
 
-    def fetch(self, window: Window | None) -> Iterator[Item]:
+    def fetch(self, window: Window | None, *,
+              unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
         if window is None:
             raise SourceError("the slurmrestd source needs a window (it never reads everything)")
         return self._fetch(window)

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.command import slurm_command
-from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
-from collector.slurm.source import Item, SourceError
+from collector.slurm.parse import SACCT_DELIMITER, ParsableParser
+from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 # The sacct fields hpc-billing asks for: one tuple shared by the argv and the parser.
 # Every name is accepted by Slurm 22.05's ``sacct --format`` (22.05 rejects ArrayJobID,

@@ -19,13 +19,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Engine as Engine  # re-exported: the type callers annotate with
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as Session  # re-exported: the type callers annotate with
+from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# What every caller gets to open sessions with (``session_factory``).
+Sessions = sessionmaker[Session]
 
 APPLICATION_NAME = "hpc-billing"
 CONNECT_TIMEOUT_S = 10
@@ -104,7 +109,7 @@ def make_engine(url: str | URL, **engine_kwargs: object) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
+def session_factory(engine: Engine) -> Sessions:
     """A sessionmaker for ``engine``.
 
     ``expire_on_commit=False``: nothing outside the store holds ORM objects, and inside

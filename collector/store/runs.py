@@ -37,6 +37,12 @@ from collector.store.models import (
 SACCT_STREAM = "sacct"
 
 
+def read_stream(stream: str) -> str:
+    """The cursor beside a watermark: the end of the newest window that stored data (a
+    partial window moves it, not the watermark)."""
+    return f"{stream}:read"
+
+
 def backfill_stream(since: datetime) -> str:
     """The watermark stream of a backfill that started at ``since``."""
     return "backfill:" + _aware(since, "since").isoformat()

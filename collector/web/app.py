@@ -28,6 +28,7 @@ import logging
 import secrets
 import traceback
 from collections.abc import Callable
+from datetime import tzinfo
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -58,7 +59,8 @@ def openapi_document() -> bytes:
     return importlib.resources.files(__package__).joinpath(OPENAPI_RESOURCE).read_bytes()
 
 
-def _build_registry(settings: Settings, sessions: Callable[[], Any], health: Health) -> Any:
+def _build_registry(settings: Settings, sessions: Callable[[], Any], health: Health,
+                    period_timezone: tzinfo | None) -> Any:
     """The Prometheus registry of ``collector.web.metrics``, or None when that module is
     not part of this build (then ``/metrics`` answers 503)."""
     try:
@@ -68,7 +70,8 @@ def _build_registry(settings: Settings, sessions: Callable[[], Any], health: Hea
             raise
         log.warning("collector.web.metrics is not available: /metrics answers 503")
         return None
-    return metrics.build_registry(sessions=sessions, health=health, settings=settings)
+    return metrics.build_registry(sessions=sessions, health=health, settings=settings,
+                                  period_timezone=period_timezone)
 
 
 def _redactor(settings: Settings, engine: Any) -> Callable[[str], str]:
@@ -93,7 +96,7 @@ def _redactor(settings: Settings, engine: Any) -> Callable[[str], str]:
 
 
 def create_app(settings: Settings, *, engine: Any, sessions: Callable[[], Any], health: Health,
-               registry: Any = None) -> Flask:
+               registry: Any = None, period_timezone: tzinfo | None = None) -> Flask:
     """The web app. Reads the tokens file (``TokenFileError``, a SettingsError, lists
     every bad line) and the OpenAPI document once, here.
 
@@ -107,7 +110,7 @@ def create_app(settings: Settings, *, engine: Any, sessions: Callable[[], Any], 
     if tokens is not None and len(tokens) == 0:
         log.warning("%s holds no token: the API answers no one", settings.api_tokens_file)
     if registry is None:
-        registry = _build_registry(settings, sessions, health)
+        registry = _build_registry(settings, sessions, health, period_timezone)
     openapi = openapi_document()
     redact = _redactor(settings, engine)
 

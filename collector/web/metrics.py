@@ -5,7 +5,7 @@ feed one NEW ``CollectorRegistry`` (never prometheus_client's global one, so two
 one process, or tests, never share series):
 
 1. Counters and histograms fed by a ``Health`` listener from each finished poll's
-   ``PollReport`` (``hpcb_polls_total`` ... ``hpcb_source_duration_seconds``). ``ok`` and
+   ``RunResult`` (``hpcb_polls_total`` ... ``hpcb_source_duration_seconds``). ``ok`` and
    ``partial`` polls stored their jobs, so they add to the record/job/charge counters; a
    ``failed`` poll stored no job (only, when every record it read was quarantined, those
    records: they count in ``hpcb_records_quarantined_total``). Every poll counts in
@@ -49,7 +49,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collector.health import Health, PollReport
+from collector.health import Health
+from collector.run_result import OUTCOMES, RunResult
 from collector.settings import Settings
 from collector.store import budgets as store_budgets
 from collector.store import nodes as store_nodes
@@ -68,8 +69,8 @@ DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 30
 DB_TIMEOUT_S = 1.0
 DB_BUDGET_S = 5.0
 
-# Poll outcomes (collector.pipeline): every cluster's series exist from the start.
-POLL_OUTCOMES = ("ok", "partial", "failed")
+# Every cluster's poll series exist from the start, one per outcome.
+POLL_OUTCOMES = OUTCOMES
 
 # SQLSTATE query_canceled: the statement timeout fired (the database itself is fine).
 _QUERY_CANCELED = "57014"
@@ -84,7 +85,7 @@ def current_period(now_s: float, tz: tzinfo) -> str:
 # ------------------------------------------------------------------ poll counters
 
 class _PollMetrics:
-    """The counters and histograms fed from PollReports (source 1 in the module doc)."""
+    """The counters and histograms fed from RunResults (source 1 in the module doc)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         def counter(name: str, doc: str, labels: tuple[str, ...] = ("cluster",)) -> Counter:
@@ -126,10 +127,10 @@ class _PollMetrics:
                        self.source_duration):
             metric.labels(cluster)
 
-    def observe(self, report: PollReport) -> None:
+    def observe(self, report: RunResult) -> None:
         """The Health listener. Never raises: it runs inside the scheduler's poll job."""
         try:
-            cluster = report.cluster or ""
+            cluster = report.cluster_label
             self.polls.labels(cluster, report.outcome).inc()
             self.poll_duration.labels(cluster).observe(max(0.0, report.duration_s))
             self.source_duration.labels(cluster).observe(max(0.0, report.source_s))

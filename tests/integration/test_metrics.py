@@ -36,7 +36,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import text
 
 from billing.records import QuarantinedRecord
-from collector.health import Health, PollReport
+from collector.health import Health
+from collector.run_result import RunResult as PollReport
 from collector.settings import Settings
 from collector.slurm.nodes import parse_nodes
 from collector.store import budgets as store_budgets
