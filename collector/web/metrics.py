@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -49,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from billing.rates import RateCardError, load_rate_card
 from collector.health import Health
 from collector.run_result import OUTCOMES, RunResult
 from collector.settings import Settings
@@ -291,10 +291,8 @@ class _DatabaseCollector(Collector):
                 return self._card_tz[1]
         zone: tzinfo = UTC
         try:
-            name = tomllib.loads(card[1]).get("timezone")
-            if isinstance(name, str):
-                zone = ZoneInfo(name)
-        except (tomllib.TOMLDecodeError, ZoneInfoNotFoundError, ValueError):
+            zone = ZoneInfo(load_rate_card(card[1]).timezone)
+        except (RateCardError, ZoneInfoNotFoundError, ValueError):
             log.warning("metrics: rate card %d has no usable timezone; periods in UTC", card[0])
         with self._lock:
             self._card_tz = (card[0], zone)

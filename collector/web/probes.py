@@ -49,6 +49,7 @@ from collector.render import iso
 from collector.settings import Settings
 from collector.store import db as store_db
 from collector.store import runs as store_runs
+from collector.web.state import web_state
 
 log = logging.getLogger("hpc_billing.web.probes")
 
@@ -209,69 +210,80 @@ def _polls(last: dict[str, store_runs.LastPoll | None]) -> dict[str, Any]:
             "clusters": clusters}
 
 
-def make_blueprint(*, settings: Settings, sessions: Callable[[], Any], health: Health,
-                   head: str, redact: Callable[[str], str],
-                   db_timeout_s: float = DB_TIMEOUT_S) -> Blueprint:
-    bp = Blueprint("probes", __name__)
-    clusters = [settings.cluster] if settings.cluster else []
-    checker = DatabaseChecker(sessions, clusters=clusters, head=head, timeout_s=db_timeout_s,
-                              redact=redact)
+bp = Blueprint("probes", __name__)
 
-    @bp.get("/healthz")
-    def healthz() -> Response:
-        snap = health.snapshot()
-        body = {
-            "status": "ok" if snap.scheduler_alive else "fail",
-            "scheduler": snap.scheduler_alive,
-            "leader": snap.leader,
-            "leadership_known": snap.leadership_known,
-            "polls_running": snap.polls_running,
-            "uptime_s": round(max(0.0, health.now() - snap.started_at), 1),
-        }
-        if not snap.scheduler_alive:
-            body["reason"] = "the scheduler thread is not running"
-        return _json(body, 200 if snap.scheduler_alive else 503)
 
-    @bp.get("/readyz")
-    def readyz() -> Response:
-        facts = checker.run()
-        checks: dict[str, Any] = {}
-        if facts is None or facts.error is not None:
-            reason = (f"no answer within {db_timeout_s:g}s" if facts is None
-                      else f"the database cannot be used ({facts.error})")
-            checks["database"] = {"status": "fail", "reason": reason}
-            checks["schema"] = {"status": "skipped", "reason": "the database check failed"}
-            checks["freshness"] = {"status": "skipped", "reason": "the database check failed"}
-            checks["polls"] = {"status": "skipped", "reason": "the database check failed"}
+@bp.get("/healthz")
+def healthz() -> Response:
+    health = web_state().health
+    snap = health.snapshot()
+    body = {
+        "status": "ok" if snap.scheduler_alive else "fail",
+        "scheduler": snap.scheduler_alive,
+        "leader": snap.leader,
+        "leadership_known": snap.leadership_known,
+        "polls_running": snap.polls_running,
+        "uptime_s": round(max(0.0, health.now() - snap.started_at), 1),
+    }
+    if not snap.scheduler_alive:
+        body["reason"] = "the scheduler thread is not running"
+    return _json(body, 200 if snap.scheduler_alive else 503)
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    state = web_state()
+    facts = state.checker.run()
+    checks: dict[str, Any] = {}
+    if facts is None or facts.error is not None:
+        reason = (f"no answer within {state.db_timeout_s:g}s" if facts is None
+                  else f"the database cannot be used ({facts.error})")
+        checks["database"] = {"status": "fail", "reason": reason}
+        for name in ("schema", "freshness", "polls"):
+            checks[name] = {"status": "skipped", "reason": "the database check failed"}
+    else:
+        checks["database"] = {"status": "ok", "latency_ms": facts.latency_ms,
+                              "reason": f"answered in {facts.latency_ms:g} ms"}
+        checks["schema"] = _schema(facts.revision, state.head)
+        skipped = _freshness_skipped(state.settings, checks["schema"]["status"] == "ok")
+        if skipped is not None:
+            checks["freshness"] = {"status": "skipped", "reason": skipped}
+            checks["polls"] = {"status": "skipped", "reason": skipped}
         else:
-            checks["database"] = {"status": "ok", "latency_ms": facts.latency_ms,
-                                  "reason": f"answered in {facts.latency_ms:g} ms"}
-            schema_ok = facts.revision == head
-            checks["schema"] = {
-                "status": "ok" if schema_ok else "fail", "revision": facts.revision,
-                "head": head,
-                "reason": ("at head" if schema_ok else
-                           "the database has no schema: run 'hpc-billing migrate'"
-                           if facts.revision is None else
-                           f"the database is at revision {facts.revision}, this version "
-                           f"needs {head}: run 'hpc-billing migrate'")}
-            skipped = None
-            if not schema_ok:
-                skipped = "the schema is not at head"
-            elif settings.source == "file":
-                # A file import is not a feed: there is nothing to be fresh about.
-                skipped = "the file source has no polling window"
-            elif not clusters:
-                skipped = "no cluster configured (HPC_BILLING_CLUSTER)"
-            if skipped is not None:
-                checks["freshness"] = {"status": "skipped", "reason": skipped}
-                checks["polls"] = {"status": "skipped", "reason": skipped}
-            else:
-                checks["freshness"] = _freshness(settings, health, facts.polls)
-                checks["polls"] = _polls(facts.last)
-        failing = [name for name, check in checks.items() if check["status"] == "fail"]
-        body = {"status": "fail" if failing else "ok", "failing": failing, "checks": checks,
-                "leader": health.snapshot().leader}
-        return _json(body, 503 if failing else 200)
+            checks["freshness"] = _freshness(state.settings, state.health, facts.polls)
+            checks["polls"] = _polls(facts.last)
+    failing = [name for name, check in checks.items() if check["status"] == "fail"]
+    body = {"status": "fail" if failing else "ok", "failing": failing, "checks": checks,
+            "leader": state.health.snapshot().leader}
+    return _json(body, 503 if failing else 200)
 
-    return bp
+
+def _schema(revision: str | None, head: str) -> dict[str, Any]:
+    ok = revision == head
+    return {"status": "ok" if ok else "fail", "revision": revision, "head": head,
+            "reason": ("at head" if ok else
+                       "the database has no schema: run 'hpc-billing migrate'"
+                       if revision is None else
+                       f"the database is at revision {revision}, this version "
+                       f"needs {head}: run 'hpc-billing migrate'")}
+
+
+def _freshness_skipped(settings: Settings, schema_ok: bool) -> str | None:
+    """Why freshness and polls are not checked, or None when they are."""
+    if not schema_ok:
+        return "the schema is not at head"
+    if settings.source == "file":
+        # A file import is not a feed: there is nothing to be fresh about.
+        return "the file source has no polling window"
+    if not settings.cluster:
+        return "no cluster configured (HPC_BILLING_CLUSTER)"
+    return None
+
+
+def make_checker(settings: Settings, sessions: Callable[[], Any], *, head: str,
+                 redact: Callable[[str], str],
+                 db_timeout_s: float = DB_TIMEOUT_S) -> DatabaseChecker:
+    """The readiness checker of one app (``create_app`` keeps it in the web state)."""
+    clusters = [settings.cluster] if settings.cluster else []
+    return DatabaseChecker(sessions, clusters=clusters, head=head, timeout_s=db_timeout_s,
+                           redact=redact)
