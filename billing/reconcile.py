@@ -1,35 +1,6 @@
 """Reconcile against Slurm's own ``billing`` TRES: recompute it from TRESBillingWeights.
 
-This module owns reading a partition's ``TRESBillingWeights`` string (slurm.conf(5)) and
-recomputing, for one job, the billing figure Slurm should have stored, so that
-``hpc-billing`` can point at jobs whose stored ``billing`` disagrees with the configuration
-the site believes it runs (a partition whose weights changed, a node with other weights).
-It is pure: stdlib only, no I/O.
-
-Weights (``parse_billing_weights``): a comma-separated list of ``TRES=weight``. TRES names
-are case-insensitive. The ones modelled:
-
-* ``CPU``            per allocated CPU;
-* ``Mem``            per MB of allocated memory, or per the unit of a suffix:
-                     ``Mem=0.25G`` is 0.25 per GB; K, M, G, T, P are 1024-based, as
-                     everywhere in Slurm;
-* ``Node``           per allocated node;
-* ``GRES/gpu``       per allocated GPU of any type (Slurm's ``gres/gpu`` TRES counts
-                     typed and untyped GPUs together);
-* ``GRES/gpu:<type>`` per allocated GPU of that type, *in addition to* ``GRES/gpu``
-                     (Slurm counts a typed GPU under both TRES, so a site that weights
-                     both bills a typed GPU twice, as Slurm does).
-
-Other TRES (licenses, burst buffers, energy, fs/disk ...) are not in a JobRecord; they are
-ignored and listed in ``Weights.ignored``, and a job using them may show a mismatch.
-
-Billing (``slurm_billing``): the sum of weight x allocated count, Slurm's default
-(``assoc_mgr_tres_weighted`` in Slurm 22.05). ``PriorityFlags=MAX_TRES`` (bill only the
-largest of the node-level TRES plus the global ones) is NOT modelled. Slurm stores the
-result truncated to an integer (4.25 is stored as 4); ``expected_billing_units`` does the
-same. Slurm computes in binary floating point and this module in exact decimals, so a
-weighted sum that is exactly an integer here could be one less in Slurm (e.g. ten
-``CPU=0.1`` CPUs); ``check_job`` reports such a job as a mismatch and shows both figures.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ def _stop_on_signals(message: str) -> threading.Event:
     """An event set by SIGTERM or SIGINT (logged once)."""
     stop = threading.Event()
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
         if not stop.is_set():
             log.info(message, signum)
             stop.set()
@@ -498,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - the one catch-all: log once, exit non-zero
+    except Exception as exc:
         log.error("%s: %s", type(exc).__name__, redact_secrets(str(exc), settings))
         log.debug("traceback", exc_info=True)
         return EXIT_FAILED

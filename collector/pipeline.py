@@ -15,11 +15,12 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import cast
 
 from billing.price import NO_RULE, PARTLY_PRICED
-from billing.records import JobRecord, QuarantinedRecord, Window
+from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
 from billing.rollup import rollup_steps
 from collector.pricer import Pricer
 from collector.run_result import CollectError, RunResult
@@ -33,6 +34,9 @@ from collector.store.db import Session, Sessions
 log = logging.getLogger(__name__)
 
 QUARANTINE_BATCH = 1000
+# What the reading thread hands the writing thread: a job with its stage row and its
+# prepared pricing, or a quarantined record.
+_Entry = tuple[JobRecord, str, tuple[str, list[ChargeLine]] | None] | QuarantinedRecord
 
 
 
@@ -75,7 +79,7 @@ def bulk_gc() -> Iterator[None]:
 # may wait for it (bounded memory: at most WRITE_DEPTH x WRITE_CHUNK records ahead).
 WRITE_CHUNK = 500
 WRITE_DEPTH = 16
-_STOP = object()
+_STOP: list[_Entry] = []        # the end of the chunks (compared by identity)
 
 
 class _WriteBehind:
@@ -94,21 +98,22 @@ class _WriteBehind:
     waits for it, so the caller can roll back.
     """
 
-    def __init__(self, writer: store_job_writer.JobWriter, pricer: Pricer | None, session,
+    def __init__(self, writer: store_job_writer.JobWriter, pricer: Pricer | None,
+                 session: Session,
                  run_id: int, cluster: str | None) -> None:
         self._writer = writer
         self._pricer = pricer
         self._session = session
         self._run_id = run_id
         self._cluster = cluster
-        self._queue: queue.Queue[object] = queue.Queue(WRITE_DEPTH)
+        self._queue: queue.Queue[list[_Entry]] = queue.Queue(WRITE_DEPTH)
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self.quarantined = 0
         self._thread = threading.Thread(target=self._run, name="collect-write", daemon=True)
         self._thread.start()
 
-    def put(self, chunk: list[JobRecord | QuarantinedRecord | tuple]) -> None:
+    def put(self, chunk: list[_Entry]) -> None:
         while True:
             if self._error is not None:
                 raise self._error
@@ -120,7 +125,7 @@ class _WriteBehind:
 
     def finish(self) -> None:
         """Write what is left and wait for it; raises the thread's error, if any."""
-        self.put(_STOP)  # type: ignore[arg-type]
+        self.put(_STOP)
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -147,7 +152,7 @@ class _WriteBehind:
                 chunk = self._queue.get()
                 if chunk is _STOP or stop.is_set():
                     break
-                for entry in chunk:  # type: ignore[attr-defined]
+                for entry in chunk:
                     if stop.is_set():
                         return
                     if type(entry) is tuple:          # (job, its stage row, its pricing)
@@ -158,7 +163,7 @@ class _WriteBehind:
                         if pricer is not None and not writer.pending:   # it just flushed
                             pricer.forget_prepared()
                     else:
-                        pending_q.append(entry)
+                        pending_q.append(cast(QuarantinedRecord, entry))
                         if len(pending_q) >= QUARANTINE_BATCH:
                             self.quarantined += store_runs.add_quarantined(
                                 self._session, self._run_id, pending_q, self._cluster)
@@ -174,6 +179,16 @@ class _WriteBehind:
         finally:
             if pricer is not None:
                 pricer.forget_prepared()
+
+
+def _iterable(value: object) -> Iterable[object]:
+    """A source's stats value that should be a list (anything else: empty)."""
+    return value if isinstance(value, (list, tuple, set, frozenset)) else ()
+
+
+def _counts(value: object) -> dict[str, int]:
+    """A source's stats value that should map names to counts (anything else: empty)."""
+    return dict(value) if isinstance(value, (dict, Counter)) else {}
 
 
 def _pairs(counts: dict[str, int] | Counter[str]) -> tuple[tuple[str, int], ...]:
@@ -231,7 +246,7 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
     and counted as unchanged.
     """
     started = time.monotonic()
-    with session_factory() as session:  # type: ignore[attr-defined]
+    with session_factory() as session:
         run_id = store_runs.start_run(session, cluster=cluster, source=source.name, kind=kind,
                                       window=window)
         accepted_raw = store_runs.accepted_digests(session)
@@ -245,13 +260,13 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
     clusters: set[str] = set()
     counts = store_job_writer.UpsertCounts(0, 0, 0)
     try:
-        with bulk_gc(), session_factory() as session:  # type: ignore[attr-defined]
+        with bulk_gc(), session_factory() as session:
             on_changed = on_inserted = None
             if pricer is not None:
-                def on_changed(records: list[JobRecord], _session=session) -> None:
+                def on_changed(records: list[JobRecord], _session: Session = session) -> None:
                     pricer.price(_session, records, run_id=run_id)
 
-                def on_inserted(records: list[JobRecord], _session=session) -> None:
+                def on_inserted(records: list[JobRecord], _session: Session = session) -> None:
                     pricer.price(_session, records, run_id=run_id, new_jobs=True)
             writer = store_job_writer.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
                                                 on_changed=on_changed, on_inserted=on_inserted)
@@ -278,7 +293,7 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
                 seen_add = seen.add
                 behind = _WriteBehind(writer, pricer, session, run_id, cluster)
                 try:
-                    chunk: list = []
+                    chunk: list[_Entry] = []
                     for item in rollup_steps(items, source=source.name):
                         if isinstance(item, JobRecord):
                             key = hash((item.cluster, item.job_id_raw, item.submit))
@@ -315,7 +330,8 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
                 counts = counts + store_job_writer.UpsertCounts(0, 0, unchanged.count)
             stats = source.stats
             extra = stats.extra
-            duplicates += int(extra.get("duplicates_skipped", 0) or 0)  # type: ignore[call-overload]
+            skipped = extra.get("duplicates_skipped", 0)
+            duplicates += skipped if isinstance(skipped, int) else 0
             stored = counts.inserted + counts.updated + counts.unchanged
             if not quarantined:
                 outcome, error = "ok", None
@@ -358,7 +374,7 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
             lines = source.stats.lines
         except Exception:  # noqa: BLE001, S110 - stats of a broken source are best effort
             pass
-        with session_factory() as session:  # type: ignore[attr-defined]
+        with session_factory() as session:
             store_runs.finish_run(session, run_id, outcome="failed", records_read=records,
                                   counts=store_job_writer.UpsertCounts(0, 0, 0), quarantined=0,
                                   lines_read=lines, error=error)
@@ -378,8 +394,8 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
         jobs_priced=pricer.jobs_priced if pricer else 0,
         charge_lines=pricer.lines_written if pricer else 0,
         source_s=stats.slurm_seconds, duplicates=duplicates, accepted=accepted,
-        ignored_columns=tuple(str(c) for c in extra.get("ignored_columns", ()) or ()),  # type: ignore[union-attr]
-        unknown_states=_pairs(extra.get("unknown_states", {}) or {}),  # type: ignore[arg-type]
+        ignored_columns=tuple(str(c) for c in _iterable(extra.get("ignored_columns"))),
+        unknown_states=_pairs(_counts(extra.get("unknown_states"))),
         unpriced=_pairs(pricer.unpriced) if pricer else (),
         watermark_moved=moved)
     _report(result, clusters, examples)

@@ -128,9 +128,9 @@ def write_table(stream: IO[str], columns: Sequence[str], rows: Iterable[dict[str
         stream.write(empty_message + "\n")
         return 0
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    stream.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    stream.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
     for r in cells:
-        stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+        stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
     return len(cells)
 
 

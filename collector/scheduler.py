@@ -4,7 +4,7 @@ Two APScheduler 3 jobs, each ``max_instances=1`` and ``coalesce=True``, both run
 start: ``poll`` (take or confirm leadership, then ``polling.poll_once``) and ``nodes``
 (``scontrol show node`` into a node snapshot). Each has the one catch-all of DESIGN §7.8:
 it logs once, updates the health state and lets the scheduler live on. ``stop()`` lets a
-running poll finish, then releases the leader lock. Details: docs/design/daemon.md.
+running poll finish, then releases the leader lock. Details: docs/design/collection.md.
 """
 
 from __future__ import annotations
@@ -167,10 +167,13 @@ class Daemon:
             from collector.slurm.nodes import read_nodes
             from collector.store.nodes import store_snapshot
 
-            nodes = read_nodes(self.settings.scontrol, timeout_s=min(self.settings.sacct_timeout_s, 60),
-                               cluster=self.settings.cluster)
+            cluster = self.settings.cluster
+            if cluster is None:     # a file import has no cluster to take an inventory of
+                return
+            nodes = read_nodes(self.settings.scontrol,
+                               timeout_s=min(self.settings.sacct_timeout_s, 60), cluster=cluster)
             with self.sessions() as session:
-                store_snapshot(session, self.settings.cluster, datetime.now(UTC), nodes)
+                store_snapshot(session, cluster, datetime.now(UTC), nodes)
                 session.commit()
             self.health.node_snapshot_taken()
             log.debug("node inventory: %d nodes", len(nodes))

@@ -332,7 +332,7 @@ class PyslurmSource:
         db = getattr(pyslurm, "db", None)
         job_filter = (getattr(db, "JobFilter", None) or getattr(db, "JobSearchFilter", None)
                       if db is not None else None)
-        if job_filter is None or not hasattr(db, "Jobs"):
+        if db is None or job_filter is None or not hasattr(db, "Jobs"):
             version = getattr(pyslurm, "__version__", "unknown")
             raise SourceError(f"pyslurm {version} has no pyslurm.db.Jobs / JobFilter API; the "
                               f"pyslurm source needs pyslurm >= 23.2 ({_INSTALL_HINT})")

@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from collector.store.copytext import AMOUNT, decimal_text
 from collector.store.errors import ChargeValueError
-from collector.store.models import Budget
+from collector.store.models import Budget, table_of
 from collector.store.periods import check_period
 from collector.store.reports import CHARGES, JOBS, LINES_WITH_JOBS
 
-_BUDGETS = Budget.__table__
+_BUDGETS = table_of(Budget)
 
 @dataclass(frozen=True, slots=True)
 class BudgetInfo:

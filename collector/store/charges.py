@@ -29,17 +29,18 @@ from collector.store.copytext import (
     copy_text,
     decimal_text,
 )
+from collector.store.db import raw_cursor
 from collector.store.errors import ChargeValueError, ClosedPeriodError
-from collector.store.models import CHARGE_BASES, CHARGE_KINDS, BillingPeriod, Charge, Job, RateCard
+from collector.store.models import CHARGE_BASES, CHARGE_KINDS, BillingPeriod, Charge, Job, RateCard, table_of
 from collector.store.periods import check_period, closed_periods
 from collector.store.rate_cards import card_ids
 
 JobKey = tuple[str, int, datetime]
 
-_CHARGES = Charge.__table__
-_JOBS = Job.__table__
-_CARDS = RateCard.__table__
-_PERIODS = BillingPeriod.__table__
+_CHARGES = table_of(Charge)
+_JOBS = table_of(Job)
+_CARDS = table_of(RateCard)
+_PERIODS = table_of(BillingPeriod)
 
 
 def _aware(value: datetime, what: str) -> datetime:
@@ -50,17 +51,6 @@ def _aware(value: datetime, what: str) -> datetime:
 
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
-
-
-def _dbapi_cursor(session: Session) -> Any:
-    dbapi_conn = session.connection().connection.dbapi_connection
-    if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
-        raise RuntimeError("the charge store needs a live psycopg2 connection")
-    cur = dbapi_conn.cursor()
-    if not hasattr(cur, "copy_expert"):
-        cur.close()
-        raise TypeError("the charge store needs the psycopg2 driver (postgresql+psycopg2://)")
-    return cur
 
 
 def _key_match(a: str, b: str) -> str:
@@ -388,7 +378,7 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
         raise ClosedPeriodError(in_closed, "replace_charges would post lines in a closed period")
 
     key_lines = (prefix[:-1] + "\n" for prefix in prefixes.values())
-    with _dbapi_cursor(session) as cur:
+    with raw_cursor(session, "the charge store") as cur:
         if new_jobs:
             run_text = "\\N" if run_id is None else str(run_id)
             cur.copy_expert(_SQL_COPY_NEW,

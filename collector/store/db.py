@@ -1,19 +1,13 @@
 """Engines, sessions and schema migrations.
 
-This module owns how hpc-billing connects to PostgreSQL (``make_engine``), how sessions
-are made (``session_factory``), how the schema is brought to a revision (``migrate``,
-``downgrade``) and read back (``schema_revision``, ``head_revision``), and how a
-database URL is shown in logs (``redact_url``).
-
-The Alembic configuration is built in code with ``script_location`` pointing into this
-package, so ``hpc-billing migrate`` works from any directory and from an installed wheel;
-no ``alembic.ini`` is read at run time.
+Design notes: docs/design/store.md.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
@@ -203,3 +197,17 @@ def database_unavailable(exc: BaseException) -> bool:
 def ping(session: Session) -> None:
     """``SELECT 1``: raises when the database does not answer."""
     session.execute(text("SELECT 1")).scalar_one()
+
+
+def raw_cursor(session: Session, what: str) -> Any:
+    """A psycopg2 cursor on the session's connection (in its transaction), for COPY and
+    ``execute_values``; close it (it is a context manager). ``what`` names the caller in
+    the error raised for another driver."""
+    dbapi_conn = session.connection().connection.dbapi_connection
+    if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
+        raise RuntimeError(f"{what} needs a live psycopg2 connection")
+    cur = dbapi_conn.cursor()
+    if not hasattr(cur, "copy_expert"):
+        cur.close()
+        raise TypeError(f"{what} needs the psycopg2 driver (postgresql+psycopg2://)")
+    return cast(Any, cur)

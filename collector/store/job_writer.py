@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from billing.records import JobRecord
 from collector.store.copytext import LinesReader
+from collector.store.db import raw_cursor
 from collector.store.jobs import KEY_COLUMNS, STAGE_COLUMNS, _as_stored, _aware, stage_row
 
 
@@ -155,13 +156,8 @@ class JobWriter:
         """Write the buffered batch; returns that batch's counts (zero when empty)."""
         if not self._batch:
             return UpsertCounts()
-        dbapi_conn = self._session.connection().connection.dbapi_connection
-        if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
-            raise RuntimeError("JobWriter needs a live psycopg2 connection")
         batch, clusters = self._batch, self._clusters
-        with dbapi_conn.cursor() as cur:
-            if not hasattr(cur, "copy_expert"):
-                raise TypeError("JobWriter needs the psycopg2 driver (postgresql+psycopg2://)")
+        with raw_cursor(self._session, "JobWriter") as cur:
             cur.execute(_SQL_CREATE_STAGE)
             cur.execute(_SQL_TRUNCATE_STAGE)
             cur.copy_expert(_SQL_COPY, LinesReader(line for line, _ in batch.values()),
@@ -220,8 +216,7 @@ class UnchangedJobs:
         if not keys:
             return set()
         pairs = sorted({(cluster, raw) for cluster, raw, _ in keys})
-        dbapi_conn = self._session.connection().connection.dbapi_connection
-        with dbapi_conn.cursor() as cur:  # type: ignore[union-attr]
+        with raw_cursor(self._session, "UnchangedJobs") as cur:
             cur.execute(_SQL_STORED_DIGESTS, ([c for c, _ in pairs], [r for _, r in pairs]))
             found = {row[0] for row in cur.fetchall()}
         return {digest for _, _, digest in keys if digest in found}

@@ -14,14 +14,14 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from billing.records import JobRecord
 from collector.store.copytext import escape
-from collector.store.models import Job
+from collector.store.models import Job, table_of
 
 # --------------------------------------------------------------------------- encoding
 
@@ -73,7 +73,7 @@ RECORD_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 _COLUMNS = tuple(col for col, _ in RECORD_COLUMNS)
 KEY_COLUMNS = ("cluster", "job_id_raw", "submit_time")
-STAGE_COLUMNS = _COLUMNS + ("content_hash", "raw_digest")
+STAGE_COLUMNS = (*_COLUMNS, "content_hash", "raw_digest")
 _WRITER_COLUMNS = frozenset(("content_hash", "raw_digest", "first_run_id", "last_run_id",
                              "updated_at"))
 
@@ -347,9 +347,16 @@ def _as_stored(rec: JobRecord) -> JobRecord:
 
 # ---------------------------------------------------------------------------- reading
 
-_TABLE = Job.__table__
+_TABLE = table_of(Job)
+_SELECTED = tuple(_TABLE.c[name] for name in _COLUMNS)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
+@overload
+def _aware(value: datetime | None) -> datetime | None: ...
 def _aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is UTC:
         return value
@@ -416,7 +423,7 @@ def list_jobs(session: Session, *, cluster: str | None = None,
         if value is not None and (value.tzinfo is None or value.utcoffset() is None):
             raise ValueError(f"{what} must be timezone-aware, got {value!r}")
     t = _TABLE.c
-    stmt = select(_TABLE.c[_COLUMNS])
+    stmt = select(*_SELECTED)
     if cluster is not None:
         stmt = stmt.where(t.cluster == cluster)
     if until is not None:
@@ -475,7 +482,7 @@ def job_page(session: Session, *, limit: int, after: JobPosition | None = None,
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     t = _TABLE.c
-    stmt = select(_TABLE.c[_COLUMNS])
+    stmt = select(*_SELECTED)
     if cluster is not None:
         stmt = stmt.where(t.cluster == cluster)
     if account is not None:
@@ -502,7 +509,7 @@ def jobs_by_raw_id(session: Session, cluster: str, job_id_raw: int) -> list[JobR
     """Every record of ``cluster`` with this JobIDRaw, oldest submit first (a requeued job
     has one record per run; a slurmctld state reset can reuse an id much later)."""
     t = _TABLE.c
-    stmt = (select(_TABLE.c[_COLUMNS])
+    stmt = (select(*_SELECTED)
             .where(t.cluster == cluster, t.job_id_raw == job_id_raw)
             .order_by(t.submit_time))
     return [_record(row) for row in session.execute(stmt)]

@@ -16,9 +16,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from collector.store.errors import ChargeStoreError, InvalidPeriodError
-from collector.store.models import BillingPeriod
+from collector.store.models import BillingPeriod, table_of
 
-_PERIODS = BillingPeriod.__table__
+_PERIODS = table_of(BillingPeriod)
 
 _PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 

@@ -11,10 +11,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from collector.store.errors import ChargeValueError
-from collector.store.models import Charge, RateCard
+from collector.store.models import Charge, RateCard, table_of
 
-_CARDS = RateCard.__table__
-_CHARGES = Charge.__table__
+_CARDS = table_of(RateCard)
+_CHARGES = table_of(Charge)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,14 +34,15 @@ from collector.store.models import (
     ChargeRollupDailyJobs,
     ChargeRollupDirty,
     Job,
+    table_of,
 )
 from collector.store.periods import check_period
 
-CHARGES = Charge.__table__
-JOBS = Job.__table__
-_ROLLUP = ChargeRollupDaily.__table__
-_ROLLUP_JOBS = ChargeRollupDailyJobs.__table__
-_DIRTY = ChargeRollupDirty.__table__
+CHARGES = table_of(Charge)
+JOBS = table_of(Job)
+_ROLLUP = table_of(ChargeRollupDaily)
+_ROLLUP_JOBS = table_of(ChargeRollupDailyJobs)
+_DIRTY = table_of(ChargeRollupDirty)
 
 # Every charge line with its job (the attributes reports group by).
 LINES_WITH_JOBS = CHARGES.join(JOBS, and_(JOBS.c.cluster == CHARGES.c.cluster,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from collector.store.models import ChargeRollupDirty
+from collector.store.models import ChargeRollupDirty, table_of
 
-_DIRTY = ChargeRollupDirty.__table__
+_DIRTY = table_of(ChargeRollupDirty)
 
 # Recompute the dirty (cluster, submit day) buckets of both rollups, then forget them.
 # The dirty days' jobs first (through ix_jobs_cluster_submit_time: a poll dirties a day or

@@ -16,14 +16,16 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from psycopg2.extras import execute_values
 from sqlalchemy import extract, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from billing.records import QuarantinedRecord, Window
+from collector.store.db import raw_cursor
 from collector.store.job_writer import UpsertCounts
 from collector.store.models import (
     RUN_KINDS,
@@ -32,6 +34,7 @@ from collector.store.models import (
     CollectorRun,
     Quarantine,
     Watermark,
+    table_of,
 )
 
 SACCT_STREAM = "sacct"
@@ -150,12 +153,12 @@ def finish_run(session: Session, run_id: int, *, outcome: str, records_read: int
         "lines_read": lines_read, "error": None if error is None else _clean(error),
         "jobs_priced": jobs_priced, "charge_lines": charge_lines, "rate_card_id": rate_card_id,
     })
-    if result.rowcount != 1:
+    if cast(CursorResult[Any], result).rowcount != 1:
         raise LookupError(f"no collector run with id {run_id}")
 
 
-_RUNS = CollectorRun.__table__
-_QUARANTINE = Quarantine.__table__
+_RUNS = table_of(CollectorRun)
+_QUARANTINE = table_of(Quarantine)
 
 
 def _run_info(run: Any) -> RunInfo:
@@ -271,10 +274,9 @@ def add_quarantined(session: Session, run_id: int, records: Iterable[Quarantined
     """
     if cluster is not None:
         ensure_cluster(session, cluster)
-    dbapi_conn = session.connection().connection.dbapi_connection
     stored = 0
     iterator = iter(records)
-    with dbapi_conn.cursor() as cur:
+    with raw_cursor(session, "the quarantine") as cur:
         while True:
             page = [
                 (run_id, cluster, _clean(rec.source), rec.line_no, _opt(rec.job_id),
@@ -333,7 +335,7 @@ def accept_quarantined(session: Session, *, run_id: int | None = None,
         which.append(_QUARANTINE.c.id.in_(id_list))
     stmt = (update(_QUARANTINE).where(condition, or_(*which))
             .values(accepted_at=func.clock_timestamp()))
-    return int(session.execute(stmt).rowcount or 0)
+    return int(cast(CursorResult[Any], session.execute(stmt)).rowcount or 0)
 
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from collector import pipeline
 from collector.polling import backfill_windows
 from collector.pricer import make_pricer
 from collector.run_result import CollectError, RunResult
@@ -18,7 +19,6 @@ from collector.runtime import Runtime
 from collector.settings import SettingsError
 from collector.sources import make_source
 from collector.store import runs as store_runs
-from collector import pipeline
 
 log = logging.getLogger("hpc_billing")
 

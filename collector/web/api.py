@@ -1,26 +1,6 @@
 """The read-only JSON API under ``/api/v1`` (contract: docs/api/openapi.yaml).
 
-This module owns the API's endpoints, how their query parameters are validated, and who
-may see what:
-
-- Every request needs ``Authorization: Bearer <token>`` (``collector.web.auth``). A token
-  of scope ``all`` reads everything; a token of scope ``account:a,b`` reads only the
-  report lines, jobs and budgets of those accounts (filtered in SQL, not after the fact),
-  and the rate cards; ``/runs``, ``/quarantine`` and ``/nodes/*`` are 403 for it, and so
-  is asking for another account's jobs.
-- Parameters are validated strictly, all at once: a bad value, a missing or repeated
-  parameter, and an UNKNOWN parameter (a typo such as ``acount=`` would otherwise
-  silently widen the answer) give one 400 ``application/problem+json`` listing every
-  problem in ``invalid_params``. Bad input never reaches the database as a 500.
-- Every read runs in a READ ONLY transaction with a statement timeout; a database that
-  cannot be reached answers 503 (``collector.web.app``).
-- Shapes come from ``collector.render`` (the same as the CLI's ``--format json``): jobs by
-  ``job_to_dict``, report rows by ``report_row_to_dict``, money as strings by ``money``.
-
-``/jobs`` pages with a keyset cursor on (cluster, submit time, job_id_raw): the cursor is
-opaque to clients (base64url of a small JSON document holding the last key and a
-fingerprint of the filters); a cursor that does not decode, or that belongs to other
-filters, is a 400.
+Design notes: docs/design/web.md.
 """
 
 from __future__ import annotations
@@ -30,7 +10,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -50,7 +30,7 @@ from collector.store import rate_cards as store_rate_cards
 from collector.store import reports as store_reports
 from collector.store import runs as store_runs
 from collector.web.auth import Scope, authenticate
-from collector.web.problems import NOT_FOUND, UNAVAILABLE, ApiError, invalid
+from collector.web.problems import NOT_FOUND, ApiError, invalid
 from collector.web.state import web_state
 
 UTC = timezone.utc
@@ -503,8 +483,9 @@ def utilisation() -> Response:
             elif (until - since).days > MAX_RANGE_DAYS:
                 q.fail("until", f"since to until may span at most {MAX_RANGE_DAYS} days")
     q.check()
+    assert since is not None and until is not None        # q.check() raised otherwise
     with read() as session:
-        days = store_nodes.node_utilisation_daily(session, cluster=cluster, since=since, until=until)
-    return _ok({"cluster": cluster, "since": since.isoformat(),  # type: ignore[union-attr]
-                "until": until.isoformat(),  # type: ignore[union-attr]
+        days = store_nodes.node_utilisation_daily(session, cluster=cluster, since=since,
+                                                  until=until)
+    return _ok({"cluster": cluster, "since": since.isoformat(), "until": until.isoformat(),
                 "items": [_utilisation_to_dict(day) for day in days]})

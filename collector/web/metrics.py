@@ -1,37 +1,6 @@
 """Prometheus metrics of the collector: ``build_registry`` makes the registry ``/metrics`` serves.
 
-This module owns every metric name, label and help text hpc-billing exports. Three sources
-feed one NEW ``CollectorRegistry`` (never prometheus_client's global one, so two apps in
-one process, or tests, never share series):
-
-1. Counters and histograms fed by a ``Health`` listener from each finished poll's
-   ``RunResult`` (``hpcb_polls_total`` ... ``hpcb_source_duration_seconds``). ``ok`` and
-   ``partial`` polls stored their jobs, so they add to the record/job/charge counters; a
-   ``failed`` poll stored no job (only, when every record it read was quarantined, those
-   records: they count in ``hpcb_records_quarantined_total``). Every poll counts in
-   ``hpcb_polls_total{outcome}`` and both histograms.
-2. Gauges read from ``Health`` at scrape time (last success, leadership, scheduler,
-   start time). No I/O.
-3. Gauges read from PostgreSQL at scrape time by ``_DatabaseCollector``: lag, open jobs,
-   charges and budgets of the current period, quarantine, node capacity. The reads share
-   one transaction, each inside a savepoint with its own ``statement_timeout``
-   (``db_timeout_s``, less when the scrape's whole budget ``db_budget_s`` has less left):
-   a read that fails or times out is skipped, the others still report, and
-   ``hpcb_scrape_database_up`` is 0. After an error that is not a statement timeout (the
-   database is gone) no further read is tried, so a dead database costs one connection
-   attempt (bounded by the engine's ``connect_timeout``). A scrape never raises.
-
-Labels never carry job or user ids (DESIGN.md §6); ``account`` is the only
-tenant-sized label (charges and budgets).
-
-The current billing period is the calendar month at ``clock()`` in the rate card's time
-zone: ``period_timezone`` when given, else the ``timezone`` of the card the newest priced
-run used (read from ``rate_cards``), else UTC. So charges and budgets switch to the new
-month at the card's local midnight, exactly when the pricing starts posting to it.
-
-Charges are summed over ``charge_lines`` of the current posted period (through the
-``(posted_period, cluster)`` index) at every scrape; the daily rollup tables that make
-this constant-time come with the performance issue.
+Design notes: docs/design/web.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,6 @@
 """The probes: ``/healthz`` (is the process alive) and ``/readyz`` (can it serve good data).
 
-This module owns what the probes check and how fast they answer:
-
-- ``/healthz`` answers from the in-process health state alone, never the database: 200
-  while the scheduler thread is alive, 503 otherwise. An orchestrator restarts on this.
-- ``/readyz`` checks, in order, and names every failing check with a reason:
-
-  ``database``  ``SELECT 1`` in a READ ONLY transaction with a statement timeout;
-  ``schema``    the database's Alembic revision is this code's head;
-  ``freshness`` per configured cluster, the newest poll that stored its window's data
-                (outcome ok or partial) in the DATABASE's run log (written by whichever
-                collector is the leader) is younger than HPC_BILLING_STALE_AFTER, by
-                the database's clock. Right after start, for that same duration, a
-                cluster with no such poll at all passes (grace period); a stale one does
-                not. Without a configured cluster the check is skipped and says so.
-                Failed polls therefore count against freshness (after
-                HPC_BILLING_STALE_AFTER); partial ones do not.
-  ``polls``     informational, never failing: per configured cluster, the outcome of the
-                newest finished poll. ``warn`` when it was partial (records quarantined:
-                the data is fresh but incomplete, and the sacct watermark stays where it
-                was) or failed; ``ok`` otherwise. The HpcBillingRecordsQuarantined and
-                HpcBillingDataStale alerts page on the same facts.
-
-  A check that cannot run because an earlier one failed is ``skipped`` (the failing list
-  then names only the cause). The database work runs in one background thread at a time
-  and the probe waits at most ``db_timeout_s`` (2 s) for it: a stopped, unreachable or
-  overloaded PostgreSQL makes ``/readyz`` answer 503 quickly instead of hanging the
-  probe (and concurrent probes share the one check in flight instead of piling up).
-
-Probe bodies are plain JSON (not problem+json, a 503 here is a status report) and carry
-no error text from the database: the first failure after a success, and the recovery,
-are logged once.
+Design notes: docs/design/web.md.
 """
 
 from __future__ import annotations
