@@ -170,11 +170,15 @@ def check_job(job: JobRecord, weights: Weights) -> Mismatch | None:
 
 
 def check_jobs(jobs: Iterable[JobRecord],
-               weights_by_partition: Mapping[str, Weights | str]) -> ReconcileReport:
+               weights_by_partition: Mapping[str, Weights | str], *,
+               unweighted: Weights | None = None) -> ReconcileReport:
     """Check every job against its partition's weights (strings are parsed once).
 
-    Jobs without a stored billing, or whose partition has no weights, are skipped and
-    counted; the partitions without weights are listed.
+    Skipped and counted: jobs without a stored billing (cancelled while pending, het
+    components) or without an allocation (no CPUs recorded: nothing to recompute from).
+    A partition missing from ``weights_by_partition`` is listed in ``no_weights``; its
+    jobs are checked with ``unweighted`` when given (``parse_billing_weights("")``, CPU=1,
+    is Slurm's rule for a partition without TRESBillingWeights) and skipped otherwise.
     """
     parsed: dict[str, Weights] = {
         name: (w if isinstance(w, Weights) else parse_billing_weights(w))
@@ -183,11 +187,15 @@ def check_jobs(jobs: Iterable[JobRecord],
     mismatches: list[Mismatch] = []
     missing: set[str] = set()
     for job in jobs:
-        weights = parsed.get(job.partition) if job.partition is not None else None
-        if job.billing is None or weights is None:
+        if job.billing is None or job.cpus == 0:
             skipped += 1
-            if job.billing is not None:
-                missing.add(job.partition or "")
+            continue
+        weights = parsed.get(job.partition) if job.partition is not None else None
+        if weights is None:
+            missing.add(job.partition or "")
+            weights = unweighted
+        if weights is None:
+            skipped += 1
             continue
         checked += 1
         found = check_job(job, weights)

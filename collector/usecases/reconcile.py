@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from zoneinfo import ZoneInfo
 
-from billing.reconcile import Mismatch, check_job, parse_billing_weights
+from billing.reconcile import Mismatch, check_jobs, parse_billing_weights
 from billing.rollup import period_bounds
 from collector.runtime import Runtime
 from collector.settings import SettingsError
@@ -60,24 +60,17 @@ def reconcile(runtime: Runtime, period: str, weights_from: str) -> ReconcileResu
     weights = {name: parse_billing_weights(text) for name, text in weights_text.items()}
     tz = ZoneInfo(card.card.timezone) if card else UTC
     since, until = period_bounds(period, tz)
-    checked = skipped = 0
-    mismatches: list[Mismatch] = []
     with runtime.database.sessions() as session:
-        for job in store_jobs.list_jobs(session, cluster=settings.cluster, since=since,
-                                        until=until):
-            if job.billing is None or job.cpus == 0:
-                skipped += 1
-                continue
-            w = weights.get(job.partition or "")
-            if w is None:
-                # A partition without TRESBillingWeights bills its allocated CPUs
-                # (slurm.conf(5), TRESBillingWeights).
-                w = parse_billing_weights("CPU=1.0")
-            checked += 1
-            mismatch = check_job(job, w)
-            if mismatch is not None:
-                mismatches.append(mismatch)
+        report = check_jobs(store_jobs.list_jobs(session, cluster=settings.cluster, since=since,
+                                                 until=until),
+                            weights, unweighted=parse_billing_weights(""))
+    checked, skipped, mismatches = report.checked, report.skipped, report.mismatches
+    if report.no_weights:
+        # slurm.conf(5): a partition without TRESBillingWeights bills its allocated CPUs.
+        log.info("reconcile %s: no TRESBillingWeights for partition(s) %s: checked as "
+                 "CPU=1 (Slurm's default)", period, ", ".join(p or "(none)" for p in
+                                                             report.no_weights))
     log.info("reconcile %s (weights from %s): %d jobs checked, %d mismatches, %d skipped "
-             "(no billing recorded)", period, origin, checked, len(mismatches), skipped)
+             "(no billing or allocation recorded)", period, origin, checked, len(mismatches), skipped)
     return ReconcileResult(period=period, origin=origin, checked=checked, skipped=skipped,
-                           mismatches=tuple(mismatches))
+                           mismatches=mismatches)
