@@ -346,8 +346,11 @@ def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
     demo_rt = demo.demo_runtime(rt)
     try:
         card = demo_rt.require_card("the demo")
+        counts = demo.sample_counts()
         print(f"hpc-billing {__version__}: importing the bundled real sacct export "
-              f"{demo.sample_path().name} (Slurm 22.05 lab cluster, 21 jobs)", flush=True)
+              f"{demo.sample_path().name} (Slurm 22.05 lab cluster: {counts.records} job "
+              f"records of {counts.jobs} jobs; a requeued job has a record per run)",
+              flush=True)
         print(f"pricing with {card.path}" + ("" if rt.settings.rates else
               " (demo rates, inflated because the lab's jobs run for seconds)"), flush=True)
         result = demo.run_demo(demo_rt)
@@ -362,17 +365,27 @@ def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
     for period, report in result.reports:
         print(f"\nCharges posted in {period} (hpc-billing report --period {period} "
               "--group-by account,user):")
-        flat = [render.flatten_report_row(render.report_row_to_dict(r, group_by), group_by)
-                for r in report]
+        dicts = [render.report_row_to_dict(r, group_by) for r in report]
         render.write_table(sys.stdout, [*group_by, "jobs", "amount", "currency", "resources"],
-                           flat, empty_message="(no charges)")
+                           render.report_table_rows(dicts, group_by),
+                           empty_message="(no charges)")
+        charged = sum(row.jobs for row in report)
+        uncharged = sum(n for _, n in result.uncharged)
+        print(f"{charged} of the {len(result.jobs)} job records have charges posted in "
+              f"{period}" + (f"; {uncharged} have none: " + ", ".join(
+                  f"{reason} {n}" for reason, n in result.uncharged) if uncharged else "")
+              + ".")
     print("\nRun log (hpc-billing runs):")
     render.write_table(sys.stdout, render.RUN_TABLE_COLUMNS, render.run_rows(result.runs))
     settings = rt.settings
     where = ("DATABASE_URL" if settings.database_url
              else f"the embedded PostgreSQL in {settings.data_dir}")
-    print(f"\n{len(rows)} jobs are in {where}. Run the demo again: the run log shows "
-          "nothing inserted or updated (idempotent upsert).")
+    if result.run.inserted or result.run.updated:
+        print(f"\n{len(rows)} job records are in {where}. Run the demo again: the run log "
+              "then shows nothing inserted or updated (idempotent upsert).")
+    else:
+        print(f"\n{len(rows)} job records are in {where}; this run inserted and updated "
+              "nothing: every record was stored already (idempotent upsert).")
     return EXIT_OK
 
 
@@ -422,7 +435,7 @@ def cmd_report(rt: Runtime, args: argparse.Namespace) -> int:
     if args.format == "csv":
         render.write_csv(sys.stdout, columns, flat)
     else:
-        render.write_table(sys.stdout, columns, flat,
+        render.write_table(sys.stdout, columns, render.report_table_rows(dicts, group_by),
                            empty_message=f"(no charges posted in {args.period})")
     return EXIT_OK
 

@@ -166,6 +166,32 @@ def flatten_report_row(row: dict[str, Any], group_by: Sequence[str]) -> dict[str
     return flat
 
 
+def report_table_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str]
+                      ) -> list[dict[str, Any]]:
+    """A report's rows (``report_row_to_dict``) flattened for a table, and a TOTAL row per
+    currency: the sum of the amounts (exact), and of the jobs unless the grouping is by
+    resource (a job is then in several rows)."""
+    flat = [flatten_report_row(row, group_by) for row in rows]
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total = totals.setdefault(row["currency"], {"jobs": 0, "amount": Decimal(0),
+                                                    "resources": {}})
+        total["jobs"] += row["jobs"]
+        total["amount"] += Decimal(row["amount"])
+        for name, resource in row["resources"].items():
+            total["resources"][name] = (total["resources"].get(name, Decimal(0))
+                                        + Decimal(resource["amount"]))
+    for currency, total in sorted(totals.items()):
+        out: dict[str, Any] = dict.fromkeys(group_by, "")
+        out[group_by[0]] = "TOTAL"
+        out.update(jobs="" if "resource" in group_by else total["jobs"],
+                   amount=money(total["amount"]), currency=currency,
+                   resources=" ".join(f"{name}={money(amount)}" for name, amount
+                                      in sorted(total["resources"].items())))
+        flat.append(out)
+    return flat
+
+
 def dataclass_to_dict(obj: Any) -> dict[str, Any]:
     """Any frozen dataclass (run log, quarantine rows) as JSON-ready values."""
     assert is_dataclass(obj)

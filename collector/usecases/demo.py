@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
+from billing.price import price_job_outcome
 from billing.records import JobRecord
-from billing.rollup import period_of
+from billing.rollup import period_of, rollup_steps
 from collector.run_result import RunResult
 from collector.runtime import Runtime
+from collector.slurm.filesource import FileSource
 from collector.store import jobs as store_jobs
 from collector.store import reports as store_reports
 from collector.store import runs as store_runs
@@ -33,11 +38,37 @@ def demo_rates_path() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class SampleCounts:
+    """What the sample holds: job records, and distinct jobs (a requeued job has one
+    record per run)."""
+
+    records: int
+    jobs: int
+
+
+def sample_counts() -> SampleCounts:
+    """Count the sample's job records and jobs by reading it (never a number typed in)."""
+    source = FileSource(str(sample_path()), tz=UTC, cluster=None)
+    quiet = logging.getLogger(FileSource.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)      # the import itself reports the ignored columns
+    try:
+        records = [item for item in rollup_steps(source.fetch(None), source=source.name)
+                   if isinstance(item, JobRecord)]
+    finally:
+        quiet.setLevel(level)
+    return SampleCounts(records=len(records),
+                        jobs=len({(r.cluster, r.job_id_raw) for r in records}))
+
+
+@dataclass(frozen=True, slots=True)
 class DemoResult:
     run: RunResult
     jobs: list[JobRecord]
     reports: list[tuple[str, list[ReportRow]]]     # (period, rows by account and user)
     runs: list[RunInfo]
+    # Stored jobs the card gives no charge line, by why ("not started", "running" ...).
+    uncharged: tuple[tuple[str, int], ...] = ()
 
 
 def demo_runtime(runtime: Runtime) -> Runtime:
@@ -65,4 +96,8 @@ def run_demo(runtime: Runtime) -> DemoResult:
                                                         group_by=list(REPORT_GROUPS)))
                    for period in periods]
         runs = store_runs.list_runs(session, limit=5)
-    return DemoResult(run=run, jobs=jobs, reports=reports, runs=runs)
+    why = Counter(outcome for outcome, lines in
+                  (price_job_outcome(card.card, job, as_of=datetime.now(UTC)) for job in jobs)
+                  if not lines)
+    return DemoResult(run=run, jobs=jobs, reports=reports, runs=runs,
+                      uncharged=tuple(sorted(why.items())))
