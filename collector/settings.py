@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 SOURCES = ("sacct", "file", "slurmrestd", "pyslurm")
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)", re.IGNORECASE)
+_DURATION_HELP = "use seconds or forms like 90s, 10m, 1h30m, 2d"
 _UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -42,11 +43,11 @@ def parse_duration_s(text: str) -> float:
         pos, seconds = 0, 0.0
         for match in _DURATION_RE.finditer(value):
             if value[pos:match.start()].strip():
-                raise ValueError(f"not a duration: {text!r} (use seconds or forms like 90s, 10m, 1h30m, 2d)") from None
+                raise ValueError(f"not a duration: {text!r} ({_DURATION_HELP})") from None
             seconds += float(match.group(1)) * _UNIT_S[match.group(2).lower()]
             pos = match.end()
         if pos == 0 or value[pos:].strip():
-            raise ValueError(f"not a duration: {text!r} (use seconds or forms like 90s, 10m, 1h30m, 2d)") from None
+            raise ValueError(f"not a duration: {text!r} ({_DURATION_HELP})") from None
     if seconds <= 0:
         raise ValueError(f"duration must be positive: {text!r}")
     return seconds
@@ -299,7 +300,8 @@ class Settings:
                 if not self.slurmrestd_user:
                     errors.append("HPC_BILLING_SLURMRESTD_USER / --slurmrestd-user: required with a JWT")
             if self.slurmrestd_token_file and not os.path.isfile(self.slurmrestd_token_file):
-                errors.append(f"HPC_BILLING_SLURMRESTD_TOKEN_FILE: no such file: {self.slurmrestd_token_file}")
+                errors.append("HPC_BILLING_SLURMRESTD_TOKEN_FILE: no such file: "
+                              f"{self.slurmrestd_token_file}")
         elif self.source == "pyslurm":
             if not self.cluster:
                 errors.append("HPC_BILLING_CLUSTER / --cluster: required with the pyslurm source")

@@ -385,6 +385,7 @@ class PyslurmSource:
 
     name = "pyslurm"
     windowed = True
+    skips_unchanged = False
 
     def __init__(self, cluster: str | None) -> None:
         self.cluster = cluster or None
@@ -394,7 +395,7 @@ class PyslurmSource:
     def stats(self) -> FetchStats:
         return self._stats
 
-    def fetch(self, window: Window | None) -> Iterator[Item]:
+    def fetch(self, window: Window | None, *, unchanged: object = None) -> Iterator[Item]:
         if window is None:
             raise SourceError("the pyslurm source needs a window (it never reads everything)")
         return self._fetch(window)

@@ -17,28 +17,25 @@ from sqlalchemy.orm import Session
 
 from billing.records import ChargeLine, JobRecord, resource_unit
 from collector.store import db as store_db
+from collector.store.budgets import list_budgets, set_budget
 from collector.store.charges import (
     ChargeCounts,
+    frozen_lines,
+    job_charges,
+    job_keys_in_range,
+    replace_charges,
+)
+from collector.store.errors import (
     ChargeStoreError,
     ChargeValueError,
     ClosedPeriodError,
     InvalidPeriodError,
-    ResourceTotal,
-    charge_report,
-    close_period,
-    closed_periods,
-    ensure_rate_card,
-    frozen_lines,
-    job_charges,
-    job_keys_in_range,
-    list_budgets,
-    list_periods,
-    list_rate_cards,
-    replace_charges,
-    set_budget,
-    statement_lines,
 )
-from collector.store.jobs import JobWriter, list_jobs
+from collector.store.job_writer import JobWriter
+from collector.store.jobs import list_jobs
+from collector.store.periods import close_period, closed_periods, list_periods
+from collector.store.rate_cards import ensure_rate_card, list_rate_cards
+from collector.store.reports import ResourceTotal, charge_report, statement_lines
 from collector.store.models import Base
 
 UTC = timezone.utc
