@@ -15,7 +15,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml setup.cfg setup.py MANIFEST.in README.md ./
+COPY docs/api/openapi.yaml docs/api/openapi.yaml
 COPY billing/ billing/
 COPY collector/ collector/
 # hpc-billing and every dependency as wheels (psycopg2-binary bundles libpq, so the

@@ -4,6 +4,6 @@ Settings come from the environment (see deploy/env.example); the scheduler start
 worker that imports this module. ``hpc-billing run`` is the same process without gunicorn.
 """
 
-from collector.cli import wsgi_application
+from collector.runtime import wsgi_application
 
 app = wsgi_application()

@@ -111,7 +111,8 @@ def phase_ingest(path: str, url: str) -> dict:
     """What ``hpc-billing import`` does: one file, priced, one transaction."""
     from billing.rates import load_rate_card
     from collector import pipeline
-    from collector.cli import demo_rates_path
+    from collector.pricer import make_pricer
+    from collector.usecases.demo import demo_rates_path
     from collector.slurm.filesource import FileSource
     from collector.store import db
 
@@ -122,8 +123,8 @@ def phase_ingest(path: str, url: str) -> dict:
     source = FileSource(path, tz=ZoneInfo("UTC"), cluster=None)
     busy0, cpu0 = _machine_busy_s(), _own_cpu_s()
     t0 = time.perf_counter()
-    pricer = pipeline.make_pricer(sessions, card, text, source="demo",
-                                  as_of=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    pricer = make_pricer(sessions, card, text, source="demo",
+                         as_of=datetime(2030, 1, 1, tzinfo=timezone.utc))
     result = pipeline.collect(sessions, source, cluster=None, window=None, kind="file",
                               stream=None, pricer=pricer)
     seconds = time.perf_counter() - t0
@@ -170,7 +171,7 @@ def phase_report(url: str) -> dict:
     """The busiest posted month: the report from the rollups and from the raw lines."""
     from sqlalchemy import text
 
-    from collector.store import charges, db
+    from collector.store import db, reports
 
     engine = db.make_engine(url)
     sessions = db.session_factory(engine)
@@ -191,9 +192,9 @@ def phase_report(url: str) -> dict:
         return min(times), rows
 
     rollup_s, from_rollup = best_of(
-        lambda s: charges.charge_report(s, period=period, group_by=["account"]))
+        lambda s: reports.charge_report(s, period=period, group_by=["account"]))
     raw_s, from_raw = best_of(
-        lambda s: charges.charge_report_raw(s, period=period, group_by=["account"]))
+        lambda s: reports.charge_report_raw(s, period=period, group_by=["account"]))
     engine.dispose()
     if from_rollup != from_raw:
         raise SystemExit("the report from the rollups differs from the raw aggregate")

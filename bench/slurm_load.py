@@ -18,7 +18,7 @@ Needs the lab (deploy/lab; root, for ``mysql`` over MariaDB's socket) and a Post
    (collector.slurm.sacct.sacct_argv) and environment, reading its output to the end.
 4. ``--repeat`` times (default 2): times sacct alone the same way, then a full
    ``collect --once`` over the SAME window into a fresh scratch PostgreSQL database:
-   collector.scheduler.poll_once (the code ``collect --once`` runs) with its clock pinned
+   collector.polling.poll_once (the code ``collect --once`` runs) with its clock pinned
    to the window's end and the lookback set to the window, priced with the demo rate
    card. After the last one, the same poll again (every row unchanged). The ratio is
    the median collect over the median sacct.
@@ -208,13 +208,13 @@ def time_sacct(window, cluster: str, keep: str | None = None) -> dict:
 
 
 def time_collect(window, cluster: str, url: str, *, again: bool = True) -> dict:
-    from billing.rates import load_rate_card
-    from collector.scheduler import poll_once
+    from collector.cards import load_card
+    from collector.polling import poll_once
     from collector.settings import Settings
     from collector.store import db as store_db
 
     card_path = ROOT / "collector" / "data" / "demo-rates.toml"
-    text = card_path.read_text(encoding="utf-8")
+    card = load_card(str(card_path))
     lookback = int((window.until - window.since).total_seconds())
     settings = Settings.load({"DATABASE_URL": url, "HPC_BILLING_CLUSTER": cluster,
                               "HPC_BILLING_SOURCE": "sacct", "HPC_BILLING_LOOKBACK": str(lookback),
@@ -229,7 +229,7 @@ def time_collect(window, cluster: str, url: str, *, again: bool = True) -> dict:
     try:
         for label in ("first", "again") if again else ("first",):
             started = time.perf_counter()
-            result = poll_once(sessions, settings, (load_rate_card(text), text), now=window.until)
+            result = poll_once(sessions, settings, card, now=window.until)
             seconds = time.perf_counter() - started
             assert (result.window.since, result.window.until) == (window.since, window.until)
             out[label] = {"seconds": round(seconds, 3), "sacct_wait_s": round(result.source_s, 3),

@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from billing.records import JobRecord  # noqa: E402
 from collector.store.db import make_engine, migrate  # noqa: E402
-from collector.store.jobs import JobWriter, _encode  # noqa: E402
+from collector.store.job_writer import JobWriter  # noqa: E402
+from collector.store.jobs import _encode  # noqa: E402
 
 T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
 

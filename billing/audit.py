@@ -1,33 +1,6 @@
 """The audit trail's pure part: an HMAC-SHA256 hash chain, and digests of closed periods.
 
-This module owns how an audit entry is serialised and chained (``canonical_entry``,
-``chain_entry``, ``verify_chain``), the digest of a period's charge lines
-(``period_digest``), which digest each closed period must still have
-(``closed_period_digests``) and the check of both (``verify_periods``). Pure: stdlib only;
-the key, the entries and the lines are passed in.
-
-The chain
----------
-An entry is (seq, at, actor, action, subject, details, prev). Its **canonical form** is
-the UTF-8 JSON of exactly those fields with keys sorted, no whitespace, non-ASCII kept
-as is, ``at`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC), and ``details`` a JSON object of
-strings, integers, booleans, null, lists and objects (no floats: money and quantities go
-in as decimal strings, so the text, and the hash, never depend on float formatting).
-Its **hash** is HMAC-SHA256(key, canonical form), in lower-case hex. ``prev`` is the
-previous entry's hash, ``GENESIS`` (64 zeros) for the first entry, whose seq is 1; seq
-goes up by one. Changing, inserting, removing or reordering any entry changes a hash
-that a later entry (or the tail the caller keeps) holds, and only the key's holder can
-compute new hashes. ``verify_chain`` names the first entry that does not match.
-
-Closed periods
---------------
-``period_digest`` is SHA-256 over the sorted canonical texts of a period's lines (every
-field of ``ChargeLine``; numbers in a form that does not depend on how they are written:
-1.5 and 1.500000 are one number). A ``period.close`` entry records it in
-``details["digest"]`` (with ``details["lines"]``, their count); ``period.reopen`` ends
-that claim. ``verify_periods`` recomputes each still-closed period's digest from the
-lines stored now and names the first period that differs, which catches a direct edit
-of a closed period's lines, whatever path it took.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations
@@ -51,7 +24,7 @@ REPRICE = "reprice"
 PERIOD_CLOSE = "period.close"
 PERIOD_REOPEN = "period.reopen"
 BUDGET_SET = "budget.set"
-TOKEN_CREATED = "token.create"
+TOKEN_CREATED = "token.create"  # noqa: S105 - an audit action name, not a secret
 EXPORT = "export"
 CORRECTION = "correction"
 ACTIONS = (CARD_LOADED, REPRICE, PERIOD_CLOSE, PERIOD_REOPEN, BUDGET_SET, TOKEN_CREATED,

@@ -1,17 +1,6 @@
 """Why a job cost what it cost: its charge lines, each with where its numbers come from.
 
-This module owns ``explain_job`` (a JSON-ready document) and ``explain_text`` (the same
-for a terminal), for a PI who asks why. Pure: stdlib only; the caller passes the job, all
-of its stored lines and the rate-card versions those lines name.
-
-For every line: the rate-card version and rule that priced it (with what the rule
-matches and since when), the quantity with its basis and the arithmetic behind it (e.g.
-``4 GPUs x 7200 s / 3600 = 8.000000``), the rate and the amount; for a job that spans
-periods, the whole-job quantity and this period's share of the run's seconds (split by
-the largest-remainder method, billing.price); for a correction, what had been billed for
-that usage period and resource before it and what stands after it. ``lines`` are the
-stored lines themselves, in statement order, so the lines of one posted period are the
-statement's lines for this job in that period, and ``total`` is their sum.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations
@@ -80,7 +69,7 @@ def quantity_formula(job: JobRecord, resource: str, basis: str, elapsed_s: int) 
     if basis == "used":
         return used()
     if basis == "max":
-        if resource == "cpu" and job.cpu_used_s is None or (
+        if (resource == "cpu" and job.cpu_used_s is None) or (
                 resource == "mem" and job.mem_used_byte_s is None):
             return f"the larger of allocated and used; no usage recorded: {allocated()}"
         return f"the larger of allocated ({allocated()}) and used ({used()})"

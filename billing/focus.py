@@ -1,26 +1,6 @@
 """FinOps FOCUS 1.x rows of a billing period (the FinOps Open Cost and Usage Specification).
 
-This module owns the mapping of the charge lines POSTED in one period to FOCUS columns
-(``FOCUS_COLUMNS``, ``focus_rows``). Pure: stdlib only, no I/O.
-
-One row per charge line; ``BilledCost`` is the line's amount, so the rows of a period add
-up to its total, per ``BillingCurrency``. Our prices have no discounts or commitments:
-``ListCost`` = ``ContractedCost`` = ``EffectiveCost`` = ``BilledCost``, and the unit
-prices are the line's rate. Following the spec's column definitions:
-
-* ``ChargeCategory`` is ``Usage`` (every line prices a consumed quantity);
-  ``ChargeClass`` is ``Correction`` for a correction line posted after its usage period
-  (a correction of a previously invoiced period), else empty (null);
-* date/times are UTC ISO 8601 ``YYYY-MM-DDTHH:MM:SSZ``. ``BillingPeriodStart``/``End``
-  are the posted period's bounds (local midnights in the card's zone), ``ChargePeriod``
-  the part of the job's run inside the line's usage period (the usage period itself when
-  the run is unknown or empty there);
-* units follow the spec's Unit Format: ``Core-Hours``, ``GiB-Hours``, ``GPU-Hours``,
-  ``Node-Hours``, ``Unit-Hours`` (Slurm billing units), ``kWh``;
-* ``ServiceCategory`` is ``Compute``; ``SubAccountId``/``Name`` the Slurm account;
-  ``ResourceId`` the job's identity ``cluster/job_id_raw/submit``; ``SkuId`` the
-  resource (``gpu:h100``); ``Tags`` a JSON object (user, partition, qos, cluster, rule,
-  rate card, basis, usage period, kind), keys sorted.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,6 @@
 """An account's invoice for a billing period, as a plain value (no layout, no PDF).
 
-This module owns what an invoice says: its number, the period, lines per resource, per
-user, the appendix of jobs, subtotal, tax and grand total (``build_invoices``). Pure:
-stdlib only; the renderer (collector.finance.invoice_pdf) only lays it out.
-
-Numbers
--------
-The subtotal is the sum of the account's lines posted in the period (corrections
-included): exactly the report's amount for that account and period. Tax, when the site
-configures a rate, is ``round_amount(subtotal x rate, scale)``: rounded once, on the
-subtotal, half-even, like every amount. Grand total = subtotal + tax.
-
-The invoice number
-------------------
-``<prefix>-<YYYYMM>-<8 characters>``, e.g. ``HPC-202611-K7Q2M4ZD``: the characters are
-the first 40 bits, in base32, of SHA-256 over (site name, account, period, currency).
-So re-issuing the invoice of an account and period gives the same number, and two
-accounts, periods or currencies of one site get different numbers without a counter
-that the database would have to keep (a collision needs ~10^6 invoices for a 1-in-10^6
-chance). The content digest (billing.audit.period_digest of the invoice's lines) is
-printed too: two issues of one number with the same digest bill the same lines. A
-closed period's lines never change, so its invoice never does; an open period's
-invoice is marked provisional.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations
@@ -32,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Context, Decimal
+from typing import Any
 
 from billing.audit import period_digest
 from billing.price import money_text, round_amount
@@ -171,8 +151,8 @@ def _invoice(lines: list[BilledLine], *, account: str, period: str, currency: st
     resources: dict[str, list[Decimal]] = {}        # quantity, amount
     rates: dict[str, set[Decimal]] = {}
     units: dict[str, str] = {}
-    users: dict[str | None, tuple[set, Decimal]] = {}
-    jobs: dict[tuple, dict] = {}
+    users: dict[str | None, tuple[set[tuple[str, int, datetime]], Decimal]] = {}
+    jobs: dict[tuple[str, int, datetime], dict[str, Any]] = {}
     subtotal = Decimal(0)
     for billed in lines:
         line = billed.line

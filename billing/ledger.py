@@ -1,22 +1,6 @@
 """The general-ledger journal of a billing period: balanced debit and credit lines.
 
-This module owns turning the charge lines POSTED in one period into the journal finance
-imports (``build_journal``) and its CSV shape (``JOURNAL_COLUMNS``, ``journal_rows``).
-Pure: stdlib only, no I/O; the caller reads the lines and writes the file.
-
-Per currency (amounts in two currencies are never added), one journal:
-
-* one **debit** line per Slurm account: the sum of its lines, on the account's
-  receivable or cost centre (``GlCodes.receivable_for``);
-* one **credit** line per resource (cpu, mem, gpu, gpu:<type>, ...): the sum of its
-  lines, on its revenue code (``GlCodes.revenue_for``).
-
-Both sides add up the same lines, so debits = credits = the period's total. A net that
-is negative (corrections that take back more than the period charged, for an account
-or a resource) is written on the other side as a positive amount, as ledgers expect;
-the journal still balances, and then debits = credits = total + those amounts. Nets of
-exactly zero are left out. Every account or resource without a GL code is named in one
-``GlCodeError``; a period without lines is a ``ValueError``, not an empty journal.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations

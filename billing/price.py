@@ -1,91 +1,6 @@
 """Pricing: a job record x a rate card -> charge lines; corrections for closed periods.
 
-This module owns turning a rolled-up JobRecord into ChargeLines (``price_job``), the one
-rounding rule for money (``round_amount``), why a job has no lines (``pricing_outcome``),
-and which lines to write when some billing periods are closed (``plan_lines``). It is pure:
-stdlib only, no I/O, no clock (the time to accrue running jobs to is a parameter).
-
-Which jobs cost something
--------------------------
-In this order (``pricing_outcome`` names the first that applies):
-
-* ``exempt``       the job's state is in the card's ``exempt_states``;
-* ``not started``  no Start (cancelled while pending) or an empty allocation (AllocTRES
-                   empty: no CPUs, memory, nodes, GPUs or billing);
-* ``running``      the record is not final (billing.records.is_final_record) and the card has
-                   ``accrue_running = false``. With ``accrue_running = true`` the job is
-                   priced from Start to ``as_of`` with elapsed = as_of - Start (whole
-                   seconds); the pipeline replaces those lines at every poll and when the
-                   job ends. A non-final record that already has an End earlier than
-                   ``as_of`` (the old record of a requeued job) is priced to its End with
-                   its ElapsedRaw instead;
-* ``zero elapsed`` ElapsedRaw is 0 (it ran for no measurable time);
-* ``no matching rule`` no rule fits any of the job's periods (``partly priced``: some of
-                   its periods have no rule; those periods get no lines);
-* ``no charge``    a rule fits, but no resource has both a rate and a non-zero quantity;
-* ``priced``       the job has lines.
-
-Quantities
-----------
-From the job's allocation (AllocTRES) and ElapsedRaw (which excludes suspended time):
-
-| resource     | allocated (the default basis)        | used                             |
-|--------------|--------------------------------------|----------------------------------|
-| cpu          | CPUs x elapsed_s / 3600 (core-hours) | TotalCPU / 3600                  |
-| mem          | bytes / 2^30 x elapsed_s / 3600      | steps' memory-seconds (1) / 2^30 / 3600 |
-| gpu, gpu:<t> | GPUs x elapsed_s / 3600              | (allocated only)                 |
-| node         | nodes x elapsed_s / 3600             | (allocated only)                 |
-| billing      | billing TRES x elapsed_s / 3600 (2)  | (allocated only)                 |
-| energy       | (always measured)                    | ConsumedEnergy J / 3,600,000 (kWh) |
-
-(1) the sum over steps of TRESUsageInTot mem x the step's ElapsedRaw (billing.rollup):
-an upper bound, as it counts each task's peak RSS. (2) Slurm's own billing TRES; no line
-when Slurm recorded none.
-
-``max`` is the larger of allocated and used. When Slurm recorded no usage (None; e.g. a
-job line without steps), ``used`` counts 0 and ``max`` counts the allocation.
-
-GPUs: every GPU type gets its own line ``gpu:<type>``, priced at the type's own rate in
-the winning rule (``gpu_hour_by_type``) or, without one, at ``gpu_hour``; untyped GPUs are
-the ``gpu`` line, at ``gpu_hour``. A line keeps its type whatever rate priced it, and
-each line is rounded on its own (see Money: a job with two GPU types at one rate may
-differ by rounding from what one merged line would have cost; README, Pricing).
-
-Every quantity is computed exactly (as a fraction) and rounded half-even to 6 decimal
-places once, for the whole job. A line with quantity 0 is not written; a resource the
-winning rule has no rate for is not charged; a rate of "0" still writes its line.
-
-Billing periods and the rule of each period
--------------------------------------------
-A job's wall-clock interval [Start, End) is cut at the card's period boundaries (calendar
-months, local midnight in the card's timezone: billing.rollup.split_by_period). Each part
-("slice") is priced by the rule that fits the job at the slice's start (the job's Start
-for the first slice, the period's first instant for the others): a rule change in the
-middle of a month applies from the next slice on, never inside one.
-
-Each whole-job quantity is split across the slices in proportion to the slices' seconds
-with the largest-remainder method: in units of 0.000001, every slice gets the floor of
-its exact share, and the units left over go one each to the slices with the largest
-remainders (the earlier slice on a tie). So the slices of a job add up exactly to its
-whole quantity. The quantity itself uses ElapsedRaw; only the proportions use Start/End.
-When End == Start but ElapsedRaw > 0, everything goes to the Start period. (When a rule
-change makes two slices of one job use different rules, each slice takes its share of
-the whole quantity as its own rule computes it: its basis, and its rate.)
-
-Money
------
-amount = rate x quantity, computed exactly and rounded half-even (banker's rounding) to
-the card's ``scale`` by ``round_amount``, the only place money is rounded. A job's total
-(``job_total``), an account's or a period's, is the sum of its rounded lines, so totals
-always equal the sum of what the lines show.
-
-Closed periods
---------------
-A closed period is never rewritten. ``plan_lines`` takes the lines wanted now and the
-lines already stored in closed periods and returns what to write in open periods: the
-wanted lines of open usage periods as they are; for a closed usage period, one
-``correction`` line per resource, posted in the first open period after it, carrying the
-difference (wanted - already billed) of quantity and of amount.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations
@@ -466,7 +381,7 @@ def _price(card: RateCard, job: JobRecord, as_of: datetime | None) -> _Result:
                                         elapsed)
                 shares[spec.key] = largest_remainder(units, weights)
 
-    for i, ((period, rule), specs) in enumerate(zip(slices, specs_by_slice)):
+    for i, ((period, rule), specs) in enumerate(zip(slices, specs_by_slice, strict=True)):
         if rule is None:
             continue
         for spec in specs:
@@ -626,7 +541,7 @@ def plan_lines(desired: Iterable[ChargeLine], frozen: Iterable[ChargeLine], *,
     return out
 
 
-def _sort_key(key: _GroupKey) -> tuple:
+def _sort_key(key: _GroupKey) -> tuple[str, int, datetime, str, float, str]:
     cluster, job_id_raw, submit, usage, resource = key
     base, _, gpu_type = resource.partition(":")
     order = _RESOURCE_ORDER.get(base, 9) + (0.5 if gpu_type else 0)

@@ -1,85 +1,6 @@
 """Rate cards: the TOML format, its validation, effective dating and rule selection.
 
-This module owns what a rate card says and which of its rules prices a job: reading the
-TOML text (stdlib ``tomllib``), refusing anything ambiguous with every problem listed at
-once (``RateCardError.errors``), the card's version (a content hash), and
-``RateCard.select_rule``. It is pure: stdlib only, no I/O, no clock. (The timezone is
-looked up in the system's tz database through ``zoneinfo``.) What the rates are applied
-to, and how, is billing.price.
-
-The card
---------
-
-    currency = "EUR"        # ISO 4217: three upper-case letters            (required)
-    scale = 2               # decimal places of every charge line, 0..6      (required)
-    period = "month"        # billing period; only "month" is supported      (required)
-    timezone = "UTC"        # IANA zone where periods and rule dates begin  (required)
-    exempt_states = ["NODE_FAIL", "BOOT_FAIL"]   # jobs ending in these states cost nothing
-    accrue_running = false  # true: price running jobs up to the as-of time
-
-    [[rules]]               # at least one
-    name = "base"           # required, unique; every charge line records it
-    from = 2026-01-01       # required TOML date: midnight in `timezone`, inclusive
-    until = 2027-01-01      # optional, exclusive, after `from`
-    priority = 0            # optional integer tie-breaker, higher wins (default 0)
-    match = { account = "chemistry", partition = ["gpu", "gpu-long"] }   # optional
-    [rules.rates]           # required (may be empty: the rule charges nothing)
-    cpu_hour = "0.031"      # per core-hour
-    mem_gib_hour = "0.0047" # per GiB-hour (1 GiB = 2^30 bytes)
-    gpu_hour = "0.90"       # per GPU-hour: untyped GPUs and types without their own rate
-    node_hour = "0"         # per node-hour
-    billing_unit_hour = "0" # per hour of Slurm's billing TRES
-    energy_kwh = "0.30"     # per kWh of ConsumedEnergy
-    [rules.rates.gpu_hour_by_type]
-    a100 = "2.35"           # per GPU-hour of GPUs of that GRES type
-    [rules.basis]           # optional; allocated (default) | used | max
-    cpu = "max"
-
-    [slurm.billing_weights] # optional: a partition's TRESBillingWeights, for reconcile
-    batch = "CPU=1.0,Mem=0.25G,GRES/gpu=2.0"
-
-    [gl]                    # optional: general-ledger codes for the GL journal
-    receivable = "1200"     # debited with an account's charges (default)
-    revenue = "4000"        # credited with a resource's revenue (default)
-    [gl.receivable_by_account]
-    physics = "CC-4711"     # a Slurm account's own receivable or cost centre
-    [gl.revenue_by_resource]
-    cpu = "4010"            # cpu, mem, gpu, node, billing, energy, or "gpu:<type>"
-    "gpu:h100" = "4021"     # (a gpu:<type> without an entry takes gpu's, then revenue)
-
-A GL mapping file (``load_gl_mapping``) holds the same ``[gl]`` table on its own.
-
-Money is written as strings ("0.031") and read as Decimal; TOML floats are refused because
-a float cannot hold 0.031 exactly (integers are accepted: they are exact). Rates must not
-be negative. A resource without a rate in the winning rule is not charged; a rate of "0"
-charges nothing but still writes the line, so the usage shows on the bill.
-
-Basis: ``allocated`` is what the job held for its elapsed time; ``used`` is what it
-consumed (CPU: TotalCPU; memory: the steps' summed peak RSS x their elapsed); ``max`` is
-the larger. Slurm records no GPU, node or billing usage, so those accept only
-``allocated``; energy is always a measurement (``used``).
-
-Choosing the rule
------------------
-A rule fits a job when every key of its ``match`` holds (the job's cluster, partition,
-account, qos or user is equal to the value, or is one of the list; exact, case-sensitive
-comparison; a job without that field does not fit) and its [from, until) contains the
-instant being priced (the start of a period slice: see billing.price). Among fitting rules
-the one with the most match keys wins, then the higher ``priority``. Rates are never
-inherited: only the winning rule's rates apply.
-
-At load time, two rules that could both win for some job are an error naming both, unless
-their priorities differ: same number of match keys, overlapping date ranges, and matches
-that are not disjoint. Matches are disjoint only when some key is in both and their values
-have nothing in common; a key present in only one rule does not make them disjoint
-(``{account="a"}`` and ``{user="u"}`` both fit a job of user u in account a).
-
-Version
--------
-``RateCard.version`` is the sha256 (hex) of a canonical JSON rendering of the parsed TOML
-document (keys sorted, no whitespace, dates as ISO text), so comments, whitespace and key
-order never make a new version, while any change to a value does (including "0.90" ->
-"0.9", which is written differently although equal).
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations
@@ -159,7 +80,8 @@ class Rates:
             return self.gpu_hour_by_type.get(resource[4:], self.gpu_hour)
         for key, name in RATE_KEYS.items():
             if name == resource:
-                return getattr(self, key)
+                rate: Decimal | None = getattr(self, key)
+                return rate
         raise KeyError(resource)
 
 
@@ -187,10 +109,7 @@ class Rule:
 
     def matches(self, job: JobRecord) -> bool:
         """Every match key holds for the job (an absent job field never matches)."""
-        for key, values in self.match.items():
-            if getattr(job, key) not in values:
-                return False
-        return True
+        return all(getattr(job, key) in values for key, values in self.match.items())
 
     def in_effect(self, day: date) -> bool:
         """``day`` (a local date in the card's timezone) is in [valid_from, valid_until)."""
@@ -357,7 +276,7 @@ def _date(value: Any, where: str, errors: list[str]) -> date | None:
     return None
 
 
-def _unknown_keys(table: dict, allowed: tuple[str, ...] | dict, where: str,
+def _unknown_keys(table: dict[str, Any], allowed: tuple[str, ...] | dict[str, Any], where: str,
                   errors: list[str]) -> None:
     for key in table:
         if key not in allowed:

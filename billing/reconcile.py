@@ -1,35 +1,6 @@
 """Reconcile against Slurm's own ``billing`` TRES: recompute it from TRESBillingWeights.
 
-This module owns reading a partition's ``TRESBillingWeights`` string (slurm.conf(5)) and
-recomputing, for one job, the billing figure Slurm should have stored, so that
-``hpc-billing`` can point at jobs whose stored ``billing`` disagrees with the configuration
-the site believes it runs (a partition whose weights changed, a node with other weights).
-It is pure: stdlib only, no I/O.
-
-Weights (``parse_billing_weights``): a comma-separated list of ``TRES=weight``. TRES names
-are case-insensitive. The ones modelled:
-
-* ``CPU``            per allocated CPU;
-* ``Mem``            per MB of allocated memory, or per the unit of a suffix:
-                     ``Mem=0.25G`` is 0.25 per GB; K, M, G, T, P are 1024-based, as
-                     everywhere in Slurm;
-* ``Node``           per allocated node;
-* ``GRES/gpu``       per allocated GPU of any type (Slurm's ``gres/gpu`` TRES counts
-                     typed and untyped GPUs together);
-* ``GRES/gpu:<type>`` per allocated GPU of that type, *in addition to* ``GRES/gpu``
-                     (Slurm counts a typed GPU under both TRES, so a site that weights
-                     both bills a typed GPU twice, as Slurm does).
-
-Other TRES (licenses, burst buffers, energy, fs/disk ...) are not in a JobRecord; they are
-ignored and listed in ``Weights.ignored``, and a job using them may show a mismatch.
-
-Billing (``slurm_billing``): the sum of weight x allocated count, Slurm's default
-(``assoc_mgr_tres_weighted`` in Slurm 22.05). ``PriorityFlags=MAX_TRES`` (bill only the
-largest of the node-level TRES plus the global ones) is NOT modelled. Slurm stores the
-result truncated to an integer (4.25 is stored as 4); ``expected_billing_units`` does the
-same. Slurm computes in binary floating point and this module in exact decimals, so a
-weighted sum that is exactly an integer here could be one less in Slurm (e.g. ten
-``CPU=0.1`` CPUs); ``check_job`` reports such a job as a mismatch and shows both figures.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations
@@ -199,11 +170,15 @@ def check_job(job: JobRecord, weights: Weights) -> Mismatch | None:
 
 
 def check_jobs(jobs: Iterable[JobRecord],
-               weights_by_partition: Mapping[str, Weights | str]) -> ReconcileReport:
+               weights_by_partition: Mapping[str, Weights | str], *,
+               unweighted: Weights | None = None) -> ReconcileReport:
     """Check every job against its partition's weights (strings are parsed once).
 
-    Jobs without a stored billing, or whose partition has no weights, are skipped and
-    counted; the partitions without weights are listed.
+    Skipped and counted: jobs without a stored billing (cancelled while pending, het
+    components) or without an allocation (no CPUs recorded: nothing to recompute from).
+    A partition missing from ``weights_by_partition`` is listed in ``no_weights``; its
+    jobs are checked with ``unweighted`` when given (``parse_billing_weights("")``, CPU=1,
+    is Slurm's rule for a partition without TRESBillingWeights) and skipped otherwise.
     """
     parsed: dict[str, Weights] = {
         name: (w if isinstance(w, Weights) else parse_billing_weights(w))
@@ -212,11 +187,15 @@ def check_jobs(jobs: Iterable[JobRecord],
     mismatches: list[Mismatch] = []
     missing: set[str] = set()
     for job in jobs:
-        weights = parsed.get(job.partition) if job.partition is not None else None
-        if job.billing is None or weights is None:
+        if job.billing is None or job.cpus == 0:
             skipped += 1
-            if job.billing is not None:
-                missing.add(job.partition or "")
+            continue
+        weights = parsed.get(job.partition) if job.partition is not None else None
+        if weights is None:
+            missing.add(job.partition or "")
+            weights = unweighted
+        if weights is None:
+            skipped += 1
             continue
         checked += 1
         found = check_job(job, weights)

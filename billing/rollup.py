@@ -1,37 +1,6 @@
 """Roll job-step usage up into its job record (pure, streaming, bounded memory).
 
-This module owns the rule that turns a stream of parsed items (JobRecord for job lines,
-StepUsage for step lines, QuarantinedRecord for what did not parse) into one JobRecord per
-job with its usage filled in, and the calendar of billing periods: which period an
-instant falls in (``period_of``), a period's bounds (``period_bounds``) and how a job's
-[Start, End) splits across periods (``split_by_period``). It does no I/O and imports only
-the stdlib.
-
-Where each used quantity comes from (sacct field names; Slurm 22.05, sacct(1)):
-
-* ``cpu_used_s``      the job line's TotalCPU (user + system CPU of all its steps; Slurm
-                      sums the steps itself). Only when the job line has no TotalCPU is it
-                      the sum of the steps' TotalCPU (or, for a step without TotalCPU, the
-                      ``cpu=`` of its TRESUsageInTot). From ``sacct --json``: the sum of
-                      ``steps[].time.total`` (the job-level ``time.total`` is 0 in 22.05).
-* ``max_rss_bytes``   the largest MaxRSS over the job's steps (MaxRSS is the peak resident
-                      set of the biggest task of one step; the job line has none).
-* ``mem_used_byte_s`` the sum over steps of TRESUsageInTot ``mem`` x the step's ElapsedRaw.
-                      TRESUsageInTot mem is the sum over the step's tasks of each task's
-                      peak RSS, so this is an upper bound of the memory-seconds actually
-                      held (peak, not average). Steps without a ``mem`` value (shorter than
-                      the accounting gather interval) add nothing.
-* ``energy_j``        the job line's ConsumedEnergyRaw when it has one, else the sum of the
-                      steps' ConsumedEnergyRaw; None when neither has a value.
-
-Allocation (cpus, memory, GPUs, nodes, billing) is never rolled up: it comes from the job
-line's AllocTRES, which is already the whole job's allocation.
-
-Matching a step to its job: same ``job_id_raw`` (JobIDRaw before the dot) and cluster (a
-step without a cluster matches any), and the same DBIndex when both have one. A requeued
-job has two records with one JobIDRaw (samples: job 16, DBIndex 20 and 29); each record's
-steps carry that record's DBIndex. Among candidates, an exact DBIndex match wins, else the
-most recently seen record.
+Design notes: docs/design/billing.md.
 """
 
 from __future__ import annotations
@@ -46,7 +15,6 @@ from decimal import Decimal
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
 
-
 _FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
 _FIELD_VALUES = operator.attrgetter(*_FIELDS)
 _I_MAX_RSS, _I_MEM_USED, _I_CPU_USED, _I_ENERGY = (
@@ -56,7 +24,7 @@ _I_MAX_RSS, _I_MEM_USED, _I_CPU_USED, _I_ENERGY = (
 class _Pending:
     """A buffered job line and the usage of the steps attached to it so far."""
 
-    __slots__ = ("job", "steps", "max_rss", "mem_byte_s", "cpu", "energy")
+    __slots__ = ("cpu", "energy", "job", "max_rss", "mem_byte_s", "steps")
 
     def __init__(self, job: JobRecord) -> None:
         self.job = job
@@ -68,9 +36,9 @@ class _Pending:
 
     def add(self, step: StepUsage) -> None:
         self.steps += 1
-        if step.max_rss_bytes is not None:
-            if self.max_rss is None or step.max_rss_bytes > self.max_rss:
-                self.max_rss = step.max_rss_bytes
+        if step.max_rss_bytes is not None and (self.max_rss is None
+                                               or step.max_rss_bytes > self.max_rss):
+            self.max_rss = step.max_rss_bytes
         if step.mem_total_bytes is not None:
             self.mem_byte_s = (self.mem_byte_s or 0) + step.mem_total_bytes * step.elapsed_s
         if step.cpu_used_s is not None:

@@ -14,24 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-
-@dataclass(frozen=True, slots=True)
-class PollReport:
-    """What one finished poll reports (a plain copy of the pipeline's RunResult numbers)."""
-
-    cluster: str
-    outcome: str                 # "ok" | "partial" | "failed" (pipeline's outcomes)
-    duration_s: float
-    source_s: float              # time spent in the source (sacct, slurmrestd ...)
-    records_read: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    quarantined: int = 0
-    jobs_priced: int = 0
-    charge_lines: int = 0
-    window_until_epoch: float | None = None   # end of the stored window (ok polls)
-    error: str | None = None
+from collector.run_result import RunResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +34,7 @@ class Health:
     """Thread-safe health state shared by the scheduler (writer) and web app (reader).
 
     ``scheduler_alive`` is a callable so the answer is always current (the scheduler's
-    own ``running`` flag, or a test's stand-in). ``listeners`` get every PollReport; the
+    own ``running`` flag, or a test's stand-in). ``listeners`` get every RunResult; the
     metrics module registers one to count polls.
     """
 
@@ -61,7 +44,7 @@ class Health:
         self._snap = HealthSnapshot(started_at=clock(), scheduler_alive=False, leader=False,
                                     leadership_known=False)
         self._scheduler_alive: Callable[[], bool] = lambda: False
-        self._listeners: list[Callable[[PollReport], None]] = []
+        self._listeners: list[Callable[[RunResult], None]] = []
 
     def now(self) -> float:
         return self._clock()
@@ -70,7 +53,7 @@ class Health:
         with self._lock:
             self._scheduler_alive = alive
 
-    def add_listener(self, listener: Callable[[PollReport], None]) -> None:
+    def add_listener(self, listener: Callable[[RunResult], None]) -> None:
         with self._lock:
             self._listeners.append(listener)
 
@@ -93,19 +76,20 @@ class Health:
         with self._lock:
             self._snap = replace(self._snap, polls_running=self._snap.polls_running + 1)
 
-    def poll_finished(self, report: PollReport) -> None:
+    def poll_finished(self, report: RunResult) -> None:
         with self._lock:
             snap = self._snap
             last_success = dict(snap.last_success)
             last_window_end = dict(snap.last_window_end)
             last_error = dict(snap.last_error)
+            cluster = report.cluster_label
             if report.outcome == "ok":
-                last_success[report.cluster] = self._clock()
+                last_success[cluster] = self._clock()
                 if report.window_until_epoch is not None:
-                    last_window_end[report.cluster] = report.window_until_epoch
-                last_error.pop(report.cluster, None)
+                    last_window_end[cluster] = report.window_until_epoch
+                last_error.pop(cluster, None)
             else:
-                last_error[report.cluster] = report.error or report.outcome
+                last_error[cluster] = report.error or report.outcome
             self._snap = replace(snap, polls_running=max(0, snap.polls_running - 1),
                                  last_success=last_success, last_window_end=last_window_end,
                                  last_error=last_error)

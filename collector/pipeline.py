@@ -1,17 +1,10 @@
-"""One collection window, end to end: fetch -> parse -> roll up -> store -> watermark.
+"""One collection window, end to end: fetch -> parse -> roll up -> price -> store -> watermark.
 
-This module owns the transaction boundaries of a poll and its honest outcome. A run is
-logged in its own short transaction first (so a failure is recorded even though the
-data is rolled back); then every job, every quarantined record and the watermark are
-written in ONE transaction, so a window is either stored whole or not at all.
-
-Outcomes (docs/columns.md and README "Commands"): ``ok`` when every record read was
-stored or deliberately skipped (unchanged, a duplicate of a record met earlier in the
-run, or quarantined text an operator accepted); ``partial`` when some records were
-quarantined and the rest stored; ``failed`` when nothing of what it read was stored, or
-the window could not be read or written at all. Only an ``ok`` window moves its
-watermark: a partial one stores what it could and leaves the watermark where it was, so
-the next poll reads the quarantined records again (never past a record not stored).
+``collect`` owns a window's transactions and its honest outcome: the run is logged in a
+short transaction of its own, then every job, quarantined record, charge line and the
+watermark go in ONE transaction, so a window is stored whole or not at all. Only an
+``ok`` window moves its watermark. ``_WriteBehind`` runs the window's database work in a
+second thread. Outcomes and the write path: docs/design/collection.md.
 """
 
 from __future__ import annotations
@@ -22,185 +15,30 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from billing.price import NO_RULE, PARTLY_PRICED, PRICED, plan_lines, price_job_outcome
-from billing.rates import RateCard
+from billing.price import NO_RULE, PARTLY_PRICED
 from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
 from billing.rollup import rollup_steps
+from collector.pricer import Pricer
+from collector.run_result import CollectError, RunResult
 from collector.slurm.source import Source
-from collector.store import charges as store_charges
+from collector.store import job_writer as store_job_writer
 from collector.store import jobs as store_jobs
+from collector.store import rollups as store_rollups
 from collector.store import runs as store_runs
+from collector.store.db import Session, Sessions
 
 log = logging.getLogger(__name__)
 
-POLL_STREAM = "sacct"
 QUARANTINE_BATCH = 1000
+# What the reading thread hands the writing thread: a job with its stage row and its
+# prepared pricing, or a quarantined record.
+_Entry = tuple[JobRecord, str, tuple[str, list[ChargeLine]] | None] | QuarantinedRecord
 
 
-class CollectError(Exception):
-    """A window could not be stored; the run log has the details and nothing was written."""
-
-    def __init__(self, result: RunResult) -> None:
-        self.result = result
-        super().__init__(result.error or "collection failed")
-
-
-OUTCOMES = ("ok", "partial", "failed")
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    run_id: int
-    source: str
-    kind: str
-    cluster: str | None
-    window: Window | None
-    outcome: str                      # "ok" | "partial" | "failed" (see the module doc)
-    records_read: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    quarantined: int = 0
-    lines_read: int = 0
-    duration_s: float = 0.0
-    error: str | None = None
-    clusters_seen: frozenset[str] = field(default_factory=frozenset)
-    jobs_priced: int = 0
-    charge_lines: int = 0
-    source_s: float = 0.0             # time spent inside the source (sacct, slurmrestd ...)
-    duplicates: int = 0               # job records met again in the run (stored once)
-    accepted: int = 0                 # quarantined texts an operator accepted, skipped
-    ignored_columns: tuple[str, ...] = ()
-    unknown_states: tuple[tuple[str, int], ...] = ()   # (state, jobs), not final
-    unpriced: tuple[tuple[str, int], ...] = ()         # (pricing outcome, jobs)
-    watermark_moved: bool = False     # this run set its stream's watermark (ok windows)
-
-    @property
-    def unknown_state_jobs(self) -> int:
-        return sum(count for _, count in self.unknown_states)
-
-    @property
-    def unpriced_jobs(self) -> int:
-        return sum(count for _, count in self.unpriced)
-
-    def summary(self) -> str:
-        span = (f"[{self.window.since:%Y-%m-%dT%H:%M:%SZ}, {self.window.until:%Y-%m-%dT%H:%M:%SZ})"
-                if self.window else "whole file")
-        unpriced = f"unpriced {self.unpriced_jobs}"
-        if self.unpriced:
-            unpriced += " (" + ", ".join(f"{reason} {n}" for reason, n in self.unpriced) + ")"
-        text = (f"run {self.run_id} {self.kind} {self.source} {span}: {self.outcome}; "
-                f"read {self.records_read} jobs from {self.lines_read} lines, "
-                f"inserted {self.inserted}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"duplicates {self.duplicates}, quarantined {self.quarantined}"
-                + (f", accepted {self.accepted}" if self.accepted else "")
-                + f", priced {self.jobs_priced} ({self.charge_lines} charge lines), {unpriced}, "
-                f"ignored columns {len(self.ignored_columns)}, "
-                f"unknown states {self.unknown_state_jobs} in {self.duration_s:.2f}s")
-        if self.error:
-            text += f"; error: {self.error}"
-        return text
-
-
-SessionFactory = Callable[[], object]
-
-
-def next_period(period: str) -> str:
-    """The billing period after ``period`` ("2026-12" -> "2027-01"; months only)."""
-    year, month = int(period[:4]), int(period[5:7])
-    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
-
-
-class Pricer:
-    """Prices jobs with one rate-card version and writes their lines (never commits).
-
-    Closed periods are respected: lines whose usage falls in a closed period become
-    corrections posted in the first open period after it (billing.price.plan_lines), so
-    nothing stored in a closed period ever changes.
-    """
-
-    def __init__(self, card: RateCard, rate_card_id: int, *, as_of: datetime) -> None:
-        self.card = card
-        self.rate_card_id = rate_card_id
-        self.as_of = as_of
-        self.jobs_priced = 0
-        self.lines_written = 0
-        self.lines_deleted = 0
-        # Jobs priced, by billing.price outcome ("priced", "no matching rule" ...).
-        self.outcomes: Counter[str] = Counter()
-        self._closed: frozenset[str] = frozenset()
-        # key -> (record, (outcome, its lines)), priced ahead by the reading thread
-        self._prepared: dict[tuple, tuple[JobRecord, tuple[str, list[ChargeLine]]]] = {}
-
-    @property
-    def unpriced(self) -> dict[str, int]:
-        """Jobs priced in this run that got no line (or not for every period), by why."""
-        return {reason: n for reason, n in sorted(self.outcomes.items()) if reason != PRICED}
-
-    def prepare(self, rec: JobRecord) -> tuple[str, list[ChargeLine]] | None:
-        """``price_job_outcome`` for ``rec``, for ``remember``; None when it fails
-        (``price`` then prices the job again and raises). Pure: any thread."""
-        try:
-            return price_job_outcome(self.card, rec, as_of=self.as_of)
-        except Exception:  # noqa: BLE001 - priced again, and the failure raised, by price()
-            return None
-
-    def remember(self, rec: JobRecord, priced: tuple[str, list[ChargeLine]] | None) -> None:
-        """Keep ``prepare``'s answer for ``rec`` until ``price`` asks for it."""
-        if priced is not None:
-            self._prepared[(rec.cluster, rec.job_id_raw, rec.submit)] = (rec, priced)
-
-    def forget_prepared(self) -> None:
-        """Drop what ``price`` did not use (jobs the writer found unchanged)."""
-        self._prepared.clear()
-
-    def _first_open_after(self, period: str) -> str:
-        candidate = next_period(period)
-        while candidate in self._closed:
-            candidate = next_period(candidate)
-        return candidate
-
-    def price(self, session, records: list[JobRecord], *, run_id: int,
-              new_jobs: bool = False) -> None:
-        """Price ``records`` and make their open-period lines match. ``new_jobs``: the
-        jobs were inserted in this transaction, so they have no lines to compare with."""
-        # Read the closed periods in this transaction, under the lock close_period waits
-        # for: a period closed by another process is respected from the next batch on,
-        # and cannot close under a batch being written.
-        self._closed = store_charges.closed_periods(session, lock=True)
-        keys = [(r.cluster, r.job_id_raw, r.submit) for r in records]
-        desired: dict[tuple, list[ChargeLine]] = {}
-        prepared = self._prepared
-        outcomes: Counter[str] = Counter()
-        for rec in records:
-            key = (rec.cluster, rec.job_id_raw, rec.submit)
-            hit = prepared.pop(key, None)
-            # Prepared lines serve only the very record the writer stored (the same
-            # object, or an equal one: not when storing rounded its cpu_used_s).
-            if hit is not None and (hit[0] is rec or hit[0] == rec):
-                outcome, desired[key] = hit[1]
-            else:
-                outcome, desired[key] = price_job_outcome(self.card, rec, as_of=self.as_of)
-            outcomes[outcome] += 1
-        if self._closed:
-            frozen = store_charges.frozen_lines(session, keys)
-            lines = [line for key in keys for line in plan_lines(
-                desired[key], frozen.get(key, []), closed=self._closed,
-                first_open_after=self._first_open_after)]
-        else:
-            lines = [line for key in keys for line in desired[key]]
-        counts = store_charges.replace_charges(session, keys, lines, run_id=run_id,
-                                               rate_card_ids={self.card.version: self.rate_card_id},
-                                               new_jobs=new_jobs)
-        self.jobs_priced += len(records)
-        self.outcomes.update(outcomes)
-        self.lines_written += counts.inserted
-        self.lines_deleted += counts.deleted
 
 
 _GC_LOCK = threading.Lock()
@@ -241,7 +79,7 @@ def bulk_gc() -> Iterator[None]:
 # may wait for it (bounded memory: at most WRITE_DEPTH x WRITE_CHUNK records ahead).
 WRITE_CHUNK = 500
 WRITE_DEPTH = 16
-_STOP = object()
+_STOP: list[_Entry] = []        # the end of the chunks (compared by identity)
 
 
 class _WriteBehind:
@@ -260,21 +98,22 @@ class _WriteBehind:
     waits for it, so the caller can roll back.
     """
 
-    def __init__(self, writer: store_jobs.JobWriter, pricer: Pricer | None, session,
+    def __init__(self, writer: store_job_writer.JobWriter, pricer: Pricer | None,
+                 session: Session,
                  run_id: int, cluster: str | None) -> None:
         self._writer = writer
         self._pricer = pricer
         self._session = session
         self._run_id = run_id
         self._cluster = cluster
-        self._queue: queue.Queue[object] = queue.Queue(WRITE_DEPTH)
+        self._queue: queue.Queue[list[_Entry]] = queue.Queue(WRITE_DEPTH)
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self.quarantined = 0
         self._thread = threading.Thread(target=self._run, name="collect-write", daemon=True)
         self._thread.start()
 
-    def put(self, chunk: list[JobRecord | QuarantinedRecord | tuple]) -> None:
+    def put(self, chunk: list[_Entry]) -> None:
         while True:
             if self._error is not None:
                 raise self._error
@@ -286,7 +125,7 @@ class _WriteBehind:
 
     def finish(self) -> None:
         """Write what is left and wait for it; raises the thread's error, if any."""
-        self.put(_STOP)  # type: ignore[arg-type]
+        self.put(_STOP)
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -313,7 +152,7 @@ class _WriteBehind:
                 chunk = self._queue.get()
                 if chunk is _STOP or stop.is_set():
                     break
-                for entry in chunk:  # type: ignore[attr-defined]
+                for entry in chunk:
                     if stop.is_set():
                         return
                     if type(entry) is tuple:          # (job, its stage row, its pricing)
@@ -324,7 +163,7 @@ class _WriteBehind:
                         if pricer is not None and not writer.pending:   # it just flushed
                             pricer.forget_prepared()
                     else:
-                        pending_q.append(entry)
+                        pending_q.append(cast(QuarantinedRecord, entry))
                         if len(pending_q) >= QUARANTINE_BATCH:
                             self.quarantined += store_runs.add_quarantined(
                                 self._session, self._run_id, pending_q, self._cluster)
@@ -342,8 +181,31 @@ class _WriteBehind:
                 pricer.forget_prepared()
 
 
+def _iterable(value: object) -> Iterable[object]:
+    """A source's stats value that should be a list (anything else: empty)."""
+    return value if isinstance(value, (list, tuple, set, frozenset)) else ()
+
+
+def _counts(value: object) -> dict[str, int]:
+    """A source's stats value that should map names to counts (anything else: empty)."""
+    return dict(value) if isinstance(value, (dict, Counter)) else {}
+
+
 def _pairs(counts: dict[str, int] | Counter[str]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), int(v)) for k, v in counts.items() if v))
+
+
+# How many quarantined records a run's error text names (line and reason).
+FIRST_BAD = 3
+
+
+def describe_quarantined(item: QuarantinedRecord) -> str:
+    """``line 3 (JobID 2): cannot parse AllocTRES='cpu=x': ...`` for the run's error."""
+    where = f"line {item.line_no}" if item.line_no is not None else "a record"
+    if item.job_id:
+        where += f" (JobID {item.job_id})"
+    reason = item.reason if len(item.reason) <= 300 else item.reason[:297] + "..."
+    return f"{where}: {reason}"
 
 
 def _report(result: RunResult, clusters: set[str], examples: list[str]) -> None:
@@ -379,7 +241,7 @@ def _report(result: RunResult, clusters: set[str], examples: list[str]) -> None:
                          f"'hpc-billing quarantine --accept --run {result.run_id}'")
 
 
-def collect(session_factory: SessionFactory, source: Source, *, cluster: str | None,
+def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
             window: Window | None, kind: str, stream: str | None,
             batch_rows: int = 5_000, pricer: Pricer | None = None,
             skip_unchanged: bool = True) -> RunResult:
@@ -397,7 +259,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     and counted as unchanged.
     """
     started = time.monotonic()
-    with session_factory() as session:  # type: ignore[attr-defined]
+    with session_factory() as session:
         run_id = store_runs.start_run(session, cluster=cluster, source=source.name, kind=kind,
                                       window=window)
         accepted_raw = store_runs.accepted_digests(session)
@@ -408,33 +270,32 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
     accepted = 0
     duplicates = 0
     examples: list[str] = []
+    first_bad: list[str] = []         # the first quarantined records: line and reason
     clusters: set[str] = set()
-    counts = store_jobs.UpsertCounts(0, 0, 0)
+    counts = store_job_writer.UpsertCounts(0, 0, 0)
     try:
-        with bulk_gc(), session_factory() as session:  # type: ignore[attr-defined]
+        with bulk_gc(), session_factory() as session:
             on_changed = on_inserted = None
             if pricer is not None:
-                def on_changed(records: list[JobRecord], _session=session) -> None:
+                def on_changed(records: list[JobRecord], _session: Session = session) -> None:
                     pricer.price(_session, records, run_id=run_id)
 
-                def on_inserted(records: list[JobRecord], _session=session) -> None:
+                def on_inserted(records: list[JobRecord], _session: Session = session) -> None:
                     pricer.price(_session, records, run_id=run_id, new_jobs=True)
-            writer = store_jobs.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
-                                          on_changed=on_changed, on_inserted=on_inserted)
-            unchanged = None
+            writer = store_job_writer.JobWriter(session, run_id=run_id, batch_rows=batch_rows,
+                                                on_changed=on_changed, on_inserted=on_inserted)
+            unchanged: store_job_writer.UnchangedJobs | None = None
             with ExitStack() as cleanup:
-                if skip_unchanged and getattr(source, "skips_unchanged", False):
+                if skip_unchanged and source.skips_unchanged:
                     # The digest lookups run in this thread while the writing thread
                     # uses ``session``, so they get a session of their own (one psycopg2
                     # connection must never serve two threads: a COPY in one would
                     # break a query in the other). It sees what earlier polls committed;
                     # a job met twice in one window is then parsed twice, and the writer
                     # finds the second copy unchanged.
-                    lookup_session = cleanup.enter_context(session_factory())  # type: ignore[arg-type]
-                    unchanged = store_jobs.UnchangedJobs(lookup_session)
-                    items = source.fetch(window, unchanged=unchanged)  # type: ignore[call-arg]
-                else:
-                    items = source.fetch(window)
+                    lookup_session = cleanup.enter_context(session_factory())
+                    unchanged = store_job_writer.UnchangedJobs(lookup_session)
+                items = source.fetch(window, unchanged=unchanged)
                 # Price in this thread only where most jobs read are new or changed (the
                 # skip path drops the unchanged ones before parsing); elsewhere the
                 # writer prices just the jobs it finds changed.
@@ -446,7 +307,7 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 seen_add = seen.add
                 behind = _WriteBehind(writer, pricer, session, run_id, cluster)
                 try:
-                    chunk: list = []
+                    chunk: list[_Entry] = []
                     for item in rollup_steps(items, source=source.name):
                         if isinstance(item, JobRecord):
                             key = hash((item.cluster, item.job_id_raw, item.submit))
@@ -465,6 +326,8 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                             if accepted_raw and store_runs.raw_digest(item.raw) in accepted_raw:
                                 accepted += 1          # the operator accepted its loss
                                 continue
+                            if len(first_bad) < FIRST_BAD and isinstance(item, QuarantinedRecord):
+                                first_bad.append(describe_quarantined(item))
                             chunk.append(item)
                         if len(chunk) >= WRITE_CHUNK:
                             behind.put(chunk)
@@ -480,10 +343,11 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
             if unchanged is not None and unchanged.count:
                 records += unchanged.count
                 clusters |= unchanged.clusters
-                counts = counts + store_jobs.UpsertCounts(0, 0, unchanged.count)
+                counts = counts + store_job_writer.UpsertCounts(0, 0, unchanged.count)
             stats = source.stats
             extra = stats.extra
-            duplicates += int(extra.get("duplicates_skipped", 0) or 0)  # type: ignore[call-overload]
+            skipped = extra.get("duplicates_skipped", 0)
+            duplicates += skipped if isinstance(skipped, int) else 0
             stored = counts.inserted + counts.updated + counts.unchanged
             if not quarantined:
                 outcome, error = "ok", None
@@ -491,22 +355,24 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                 outcome = "partial"
                 error = (f"{quarantined} record(s) quarantined, the other records stored"
                          + ("; the watermark stays where it was"
-                            if stream is not None and window is not None else ""))
+                            if stream is not None and window is not None else "")
+                         + "; first: " + "; ".join(first_bad))
             else:
                 outcome = "failed"
                 error = (f"nothing stored: all {quarantined} record(s) read were quarantined "
-                         f"(see 'hpc-billing quarantine --run {run_id}')")
+                         f"(see 'hpc-billing quarantine --run {run_id}'); first: "
+                         + "; ".join(first_bad))
             moved = False
             if outcome in ("ok", "partial"):
                 # The rollups of the days this window touched, in the same transaction.
-                store_charges.refresh_rollups(session)
+                store_rollups.refresh_rollups(session)
                 if stream is not None and window is not None:
                     if cluster is None:
                         raise ValueError("a windowed collection needs a cluster for its "
                                          "watermark")
                     # How far polls have read and stored: lets the next window reach
                     # past a watermark that a partial window holds (poll_window).
-                    store_runs.set_watermark(session, cluster, read_stream(stream),
+                    store_runs.set_watermark(session, cluster, store_runs.read_stream(stream),
                                              window.until, run_id)
                     if outcome == "ok":
                         store_runs.set_watermark(session, cluster, stream, window.until,
@@ -518,6 +384,10 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
                                   jobs_priced=pricer.jobs_priced if pricer else 0,
                                   charge_lines=pricer.lines_written if pricer else 0,
                                   rate_card_id=pricer.rate_card_id if pricer else None)
+            if pricer is not None:
+                # New corrections of closed periods go into the audit trail with the
+                # lines that post them (last: the append locks the trail until commit).
+                pricer.record(session, run_id=run_id, kind=kind)
             session.commit()
     except Exception as exc:  # every failure is logged on the run, then re-raised typed
         error = f"{type(exc).__name__}: {exc}"
@@ -526,9 +396,9 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
             lines = source.stats.lines
         except Exception:  # noqa: BLE001, S110 - stats of a broken source are best effort
             pass
-        with session_factory() as session:  # type: ignore[attr-defined]
+        with session_factory() as session:
             store_runs.finish_run(session, run_id, outcome="failed", records_read=records,
-                                  counts=store_jobs.UpsertCounts(0, 0, 0), quarantined=0,
+                                  counts=store_job_writer.UpsertCounts(0, 0, 0), quarantined=0,
                                   lines_read=lines, error=error)
             session.commit()
         result = RunResult(run_id=run_id, source=source.name, kind=kind, cluster=cluster,
@@ -546,8 +416,8 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
         jobs_priced=pricer.jobs_priced if pricer else 0,
         charge_lines=pricer.lines_written if pricer else 0,
         source_s=stats.slurm_seconds, duplicates=duplicates, accepted=accepted,
-        ignored_columns=tuple(str(c) for c in extra.get("ignored_columns", ()) or ()),  # type: ignore[union-attr]
-        unknown_states=_pairs(extra.get("unknown_states", {}) or {}),  # type: ignore[arg-type]
+        ignored_columns=tuple(str(c) for c in _iterable(extra.get("ignored_columns"))),
+        unknown_states=_pairs(_counts(extra.get("unknown_states"))),
         unpriced=_pairs(pricer.unpriced) if pricer else (),
         watermark_moved=moved)
     _report(result, clusters, examples)
@@ -555,70 +425,3 @@ def collect(session_factory: SessionFactory, source: Source, *, cluster: str | N
         raise CollectError(result)
     return result
 
-
-def make_pricer(session_factory: SessionFactory, card: RateCard, text: str, *, source: str,
-                as_of: datetime) -> Pricer:
-    """Register the card version (idempotent, own transaction) and return a Pricer."""
-    with session_factory() as session:  # type: ignore[attr-defined]
-        card_id = store_charges.ensure_rate_card(session, version=card.version, currency=card.currency,
-                                                 text=text, source=source)
-        session.commit()
-    return Pricer(card, card_id, as_of=as_of)
-
-
-def floor_second(dt: datetime) -> datetime:
-    return dt.replace(microsecond=0)
-
-
-def read_stream(stream: str) -> str:
-    """The cursor beside a watermark: the end of the newest window that stored data."""
-    return f"{stream}:read"
-
-
-def poll_window(session_factory: SessionFactory, *, cluster: str, now: datetime,
-                overlap_s: float, lookback_s: float, stream: str = POLL_STREAM,
-                max_ahead_s: float | None = None) -> Window:
-    """The next poll's window: [watermark - overlap, now), or [now - lookback, now) at first.
-
-    sacct selects jobs eligible before -E that ended after -S or are still pending or
-    running (sacct(1), "Without --state"; see RECIPE §6), so re-reading an overlap before
-    the watermark catches records slurmdbd wrote late without missing running jobs.
-
-    ``max_ahead_s`` bounds how far one window reaches past what earlier polls read: after
-    an outage the backlog is read in windows of at most that much new time (each its own
-    transaction and sacct call, within the sacct timeout) instead of in one window as long
-    as the outage; the window then ends before ``now`` and the caller polls again.
-
-    A partial window leaves the watermark where it was (a quarantined record is never
-    passed) but moves the read cursor (``read_stream``): the next window starts at the
-    watermark again, so the quarantined record is read again, and still ends at most
-    ``max_ahead_s`` past the cursor, so new jobs keep being collected. While the watermark
-    is held, windows grow by the time since (README, "Outcomes"), until the record is
-    stored or an operator accepts it (``quarantine --accept``).
-    """
-    until = floor_second(now.astimezone(UTC))
-    with session_factory() as session:  # type: ignore[attr-defined]
-        mark = store_runs.get_watermark(session, cluster, stream)
-        read = store_runs.get_watermark(session, cluster, read_stream(stream))
-    if mark is None:
-        since = until - timedelta(seconds=lookback_s)
-    else:
-        since = floor_second(mark - timedelta(seconds=overlap_s))
-        if max_ahead_s is not None:
-            ahead = max(mark, read) if read is not None else mark
-            until = min(until, floor_second(ahead) + timedelta(seconds=max(max_ahead_s, 1)))
-    if since >= until:
-        since = until - timedelta(seconds=max(overlap_s, 1))
-    return Window(since, until)
-
-
-def backfill_windows(start: datetime, end: datetime, chunk_s: float) -> list[Window]:
-    """Cut [start, end) into windows of at most chunk_s seconds."""
-    out: list[Window] = []
-    cursor = start
-    step = timedelta(seconds=chunk_s)
-    while cursor < end:
-        nxt = min(cursor + step, end)
-        out.append(Window(cursor, nxt))
-        cursor = nxt
-    return out

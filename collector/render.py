@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields, is_dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from billing.records import UNTYPED_GPU, JobRecord
+from billing.records import UNTYPED_GPU, BilledLine, JobRecord
 
 JOB_COLUMNS: tuple[str, ...] = (
     "cluster", "job_id", "job_id_raw", "submit", "start", "end", "state", "user", "account",
@@ -128,9 +128,9 @@ def write_table(stream: IO[str], columns: Sequence[str], rows: Iterable[dict[str
         stream.write(empty_message + "\n")
         return 0
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    stream.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    stream.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
     for r in cells:
-        stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+        stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
     return len(cells)
 
 
@@ -166,6 +166,32 @@ def flatten_report_row(row: dict[str, Any], group_by: Sequence[str]) -> dict[str
     return flat
 
 
+def report_table_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str]
+                      ) -> list[dict[str, Any]]:
+    """A report's rows (``report_row_to_dict``) flattened for a table, and a TOTAL row per
+    currency: the sum of the amounts (exact), and of the jobs unless the grouping is by
+    resource (a job is then in several rows)."""
+    flat = [flatten_report_row(row, group_by) for row in rows]
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total = totals.setdefault(row["currency"], {"jobs": 0, "amount": Decimal(0),
+                                                    "resources": {}})
+        total["jobs"] += row["jobs"]
+        total["amount"] += Decimal(row["amount"])
+        for name, resource in row["resources"].items():
+            total["resources"][name] = (total["resources"].get(name, Decimal(0))
+                                        + Decimal(resource["amount"]))
+    for currency, total in sorted(totals.items()):
+        out: dict[str, Any] = dict.fromkeys(group_by, "")
+        out[group_by[0]] = "TOTAL"
+        out.update(jobs="" if "resource" in group_by else total["jobs"],
+                   amount=money(total["amount"]), currency=currency,
+                   resources=" ".join(f"{name}={money(amount)}" for name, amount
+                                      in sorted(total["resources"].items())))
+        flat.append(out)
+    return flat
+
+
 def dataclass_to_dict(obj: Any) -> dict[str, Any]:
     """Any frozen dataclass (run log, quarantine rows) as JSON-ready values."""
     assert is_dataclass(obj)
@@ -175,3 +201,89 @@ def dataclass_to_dict(obj: Any) -> dict[str, Any]:
 def iter_dicts(items: Iterable[Any]) -> Iterator[dict[str, Any]]:
     for item in items:
         yield dataclass_to_dict(item)
+
+
+STATEMENT_COLUMNS = ("job_id", "job_id_raw", "submit", "user", "partition", "start", "end",
+                     "usage_period", "resource", "quantity", "unit", "rate", "amount",
+                     "currency", "kind")
+
+
+class TextSink(Protocol):
+    """Where a document's text goes: a file, standard output, a hashing writer."""
+
+    def write(self, text: str, /) -> int: ...
+
+
+def statement_row(billed: BilledLine) -> dict[str, Any]:
+    """One statement line (``STATEMENT_COLUMNS``), JSON-ready: numbers as exact text."""
+    line = billed.line
+    return {"job_id": billed.job_id, "job_id_raw": line.job_id_raw, "submit": iso(line.submit),
+            "user": billed.user, "partition": billed.partition, "start": iso(billed.start),
+            "end": iso(billed.end), "usage_period": line.usage_period,
+            "resource": line.resource, "quantity": str(line.quantity), "unit": line.unit,
+            "rate": format(line.rate.normalize(), "f"), "amount": money(line.amount),
+            "currency": line.currency, "kind": line.kind}
+
+
+class StatementWriter:
+    """A statement as CSV: the header, one row per line (``statement_row``), and a TOTAL
+    row per currency."""
+
+    def __init__(self, stream: TextSink, period: str) -> None:
+        self._writer = csv.writer(stream, lineterminator="\n")
+        self._period = period
+        self._writer.writerow(STATEMENT_COLUMNS)
+
+    def line(self, billed: BilledLine) -> None:
+        row = statement_row(billed)
+        self._writer.writerow(["" if row[c] is None else str(row[c]) for c in STATEMENT_COLUMNS])
+
+    def totals(self, totals: dict[str, Decimal]) -> None:
+        for currency, total in sorted(totals.items()):
+            self._writer.writerow(["TOTAL", "", "", "", "", "", "", self._period, "", "", "",
+                                   "", money(total), currency, ""])
+
+
+class StatementJsonWriter:
+    """A statement as one JSON object, streamed: account, period, ``lines`` (each a
+    ``statement_row``) and ``totals`` per currency."""
+
+    def __init__(self, stream: TextSink, account: str, period: str) -> None:
+        self._stream = stream
+        self._count = 0
+        stream.write(f'{{"account": {json.dumps(account)}, "period": {json.dumps(period)}, '
+                     f'"lines": [')
+
+    def line(self, billed: BilledLine) -> None:
+        self._stream.write(",\n" if self._count else "\n")
+        self._stream.write(json.dumps(statement_row(billed)))
+        self._count += 1
+
+    def totals(self, totals: dict[str, Decimal]) -> None:
+        text = {currency: money(total) for currency, total in sorted(totals.items())}
+        self._stream.write(f'\n], "totals": {json.dumps(text)}}}\n')
+
+
+RUN_TABLE_COLUMNS = ("id", "kind", "source", "cluster", "window_since", "window_until",
+                     "outcome", "records_read", "jobs_inserted", "jobs_updated",
+                     "jobs_unchanged", "quarantined", "jobs_priced", "charge_lines_written",
+                     "duration_s", "error")
+
+
+def run_rows(runs: Iterable[Any]) -> list[dict[str, Any]]:
+    """Runs of the log (``runs.RunInfo``) as rows, durations to the millisecond."""
+    rows = list(iter_dicts(runs))
+    for row in rows:
+        if isinstance(row.get("duration_s"), float):
+            row["duration_s"] = round(row["duration_s"], 3)
+    return rows
+
+
+def budget_to_dict(budget: Any) -> dict[str, Any]:
+    """A budget (``budgets.BudgetInfo``) with money as text and the used fraction to six
+    places, like the API (format "f" never prints an exponent such as 0E+6)."""
+    row = dataclass_to_dict(budget)
+    row["amount"], row["used"] = money(budget.amount), money(budget.used)
+    if budget.used_fraction is not None:
+        row["used_fraction"] = format(budget.used_fraction.quantize(Decimal("0.000001")), "f")
+    return row

@@ -1,19 +1,10 @@
-"""The daemon's scheduled work: polls and node inventory, only on the leader.
+"""The daemon's scheduled work (``Daemon``): polls and node inventory, on the leader only.
 
-This module owns ``poll_once`` (one poll, as ``collect --once`` and the daemon both run it)
-and ``Daemon``: an APScheduler 3 BackgroundScheduler with two jobs, each with
-``max_instances=1`` (a slow poll is never overlapped by the next) and ``coalesce=True``
-(missed runs collapse into one), both first run at start:
-
-- ``poll`` every HPC_BILLING_POLL_INTERVAL: take or confirm leadership (a PostgreSQL
-  advisory lock, collector.store.leader), then collect one window, price it, log one line.
-- ``nodes`` every HPC_BILLING_NODE_INTERVAL: on the leader, ``scontrol show node`` into a
-  node snapshot (capacity and allocation, for utilisation and metrics).
-
-Each job has the one catch-all of DESIGN §7.8: it logs once, updates the health state
-(which feeds the probes and metrics) and lets the scheduler live on. ``stop()`` lets a
-running poll finish (its transaction commits or rolls back as a whole), then releases the
-lock so the other collector takes over at once.
+Two APScheduler 3 jobs, each ``max_instances=1`` and ``coalesce=True``, both run at
+start: ``poll`` (take or confirm leadership, then ``polling.poll_once``) and ``nodes``
+(``scontrol show node`` into a node snapshot). Each has the one catch-all of DESIGN §7.8:
+it logs once, updates the health state and lets the scheduler live on. ``stop()`` lets a
+running poll finish, then releases the leader lock. Details: docs/design/collection.md.
 """
 
 from __future__ import annotations
@@ -25,10 +16,13 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from billing.rates import RateCard
-from collector import pipeline
-from collector.health import Health, PollReport
+from collector.audit_trail import AuditTrail
+from collector.cards import LoadedCard
+from collector.health import Health
+from collector.polling import behind, poll_once
+from collector.run_result import CollectError, RunResult
 from collector.settings import Settings
+from collector.store.db import Engine, Sessions
 from collector.store.leader import LeaderLock
 
 log = logging.getLogger("hpc_billing.scheduler")
@@ -39,64 +33,17 @@ log = logging.getLogger("hpc_billing.scheduler")
 STOP_GRACE_S = 5.0
 
 
-def poll_once(sessions, settings: Settings, card_and_text: tuple[RateCard, str] | None, *,
-              now: datetime | None = None) -> pipeline.RunResult:
-    """One poll with the configured source: a window (or the whole file), priced.
-
-    Raises pipeline.CollectError (carrying the failed RunResult) when nothing of the
-    window was stored; no watermark moved. A partial window (some records quarantined,
-    the rest stored) returns its RunResult with outcome 'partial' and moves no watermark.
-    """
-    from collector.sources import make_source
-
-    now = now or datetime.now(UTC)
-    source = make_source(settings)
-    if source.windowed:
-        window = pipeline.poll_window(sessions, cluster=settings.cluster, now=now,  # type: ignore[arg-type]
-                                      overlap_s=settings.overlap_s, lookback_s=settings.lookback_s,
-                                      max_ahead_s=settings.backfill_chunk_s)
-        kind, stream = "poll", pipeline.POLL_STREAM
-    else:
-        window, kind, stream = None, "file", None
-    pricer = None
-    if card_and_text is not None:
-        card, text = card_and_text
-        pricer = pipeline.make_pricer(sessions, card, text, source=str(settings.rates),
-                                      as_of=now.replace(microsecond=0))
-    return pipeline.collect(sessions, source, cluster=settings.cluster, window=window, kind=kind,
-                            stream=stream, batch_rows=settings.batch_rows, pricer=pricer,
-                            skip_unchanged=settings.skip_unchanged)
-
-
-def behind(result: pipeline.RunResult, now: datetime) -> bool:
-    """True when an ok poll stored a window that ends before ``now``: a backlog (after an
-    outage) is being caught up in bounded windows, and the next one should follow at once.
-    Never after a partial or failed poll: its watermark did not move, and the next poll
-    repeats the window at the usual interval."""
-    return (result.outcome == "ok" and result.window is not None
-            and result.window.until < pipeline.floor_second(now.astimezone(UTC)))
-
-
-def _report(result: pipeline.RunResult, cluster: str) -> PollReport:
-    return PollReport(
-        cluster=cluster, outcome=result.outcome, duration_s=result.duration_s,
-        source_s=result.source_s, records_read=result.records_read, inserted=result.inserted,
-        updated=result.updated, unchanged=result.unchanged, quarantined=result.quarantined,
-        jobs_priced=result.jobs_priced, charge_lines=result.charge_lines,
-        window_until_epoch=result.window.until.timestamp() if result.window else None,
-        error=result.error)
-
-
 class Daemon:
     """The scheduler, the leader lock and the health updates of one ``hpc-billing run``."""
 
-    def __init__(self, settings: Settings, *, engine, sessions, health: Health,
-                 card_and_text: tuple[RateCard, str] | None) -> None:
+    def __init__(self, settings: Settings, *, engine: Engine, sessions: Sessions,
+                 health: Health, card: LoadedCard | None,
+                 trail: AuditTrail | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.health = health
-        self.card_and_text = card_and_text
-        self.cluster = settings.cluster or "(file)"
+        self.card = card
+        self.trail = trail
         self.leader = LeaderLock(engine, settings.cluster)
         self._stopping = threading.Event()
         self._idle = threading.Event()       # set while no poll runs
@@ -162,9 +109,8 @@ class Daemon:
         self._was_leader = None
         log.error("poll failed: the database is unreachable (leader election): %s", error)
         self.health.poll_started()
-        self.health.poll_finished(PollReport(cluster=self.cluster, outcome="failed",
-                                             duration_s=0.0, source_s=0.0,
-                                             error=f"leader election: {error}"))
+        self.health.poll_finished(RunResult(cluster=self.settings.cluster, outcome="failed",
+                                            error=f"leader election: {error}"))
 
     def _poll_job(self) -> None:
         if self._stopping.is_set():
@@ -189,13 +135,14 @@ class Daemon:
                 started = True
                 now = datetime.now(UTC)
                 try:
-                    result = poll_once(self.sessions, self.settings, self.card_and_text, now=now)
-                except pipeline.CollectError as exc:
+                    result = poll_once(self.sessions, self.settings, self.card, now=now,
+                                       trail=self.trail)
+                except CollectError as exc:
                     result = exc.result
                 {"ok": log.info, "partial": log.warning}.get(result.outcome, log.error)(
                     "%s", result.summary())
                 started = False
-                self.health.poll_finished(_report(result, self.cluster))
+                self.health.poll_finished(result)
                 # Catching up a backlog: the next bounded window at once, not an interval later.
                 if not behind(result, now) or self._stopping.is_set() or not self._is_leader():
                     break
@@ -205,9 +152,9 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - the one catch-all: log once, keep scheduling
             log.error("poll failed before it could be logged as a run: %s: %s", type(exc).__name__, exc)
             if started:
-                self.health.poll_finished(PollReport(cluster=self.cluster, outcome="failed",
-                                                     duration_s=0.0, source_s=0.0,
-                                                     error=f"{type(exc).__name__}: {exc}"))
+                self.health.poll_finished(RunResult(cluster=self.settings.cluster,
+                                                    outcome="failed",
+                                                    error=f"{type(exc).__name__}: {exc}"))
 
     def _nodes_job(self) -> None:
         if self._stopping.is_set() or self.settings.source == "file":
@@ -224,10 +171,13 @@ class Daemon:
             from collector.slurm.nodes import read_nodes
             from collector.store.nodes import store_snapshot
 
-            nodes = read_nodes(self.settings.scontrol, timeout_s=min(self.settings.sacct_timeout_s, 60),
-                               cluster=self.settings.cluster)
+            cluster = self.settings.cluster
+            if cluster is None:     # a file import has no cluster to take an inventory of
+                return
+            nodes = read_nodes(self.settings.scontrol,
+                               timeout_s=min(self.settings.sacct_timeout_s, 60), cluster=cluster)
             with self.sessions() as session:
-                store_snapshot(session, self.settings.cluster, datetime.now(UTC), nodes)
+                store_snapshot(session, cluster, datetime.now(UTC), nodes)
                 session.commit()
             self.health.node_snapshot_taken()
             log.debug("node inventory: %d nodes", len(nodes))

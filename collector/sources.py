@@ -16,6 +16,8 @@ def make_source(settings: Settings) -> Source:
     if settings.source == "file":
         from collector.slurm.filesource import FileSource
 
+        if settings.input is None:
+            raise SettingsError(["HPC_BILLING_INPUT / --input: required with the file source"])
         return FileSource(settings.input, tz=ZoneInfo(settings.timezone), cluster=settings.cluster)
     if settings.source == "sacct":
         from collector.slurm.sacct import SacctSource
@@ -25,6 +27,9 @@ def make_source(settings: Settings) -> Source:
     if settings.source == "slurmrestd":
         from collector.slurm.restsource import SlurmrestdSource
 
+        if settings.slurmrestd_url is None:
+            raise SettingsError(["HPC_BILLING_SLURMRESTD_URL / --slurmrestd-url: required with "
+                                 "the slurmrestd source"])
         return SlurmrestdSource(url=settings.slurmrestd_url, user=settings.slurmrestd_user,
                                 token=settings.slurmrestd_token,
                                 token_file=settings.slurmrestd_token_file,

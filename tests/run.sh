@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs hpc-billing's whole test suite: installs the test dependencies into ./.venv, then
-# pytest. Tests use the PostgreSQL on 127.0.0.1:5432 when it answers, and otherwise start a
+# Runs hpc-billing's checks: installs the test dependencies into ./.venv, then ruff (lint)
+# and mypy --strict (types; both configured in pyproject.toml), then pytest with the 25
+# slowest tests listed. Tests use the PostgreSQL on 127.0.0.1:5432 when it answers, and otherwise start a
 # private server from the machine's PostgreSQL binaries (installed here when missing and
 # running as root). Extra arguments go to pytest.
 set -euo pipefail
@@ -64,4 +65,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
-exec .venv/bin/python -m pytest "$@"
+echo "tests: ruff check" >&2
+.venv/bin/python -m ruff check --quiet .
+echo "tests: mypy (strict: collector, billing)" >&2
+.venv/bin/python -m mypy
+exec .venv/bin/python -m pytest --durations=25 "$@"

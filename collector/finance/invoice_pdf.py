@@ -1,21 +1,6 @@
 """The PDF invoice: a billing.invoice.Invoice laid out with ReportLab, returned as bytes.
 
-This module owns the invoice's layout and nothing else: the numbers, the invoice
-number and the grouping come from ``billing.invoice`` (pure), the logo's bytes from the
-caller (it reads the configured PNG). No database, no file, no clock: the same invoice
-and logo always give the same bytes (ReportLab's invariant mode: no creation time, no
-random document id), so a re-issued invoice is byte-identical.
-
-Page 1: logo, site name and address; INVOICE (or PROVISIONAL INVOICE while the period
-is open) with the number, issue date, account, period, currency and content digest;
-charges per resource (quantity, unit, rate, amount), subtotal, tax where configured and
-the grand total; charges per user. Then the appendix: one row per job (user,
-partition, start and end in UTC, quantities per resource, amount) and its total, which
-equals the subtotal. Every page has a footer with the site, the invoice number and
-"page N of M".
-
-Text is set in Bitstream Vera (shipped inside ReportLab, embedded as a subset), which
-covers Western European scripts; a character it has no glyph for is printed as "?".
+Design notes: docs/design/daemon.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,6 @@
 """The one function that runs Slurm commands (DESIGN §7.4).
 
-``slurm_command`` owns everything about running a Slurm client binary (sacct, sacctmgr,
-scontrol ...): an argv list and never a shell, the child's environment (``TZ=UTC`` so that
-times in arguments and output mean UTC; sacct(1) reads and prints local time), a hard
-deadline enforced by killing the child's whole process group, stderr captured to a
-temporary file so a chatty child can never dead-lock on a full pipe, and one error type
-(``SlurmCommandError`` / ``SlurmTimeout`` from ``collector.slurm.source``) carrying argv,
-exit code and stderr.
-
-Output is streamed: the function is a generator that yields stdout lines as they arrive,
-so a 100,000-job window never sits in memory as one string. A reader thread drains the
-pipe ahead of the consumer (at most 64 MiB), so the child is never held back while the
-collector parses and writes what it has already printed.
-
-* Lines are yielded WITHOUT their trailing ``"\\n"``. Only ``"\\n"`` ends a line; a ``"\\r"``
-  inside a field is kept as data. A last line without a newline is yielded as is, and then, even when the command exited 0,
-  ``SlurmCommandError`` is raised: Slurm's clients end every line they print, so such
-  output was cut short (a killed or crashed client, a broken pipe) and the poll must fail
-  rather than move its watermark past records it never saw (``complete_lines=False``
-  turns the check off).
-* Bytes are decoded as UTF-8 with ``errors="replace"``: an invalid byte (a job name typed in
-  Latin-1, say) becomes U+FFFD instead of crashing the poll. "replace" rather than
-  "surrogateescape" because the text ends up in PostgreSQL, which rejects lone surrogates.
-* Errors are raised only after stdout has been drained (or at the deadline), so a consumer
-  sees every line the command printed before its failure is reported.
+Design notes: docs/design/slurm.md.
 """
 
 from __future__ import annotations
@@ -34,7 +11,9 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from io import BufferedReader
+from typing import IO
 
 from collector.slurm.source import SlurmCommandError, SlurmTimeout
 
@@ -59,13 +38,14 @@ def cancel_running() -> int:
     return len(cancels)
 
 
-def _read_stderr(handle) -> str:
+def _read_stderr(handle: IO[bytes]) -> str:
     """Return (the tail of) what the child wrote to its stderr temp file."""
     try:
         handle.flush()
         size = handle.seek(0, os.SEEK_END)
         handle.seek(max(0, size - _STDERR_LIMIT))
-        return handle.read().decode("utf-8", errors="replace")
+        data: bytes = handle.read()
+        return data.decode("utf-8", errors="replace")
     except (OSError, ValueError):
         return ""
 
@@ -77,10 +57,11 @@ _READ_CHUNK = 1 << 20
 _READ_AHEAD_CHUNKS = 64
 
 
-def _read_ahead(stream, chunks: queue.Queue, stop: threading.Event) -> None:
+def _read_ahead(stream: BufferedReader, chunks: queue.Queue[bytes | BaseException | None],
+                stop: threading.Event) -> None:
     """Put the stream's bytes on ``chunks`` (then None at EOF, or the exception); give up
     when ``stop`` is set (the consumer left) instead of blocking on a full queue."""
-    def put(item) -> bool:
+    def put(item: bytes | BaseException | None) -> bool:
         while not stop.is_set():
             try:
                 chunks.put(item, timeout=0.1)
@@ -112,7 +93,7 @@ def _kill_group(pid: int) -> None:
 
 def slurm_command(argv: Sequence[str], *, timeout_s: float,
                   env: Mapping[str, str] | None = None,
-                  complete_lines: bool = True) -> Iterator[str]:
+                  complete_lines: bool = True) -> Generator[str, None, None]:
     """Run ``argv`` and yield its stdout lines (newline stripped) as they arrive.
 
     The child's environment is ``os.environ`` plus ``TZ=UTC`` plus ``env``. The child leads

@@ -10,6 +10,7 @@ times are epoch seconds under ``SLURM_TIME_FORMAT=%s``, else local time without 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
@@ -74,10 +75,10 @@ def size_bytes(text: str, bare_unit: int) -> int:
     if last.isdigit():
         number, mult = text, bare_unit
     else:
-        mult = _UNIT.get(last.upper())
-        if mult is None:
+        unit = _UNIT.get(last.upper())
+        if unit is None:
             raise ValueError(f"unknown size unit {last!r}")
-        number = text[:-1]
+        number, mult = text[:-1], unit
     if number.isdigit():
         return int(number) * mult
     try:
@@ -228,7 +229,7 @@ def parse_gres(text: str) -> tuple[tuple[str, int], ...]:
     untyped: int | None = None
     typed: dict[str, int] = {}
     depth = 0
-    entry = []
+    entry: list[str] = []
     entries: list[str] = []
     for ch in text:                      # split on commas outside parentheses
         if ch == "(":
@@ -302,7 +303,7 @@ def hostlist_count(text: str) -> int:
         return 0
     total = 0
     depth = 0
-    current = []
+    current: list[str] = []
     hosts: list[str] = []
     for ch in text:
         if ch == "[":
@@ -412,7 +413,7 @@ def _parse_time(text: str, tz: tzinfo) -> datetime | None:
     return dt.astimezone(UTC)
 
 
-def time_parser(tz: tzinfo):
+def time_parser(tz: tzinfo) -> Callable[[str], datetime | None]:
     """A cached ``text -> aware UTC datetime | None`` for times printed in ``tz``."""
     @functools.lru_cache(maxsize=1 << 16)
     def parse(text: str) -> datetime | None:

@@ -1,28 +1,6 @@
 """Import accounting from a file: a ``sacct --parsable2`` export or a ``sacct --json`` dump.
 
-This module owns reading such a file: detecting its format, checking its header before
-any record is read, and streaming it through the same parsers the live sources use
-(``ParsableParser`` for text, ``parse_sacct_json`` for JSON). It is not windowed: a file
-import returns everything in the file and never moves a watermark.
-
-Formats:
-  * JSON when the first non-blank character is ``{`` (``sacct --json`` or a saved
-    slurmrestd jobs answer). The whole document is loaded (see jsonparse for the memory
-    cost).
-  * Otherwise ``--parsable2`` (or ``--parsable``) text WITH its header line (so exported
-    without ``--noheader``). Blank lines and a byte-order mark before the header are
-    skipped. The delimiter is whatever separates the header's field names (``|``,
-    ``\x1f``, ``;``, a tab, several characters: sacct's ``--delimiter`` takes any); a
-    delimiter after the last name is ``--parsable``'s, and ends every line. Columns are
-    picked by header name in any order (docs/columns.md); unknown ones are ignored,
-    listed in ``stats.extra["ignored_columns"]`` and logged once. Naive times are read in
-    the ``tz`` given (sacct prints the exporting machine's local time); epoch times
-    (``SLURM_TIME_FORMAT=%s``) need none. The text is streamed line by line, never read
-    whole.
-
-A file is refused with SourceError (nothing is yielded) when it is empty, when its first
-non-blank line is not a header, when an identity column is missing (Submit, State, and
-JobID or JobIDRaw), or when it has no Cluster column and no cluster was given.
+Design notes: docs/design/slurm.md.
 """
 
 from __future__ import annotations
@@ -33,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from datetime import tzinfo
+from typing import TextIO
 
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.fields import REQUIRED_FIELDS
@@ -41,8 +20,8 @@ from collector.slurm.jsonparse import (
     document_info,
     parse_sacct_json,
 )
-from collector.slurm.parse import ParsableParser, UnchangedLookup
-from collector.slurm.source import Item, SourceError
+from collector.slurm.parse import ParsableParser
+from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +64,7 @@ class FileSource:
     windowed = False
     skips_unchanged = True   # fetch(..., unchanged=) is supported (parsable text only)
 
-    def __init__(self, path: str | os.PathLike, *, tz: tzinfo, cluster: str | None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, tz: tzinfo, cluster: str | None) -> None:
         self.path = os.fspath(path)
         self.tz = tz
         self.cluster = cluster or None
@@ -119,7 +98,7 @@ class FileSource:
 
     # ------------------------------------------------------------------------- JSON
 
-    def _json(self, handle) -> Iterator[Item]:
+    def _json(self, handle: TextIO) -> Iterator[Item]:
         try:
             doc = json.load(handle)
         except json.JSONDecodeError as exc:
@@ -147,7 +126,7 @@ class FileSource:
 
     # ------------------------------------------------------------------------- text
 
-    def _text(self, handle, unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
+    def _text(self, handle: TextIO, unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
         skipped = 0              # blank lines before the header
         chars = 0
         header_line = handle.readline()
@@ -192,12 +171,12 @@ class FileSource:
         def lines() -> Iterator[str]:
             # newline="\n": only "\n" ends a line, so a "\r" inside a field stays data;
             # a CRLF export loses its "\r" here.
-            for line in handle:
+            for raw in handle:
                 counters["lines"] += 1
-                counters["chars"] += len(line)
+                counters["chars"] += len(raw)
+                line = raw
                 if line.endswith("\n"):
-                    line = line[:-1]
-                    line = line.removesuffix("\r")
+                    line = line[:-1].removesuffix("\r")
                 yield line
 
         quarantined = 0

@@ -1,36 +1,6 @@
 """Read ``sacct --json`` and slurmrestd ``/slurmdb/v0.0.NN/jobs`` documents into Items.
 
-This module owns the mapping from every accounting JSON shape Slurm has printed, openapi
-dbv0.0.36 (20.11) to data_parser v0.0.45 (26.05), to the items the text reader yields:
-one JobRecord per job object and one StepUsage per element of its ``steps``, or one
-QuarantinedRecord (the job's JSON and a reason naming the job and the field) for a job
-that does not convert. The rollup then treats JSON and text identically.
-
-The reader goes by shape, not by the version the document names: each value is accepted
-in every form some version prints (a plain number or ``{set, infinite, number}``; a
-state string or a flag list; TRES names null or ""). The version (``document_info``) is
-used for one thing only, the dbv0.0.36/37 start-time bug below, and reported in stats.
-docs/slurm-json.md has the version -> shape table and the sources it was read from.
-
-Memory: the whole document is loaded (each job is ~11 KB of JSON, several times that as
-Python objects). Use JSON for file imports and small windows; the sacct text source streams.
-
-Values computed as sacct(1) prints them (so both sources store the same rows):
-  * ``state``: a flag list (v0.0.39+) becomes the one word ``job_state_string()`` gives
-    (flags such as REQUEUED win over the base state, as in sacct).
-  * ``cpu_used_s``: the sum of the steps' ``time.total`` (seconds + microseconds, the
-    microseconds may exceed a second), truncated as sacct prints the job line's TotalCPU:
-    milliseconds below one hour, whole seconds from one hour up. Steps keep microseconds.
-  * ``energy_j``: the ``energy`` count of the job's allocated TRES (empty/null: no value;
-    no energy entry at all, e.g. a job cancelled while pending: 0).
-  * ``gpus``: typed ``gres/gpu:TYPE`` entries count as themselves and only the remainder
-    of the untyped ``gres/gpu`` total is "untyped" (AllocTRES lists both for typed GPUs).
-    ``gres/gpumem``, ``gres/gpuutil``, ``gres/shard``, ``gres/mps``, ``fs/disk``,
-    ``license/*`` and ``energy`` are never GPUs.
-
-Not in the JSON (so None/different from the sacct source): ``uid``, ``db_index`` before
-v0.0.45 (v0.0.45's ``sluid`` is the DBIndex in base32, and is read), ``CANCELLED`` without
-``by <uid>``.
+Design notes: docs/design/slurm.md.
 """
 
 from __future__ import annotations
@@ -203,7 +173,7 @@ def _text(value: Any, path: str) -> str | None:
     return None if value in SENTINELS else value
 
 
-def _obj(value: Any, path: str) -> dict:
+def _obj(value: Any, path: str) -> dict[str, Any]:
     """An object field; missing/null -> {}."""
     if value is None:
         return {}
@@ -212,7 +182,7 @@ def _obj(value: Any, path: str) -> dict:
     return value
 
 
-def _list(value: Any, path: str) -> list:
+def _list(value: Any, path: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -353,7 +323,7 @@ def _array_tasks(text: str) -> str:
     return ",".join(ranges)
 
 
-def _job_ids(job: dict, job_id_raw: int
+def _job_ids(job: dict[str, Any], job_id_raw: int
              ) -> tuple[str, int | None, int | None, int | None, int | None]:
     """The JobID as sacct prints it (``6_3``, ``6_[1-5%2]``, ``14+1``, ``42``) and the
     array / het ids."""
@@ -462,7 +432,7 @@ def _wckey(value: Any) -> str | None:
 
 # --------------------------------------------------------------------------- jobs
 
-def _steps(job: dict, cluster: str, job_id_raw: int,
+def _steps(job: dict[str, Any], cluster: str, job_id_raw: int,
            db_index: int | None) -> tuple[list[Item], int]:
     items: list[Item] = []
     cpu_total_us = 0
@@ -494,7 +464,7 @@ def _steps(job: dict, cluster: str, job_id_raw: int,
     return items, cpu_total_us
 
 
-def _job_items(job: dict, *, default_cluster: str | None, version: int | None) -> list[Item]:
+def _job_items(job: dict[str, Any], *, default_cluster: str | None, version: int | None) -> list[Item]:
     job_id_raw = _int(job.get("job_id"), "job_id")
     if job_id_raw is None or job_id_raw <= 0:
         raise JsonFieldError("job_id", f"not a job id: {job.get('job_id')!r}")
@@ -603,7 +573,7 @@ def _check_ranges(job_id_raw: int, array_job: int | None, array_task: int | None
             raise JsonFieldError(name, f"{value} is out of range (0..{limit_value})")
 
 
-def _looks_like_slurmctld(jobs: list) -> bool:
+def _looks_like_slurmctld(jobs: list[Any]) -> bool:
     """squeue --json / ``/slurm/v0.0.NN/jobs`` objects: ``job_state`` and ``submit_time``,
     no ``time`` or ``state`` object."""
     objects = [job for job in jobs if isinstance(job, dict)]
@@ -617,7 +587,7 @@ def _job_label(job: Any, position: int) -> tuple[str, str | None]:
     return f"job #{position}" + (f" (job_id {job_id})" if job_id else ""), job_id
 
 
-def check_jobs_document(doc: Any) -> list:
+def check_jobs_document(doc: Any) -> list[Any]:
     """``doc["jobs"]`` when ``doc`` is an accounting jobs document, else JsonDocumentError
     saying what it is instead."""
     if not isinstance(doc, dict):

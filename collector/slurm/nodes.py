@@ -1,46 +1,6 @@
 """Nodes as slurmctld knows them: ``scontrol show node``, parsed into ``NodeInfo``.
 
-This module owns the node inventory read: the scontrol call (``read_nodes``, through the
-one Slurm command runner) and the parser of its one-line-per-node output
-(``parse_nodes``). The store keeps the result as snapshots (``collector.store.nodes``)
-for capacity gauges and utilisation; it sees ``NodeInfo`` only through a Protocol, so the
-store never imports this package (DESIGN.md §2).
-
-Format (Slurm 22.05, ``src/api/node_info.c`` ``slurm_sprint_node_table``): with
-``--oneliner`` each node is one line of ``Key=Value`` pairs that the multi-line form
-prints on separate lines, joined by single spaces (so some pairs are separated by two).
-Facts the parser relies on:
-
-* Most values hold no space, but three do: ``OS=`` (uname: ``Linux 6.1.0-13-amd64 #1 SMP
-  PREEMPT_DYNAMIC Debian ...``), and the free-text ``Reason=``, ``Comment=`` and ``Extra=``
-  that an admin types, which may contain ``=``, ``[`` and anything else. ``OS`` comes
-  before the fields we read; ``Reason``/``Comment``/``Extra`` come after ALL of them, at the
-  end of the line. So the structured pairs are read from the part of the line before the
-  first `` Reason=``/`` Comment=``/`` Extra=``, each key's FIRST occurrence winning, and
-  the reason is the rest: ``Reason=<text> [<user>@<time>]`` (the stamp is printed when
-  Slurm knows who set the reason; a multi-line reason is joined with spaces).
-* ``CPUTot`` is the configured CPU count; ``CPUEfctv`` (new in 22.05) is ``CPUTot`` less
-  the cores reserved by ``CoreSpecCount``/``CPUSpecList``, i.e. what jobs can be given.
-  ``cpus_total`` is ``CPUEfctv`` when printed, else ``CPUTot``.
-* ``RealMemory`` and ``AllocMem`` are MB (1024-based, slurm.conf(5)).
-* ``State`` is the base state followed by ``+FLAG`` for each flag (``IDLE+DRAIN``,
-  ``MIXED+DRAIN`` = draining, ``DOWN+NOT_RESPONDING``, ``IDLE+CLOUD+POWERED_DOWN``);
-  ``state`` keeps the base state upper-cased, ``state_raw`` the whole text.
-* ``Gres=`` lists configured GRES, comma-separated, typed ``gpu:a100:2(S:0)`` or untyped
-  ``gpu:4``; ``(null)`` for none. With ``--details`` scontrol adds ``GresUsed=`` in the
-  same shape with device indexes, ``gpu:a100:1(IDX:0),gpu:v100:0(IDX:N/A)``; an index
-  list may itself contain commas (``gpu:3(IDX:0,2-3)``), so items are split on commas
-  outside parentheses. An untyped entry may print its type as ``(null)``
-  (``gpu:(null):0(IDX:N/A)``). Only ``gpu`` entries are counted; untyped GPUs are kept
-  under ``billing.records.UNTYPED_GPU`` ("untyped"), as in job records.
-* Without ``GresUsed`` (an older scontrol, or no ``--details``) the allocated GPUs come
-  from ``AllocTRES`` (``gres/gpu=1``, ``gres/gpu:a100=1``: typed entries plus the untyped
-  remainder, never both added), and configured GPUs fall back to ``CfgTRES`` likewise.
-* ``Partitions=`` is absent for a node in no partition (the tuple is then empty).
-
-The parser never raises on one bad line: a ``NodeName=`` line that cannot be read is
-reported to ``errors`` (or logged) and skipped; any other line (a ``CLUSTER:`` header,
-``No nodes in the system``) is ignored.
+Design notes: docs/design/slurm.md.
 """
 
 from __future__ import annotations

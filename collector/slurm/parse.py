@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, tzinfo
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from typing import Any, TypeVar, cast
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, is_final_record
 from collector.slurm.fields import (
@@ -40,7 +41,9 @@ from collector.slurm.fields import (
     timelimit_min,
     tres_value,
 )
-from collector.slurm.source import Item, SourceError
+from collector.slurm.source import Item, SourceError, UnchangedLookup
+
+T = TypeVar("T")
 
 SACCT_DELIMITER = "\x1f"
 
@@ -96,16 +99,6 @@ def _opt(value: str) -> str | None:
 RAW_DIGEST_VERSION = "2"
 # Groups (jobs) per lookup of stored digests.
 SKIP_BATCH_GROUPS = 1000
-
-
-class UnchangedLookup(Protocol):
-    """What ``ParsableParser.parse_lines(unchanged=...)`` asks to skip unchanged jobs."""
-
-    def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
-        """Of these (cluster, job_id_raw, raw_digest), the digests already stored."""
-
-    def skipped(self, cluster: str) -> None:
-        """One job of ``cluster`` was skipped: stored from exactly these lines."""
 
 
 class ParsableParser:
@@ -181,7 +174,7 @@ class ParsableParser:
         self.duplicates_skipped = 0
 
         self._free = tuple(name.strip().lower() in _FREE_LOWER for name in self.columns)
-        free_names = [name for name, free in zip(self.columns, self._free) if free]
+        free_names = [name for name, free in zip(self.columns, self._free, strict=True) if free]
         self._free_names = tuple(free_names)
         self._last_free = self._free[-1] if self.columns else False
 
@@ -258,7 +251,7 @@ class ParsableParser:
                 fields, raw, ln = rec
                 yield convert(fields, raw, ln) if len(fields) == ncols else finish(fields, raw, ln)
             else:
-                yield rec
+                yield cast(QuarantinedRecord, rec)
 
     def _assemble(self, lines: Iterable[str], first_line_no: int
                   ) -> Iterator[tuple[list[str], str, int] | QuarantinedRecord]:
@@ -281,9 +274,10 @@ class ParsableParser:
             if back:
                 ln, text = back.popleft()
             else:
-                text = next(src, None)
-                if text is None:
+                next_line = next(src, None)
+                if next_line is None:
                     break
+                text = next_line
                 line_no += 1
                 ln = line_no
                 if text[-1:] == "\n":
@@ -407,8 +401,8 @@ class ParsableParser:
         blake2b = hashlib.blake2b
 
         # group: [cluster, head, skippable, items, digest]
-        groups: list[list] = []
-        current: list | None = None
+        groups: list[list[Any]] = []
+        current: list[Any] | None = None
         skipped_before: set[int] = set()     # hashes of the digests skipped so far
 
         # The digest is blake2b(salt + "\n" + raw line + "\n" + raw line ...), hashed in
@@ -438,9 +432,10 @@ class ParsableParser:
                     continue
                 out: list[Item] = []
                 bad = False
-                for item in g[3]:
-                    if type(item) is tuple:
-                        f, raw, ln = item
+                for pending in g[3]:
+                    item = pending
+                    if type(pending) is tuple:
+                        f, raw, ln = pending
                         item = (convert(f, raw, ln, digest) if len(f) == ncols
                                 else finish(f, raw, ln))
                     if type(item) is QuarantinedRecord:
@@ -559,13 +554,13 @@ class ParsableParser:
                 usage = f[i_usage]
                 mem_total = None
                 if usage:
-                    value = tres_value(usage, "mem")
-                    if value is not None:
-                        mem_total = size_bytes(value, 1)
+                    tres = tres_value(usage, "mem")
+                    if tres is not None:
+                        mem_total = size_bytes(tres, 1)
                     if cpu_used is None:
-                        value = tres_value(usage, "cpu")
-                        if value is not None:
-                            cpu_used = duration_s(value)
+                        tres = tres_value(usage, "cpu")
+                        if tres is not None:
+                            cpu_used = duration_s(tres)
                 return StepUsage(cluster, job_id_raw, step, dbindex, state, elapsed,
                                  cpu_used, max_rss, mem_total, energy, line_no)
 
@@ -650,7 +645,7 @@ class ParsableParser:
             f"the file has no JobIDRaw column, and the own job id of {job_id!r} (an array "
             f"task or het job component) cannot be derived from JobID; export with JobIDRaw")
 
-    def _ran(self, start, elapsed: int, node_list: str | None, state: str) -> bool:
+    def _ran(self, start: datetime | None, elapsed: int, node_list: str | None, state: str) -> bool:
         """Whether the job ran (and so had an allocation), from what the record has.
 
         A NodeList (not ``None assigned``) says so best: a job cancelled while pending has
@@ -665,7 +660,7 @@ class ParsableParser:
             return elapsed > 0
         return state != "PENDING"
 
-    def _field(self, f: list[str], name: str, parse):
+    def _field(self, f: list[str], name: str, parse: Callable[[str], T]) -> T:
         """``parse(value)`` of fallback column ``name``; its errors name the column."""
         value = f[self._fb[name]]
         try:
@@ -702,14 +697,14 @@ class ParsableParser:
             self.fallbacks += 1
         return cpus, nodes, mem, gpus
 
-    def _user_plus_system(self, f: list[str]):
+    def _user_plus_system(self, f: list[str]) -> Decimal | None:
         """TotalCPU from UserCPU + SystemCPU (an export without TotalCPU)."""
         user = self._field(f, "UserCPU", lambda v: None if v in SENTINELS else duration_s(v))
         system = self._field(f, "SystemCPU",
                              lambda v: None if v in SENTINELS else duration_s(v))
         if user is None and system is None:
             return None
-        return (user or 0) + (system or 0)
+        return (user or Decimal(0)) + (system or Decimal(0))
 
     def _reason(self, what: str, fields: list[str], exc: Exception) -> str:
         if isinstance(exc, _BadValue):

@@ -36,7 +36,8 @@ def billing_weights(partitions: dict[str, dict[str, str]]) -> dict[str, str]:
             if fields.get("TRESBillingWeights") not in (None, "", "(null)")}
 
 
-def read_billing_weights(scontrol_path: str, *, timeout_s: float, cluster: str | None = None) -> dict[str, str]:
+def read_billing_weights(scontrol_path: str, *, timeout_s: float,
+                         cluster: str | None = None) -> dict[str, str]:
     """Ask slurmctld for every partition's TRESBillingWeights."""
     argv = [scontrol_path, "--oneliner", "show", "partition"]
     if cluster:

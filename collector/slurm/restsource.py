@@ -1,61 +1,6 @@
 """The slurmrestd source: accounting from ``GET /slurmdb/v0.0.NN/jobs``, NN = 36..45.
 
-This module owns talking HTTP to slurmrestd: the URL (``http(s)://host:port`` with JWT
-headers, or ``unix:/path/to/slurmrestd.sock`` for rest_auth/local), the token (re-read
-from its file at every fetch, so a rotated token needs no restart), choosing the API
-version, the query of one window, cutting that window into chunks that bound memory, the
-errors, and the filter that gives exactly sacct's window semantics. The JSON is parsed
-by ``jsonparse``, the same code as ``sacct --json`` file imports, so both give the same
-items.
-
-The version: each release serves a few (22.05: dbv0.0.38; 24.11: v0.0.40..42; 26.05:
-v0.0.42..45). The newest one ``GET /openapi/v3`` lists is used (without a listing, the
-jobs path is tried from v0.0.45 down), remembered per URL for the process's life (the
-daemon builds a source per poll), named in ``stats.extra["api_version"]`` and the log, and
-chosen again after a 404 (an upgrade). See docs/slurm-json.md.
-
-Facts about slurmrestd 22.05.8 it relies on (measured on the lab, deploy/lab; RECIPE §8):
-  * ``start_time`` and ``end_time`` are the window parameters that count (they fill the
-    same ``usage_start``/``usage_end`` of slurmdbd's job query that sacct's ``-S``/``-E``
-    fill). Both refuse a bare epoch (500 "Unable to parse time format"); an ISO time works
-    only with its colons percent-encoded (raw colons: 400). ``now-3600`` also works.
-  * The ISO time is read in slurmrestd's OWN time zone (the TZ of the slurmrestd process:
-    a slurmrestd with TZ=America/New_York given 15:12:50 searched from 20:12:50 UTC).
-    So the window is written in ``server_timezone`` (default UTC; the lab starts
-    slurmrestd with TZ=UTC). Around a DST fold, where a local time names two instants,
-    the bound is widened by the fold so no job is lost; the client-side filter below
-    removes the extra jobs.
-  * Semantics are sacct's (tested against ``sacct -S -E`` on the lab, see
-    tests/slurm/test_lab_sources.py): a job is returned when Eligible < end_time and
-    (End >= start_time or it has not ended); running and pending jobs are included; held
-    jobs (no Eligible) never are; both records of a requeued job are returned (no flag
-    needed, unlike sacct's ``--duplicates``); times are not truncated to the window.
-    The source still filters every answer to exactly that rule (``_in_window``), so a
-    server that returns a superset (a widened bound, another version) cannot change what
-    is stored.
-  * An empty answer is HTTP 200 with ``errors: [{"error_number": 9003, "error": "Nothing
-    found with query"}]``: that one "error" means no jobs, not a failure.
-  * Without a valid token the answer is 401 "Authentication failure". A slurmdbd-side
-    failure is HTTP 200 with an ``errors`` entry (e.g. 1007 "Protocol authentication
-    error"), and is raised.
-  * rest_auth/local (a Unix socket; the peer's uid is the user) answers 401 to a request
-    that carries ``X-SLURM-USER-*`` headers: configure no user and no token for such a
-    socket. One slurmrestd cannot serve rest_auth/local and JWT at once (JWT needs
-    SLURM_JWT=daemon in its environment, which breaks local auth), so the lab runs two.
-  * Each job costs about 11 KB of JSON. A window is fetched in chunks of at most
-    ``max_window_s`` seconds (default one hour), one request each, so only one chunk's
-    answer is in memory at a time. A job active across several chunks is returned by each
-    of them; it is yielded only by the first. (One case is lost to chunking: a job whose
-    End is BEFORE its Eligible, i.e. cancelled before its ``--begin`` time, with the two in
-    different chunks; no chunk's query matches it. It never ran and costs nothing.)
-
-Differences from the sacct source (what the JSON lacks; see jsonparse): ``uid`` (and
-``db_index`` before v0.0.45) is None and ``state_raw`` is ``CANCELLED`` where sacct prints
-``CANCELLED by <uid>``; 22.05's dbv0.0.38 also reads exit codes as ``0:0`` whatever the
-job's status.
-Everything else is stored identically.
-
-Only the stdlib (http.client, socket, ssl, json), billing.records and jsonparse are used.
+Design notes: docs/design/slurm.md.
 """
 
 from __future__ import annotations
@@ -81,7 +26,7 @@ from collector.slurm.jsonparse import (
     document_info,
     parse_sacct_json,
 )
-from collector.slurm.source import Item, SourceError
+from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = "/openapi/v3"
@@ -256,6 +201,7 @@ class SlurmrestdSource:
 
     name = "slurmrestd"
     windowed = True
+    skips_unchanged = False   # JSON: every job is parsed (``unchanged`` is ignored)
 
     def __init__(self, *, url: str, user: str | None, token: str | None,
                  token_file: str | None, timeout_s: float, cluster: str | None,
@@ -286,7 +232,7 @@ class SlurmrestdSource:
 
     # ------------------------------------------------------------------ configuration
 
-    def _parse_url(self, url: str):
+    def _parse_url(self, url: str) -> tuple[Callable[[], http.client.HTTPConnection], str, str]:
         if url.startswith("unix:"):
             path = url[len("unix:"):]
             if not path.startswith("/"):
@@ -303,10 +249,13 @@ class SlurmrestdSource:
         connect: Callable[[], http.client.HTTPConnection]
         if parts.scheme == "https":
             context = ssl.create_default_context()
-            connect = (lambda: http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
-                                                           context=context))
+
+            def connect() -> http.client.HTTPConnection:
+                return http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
+                                                   context=context)
         else:
-            connect = (lambda: http.client.HTTPConnection(host, port, timeout=self.timeout_s))
+            def connect() -> http.client.HTTPConnection:
+                return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
         return connect, parts.path.rstrip("/"), f"{parts.scheme}://{parts.netloc}{parts.path}"
 
     def _current_token(self) -> str | None:
@@ -320,7 +269,8 @@ class SlurmrestdSource:
     def stats(self) -> FetchStats:
         return self._stats
 
-    def fetch(self, window: Window | None) -> Iterator[Item]:
+    def fetch(self, window: Window | None, *,
+              unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
         if window is None:
             raise SourceError("the slurmrestd source needs a window (it never reads everything)")
         return self._fetch(window)

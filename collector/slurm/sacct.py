@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from billing.records import FetchStats, QuarantinedRecord, Window
 from collector.slurm.command import slurm_command
-from collector.slurm.parse import SACCT_DELIMITER, ParsableParser, UnchangedLookup
-from collector.slurm.source import Item, SourceError
+from collector.slurm.parse import SACCT_DELIMITER, ParsableParser
+from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 # The sacct fields hpc-billing asks for: one tuple shared by the argv and the parser.
 # Every name is accepted by Slurm 22.05's ``sacct --format`` (22.05 rejects ArrayJobID,
@@ -115,7 +115,8 @@ class SacctSource:
 
     def _run(self, argv: list[str], parser: ParsableParser,
              unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
-        counters = {"lines": 0, "chars": 0, "wait": 0.0}
+        counts = {"lines": 0, "chars": 0}
+        waited = [0.0]
         self._stats = FetchStats(extra={"argv": argv})
 
         def timed_lines() -> Iterator[str]:
@@ -125,11 +126,11 @@ class SacctSource:
                 while True:
                     t0 = clock()
                     line = next(lines, None)
-                    counters["wait"] += clock() - t0
+                    waited[0] += clock() - t0
                     if line is None:
                         return
-                    counters["lines"] += 1
-                    counters["chars"] += len(line) + 1
+                    counts["lines"] += 1
+                    counts["chars"] += len(line) + 1
                     yield line
             finally:
                 lines.close()
@@ -141,8 +142,8 @@ class SacctSource:
                     quarantined += 1
                 yield item
         finally:
-            self._stats = FetchStats(lines=counters["lines"], bytes=counters["chars"],
-                                     slurm_seconds=counters["wait"],
+            self._stats = FetchStats(lines=counts["lines"], bytes=counts["chars"],
+                                     slurm_seconds=waited[0],
                                      extra={"argv": argv, "quarantined": quarantined,
                                             "ignored_columns": list(parser.ignored_columns),
                                             "unknown_states": dict(parser.unknown_states),

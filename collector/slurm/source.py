@@ -1,4 +1,4 @@
-"""The protocol every accounting source implements, and the errors sources raise.
+"""The protocol every accounting source implements (``Source``), and the errors sources raise.
 
 A source turns a window (or a whole file) into a stream of parsed items: JobRecord for
 job lines (usage not yet rolled up), StepUsage for step lines, QuarantinedRecord for
@@ -8,8 +8,8 @@ every source, text or JSON, feeds the same path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from billing.records import FetchStats, JobRecord, QuarantinedRecord, StepUsage, Window
 
@@ -42,20 +42,35 @@ class SlurmTimeout(SlurmCommandError):
     """A Slurm command ran past its timeout and was killed (with its children)."""
 
 
+class UnchangedLookup(Protocol):
+    """What a source that skips unchanged jobs asks the store (``fetch(unchanged=...)``):
+    the store's ``job_writer.UnchangedJobs`` implements it."""
+
+    def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
+        """Of these (cluster, job_id_raw, raw_digest), the digests already stored."""
+
+    def skipped(self, cluster: str) -> None:
+        """One job of ``cluster`` was skipped: stored from exactly these lines."""
+
+
 class Source(Protocol):
     """One accounting source.
 
     ``name`` is what the run log and metrics call it. ``windowed`` says whether fetch()
     honours the window (sacct, slurmrestd, pyslurm) or returns everything it has (a file
-    import, which therefore never moves a watermark). ``fetch`` may raise SourceError (or
-    a subclass) at any point of the iteration; the caller then rolls the window back.
-    ``stats`` is valid after the iterator is exhausted.
+    import, which therefore never moves a watermark). ``skips_unchanged`` says whether
+    ``fetch`` uses ``unchanged``: jobs whose raw lines are exactly those they were stored
+    from are then skipped before parsing (text sources); the others ignore it.
+    ``fetch`` may raise SourceError (or a subclass) at any point of the iteration; the
+    caller then rolls the window back. ``stats`` is valid after the iterator is exhausted.
     """
 
     name: str
     windowed: bool
+    skips_unchanged: bool
 
-    def fetch(self, window: Window | None) -> Iterator[Item]: ...
+    def fetch(self, window: Window | None, *,
+              unchanged: UnchangedLookup | None = None) -> Iterator[Item]: ...
 
     @property
     def stats(self) -> FetchStats: ...

@@ -18,9 +18,9 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from billing.records import AuditEntry
-from collector.store.models import AuditLog
+from collector.store.models import AuditLog, table_of
 
-_LOG = AuditLog.__table__
+_LOG = table_of(AuditLog)
 _SQL_LOCK = text("LOCK TABLE audit_log IN EXCLUSIVE MODE")
 _COLUMNS = (_LOG.c.seq, _LOG.c.at, _LOG.c.actor, _LOG.c.action, _LOG.c.subject,
             _LOG.c.details, _LOG.c.prev, _LOG.c.hash)

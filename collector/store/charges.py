@@ -1,62 +1,21 @@
-"""Charges: rate-card versions, charge lines, closed billing periods, reports and budgets.
+"""Charge lines: writing a batch of jobs' lines (``replace_charges``) and reading lines back.
 
-This module owns how ``billing.records.ChargeLine`` values get into ``charge_lines`` and
-back out, and the tables around them (revision 0002):
-
-- ``ensure_rate_card`` / ``list_rate_cards``: immutable rate-card versions (content hash).
-- ``close_period`` / ``closed_periods`` / ``list_periods``: a closed period is never
-  rewritten (DESIGN.md §5). Only closed periods have a row in ``billing_periods``.
-- ``replace_charges``: the bulk, idempotent writer of a batch of jobs' lines (below).
-- ``frozen_lines`` / ``job_charges``: lines read back as ``ChargeLine``.
-- ``charge_report`` / ``statement_lines``: what finance bills, by POSTED period; the
-  report reads the daily rollups of revision 0007 (``refresh_rollups`` keeps them, the
-  writer calls it before committing) and falls back to the lines while any is stale.
-- ``set_budget`` / ``list_budgets``: account budgets and how much of each is used.
-- ``job_keys_in_range``: the jobs a ``reprice`` of a time range must price again.
-
-How ``replace_charges`` writes (one batch, all in the caller's transaction):
-
-1. ``LOCK TABLE billing_periods IN SHARE MODE``: ``close_period`` (an INSERT, ROW
-   EXCLUSIVE) waits until this transaction ends, so no period closes between the check
-   below and the commit. Concurrent writers do not block each other (SHARE/SHARE). A
-   planner that computes corrections takes the same lock earlier, with
-   ``closed_periods(session, lock=True)``.
-2. Every line is checked in Python: its job is one of ``keys``, its posted period is open
-   (else ``ClosedPeriodError``), its amount and rate fit their columns exactly (money is
-   never rounded silently), its unit is the resource's unit, its card version is known
-   and its currency is the card's.
-3. The keys and the lines are COPYed into two session-local TEMP stage tables whose column
-   types come from ``charge_lines`` itself; so the stage rounds ``quantity`` exactly like
-   the table does.
-4. One statement then computes, per job, an md5 digest of the sorted record texts of its
-   lines, ``ROW(usage_period, posted_period, resource, quantity, unit, rate, amount,
-   currency, rule, rate_card_id, basis, kind)::text`` (everything but id, run_id and
-   created_at; record text quotes values, so distinct lines never render alike), once over
-   the stored lines in OPEN periods and once over the staged lines. Both sides are
-   rendered from the same column types, so equal lines give equal text (``1.5`` and
-   ``1.500000`` are the same numeric(24, 6)). Only jobs whose digests differ have their
-   open lines deleted and the new ones inserted; a re-poll of unchanged jobs writes no
-   row version at all (same ids, same xmin, same run_id, no WAL for the table). Whether
-   a job changed is decided per job, so a job's open lines are replaced all together.
-
-Quantities are stored to 6 decimals, rounded half away from zero (PostgreSQL's numeric
-rounding); a ChargeLine with more decimals reads back rounded, and compares unchanged
-with itself on the next replace. Amounts (6 decimals) and rates (9 decimals) must fit
-exactly or ``ChargeValueError`` is raised.
-
-Like every store function these never commit.
+``replace_charges`` makes the open-period lines of a batch of jobs equal to the lines
+given, writing nothing for jobs whose lines are unchanged; lines in closed periods are
+never touched. ``frozen_lines`` and ``job_charges`` read lines back as ChargeLine;
+``job_keys_in_range`` names the jobs a reprice prices again. How the writer works:
+docs/design/store.md. Like every store function these never commit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import operator
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
@@ -66,80 +25,33 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    distinct,
     exists,
     func,
-    literal_column,
     select,
-    text,
-    tuple_,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from billing.records import ChargeLine, resource_unit
-from collector.store.copytext import LinesReader, escape
-from collector.store.models import (
-    CHARGE_BASES,
-    CHARGE_KINDS,
-    BillingPeriod,
-    Budget,
-    Charge,
-    ChargeRollupDaily,
-    ChargeRollupDailyJobs,
-    ChargeRollupDirty,
-    Job,
-    RateCard,
+from collector.store.copytext import (
+    AMOUNT,
+    QUANTITY,
+    RATE,
+    LinesReader,
+    copy_text,
+    decimal_text,
 )
-
-UTC = timezone.utc
+from collector.store.db import raw_cursor
+from collector.store.errors import ChargeValueError, ClosedPeriodError
+from collector.store.models import CHARGE_BASES, CHARGE_KINDS, BillingPeriod, Charge, Job, RateCard, table_of
+from collector.store.periods import check_period, closed_periods
+from collector.store.rate_cards import card_ids
 
 JobKey = tuple[str, int, datetime]
 
-_CHARGES = Charge.__table__
-_JOBS = Job.__table__
-_CARDS = RateCard.__table__
-_PERIODS = BillingPeriod.__table__
-_BUDGETS = Budget.__table__
-_ROLLUP = ChargeRollupDaily.__table__
-_ROLLUP_JOBS = ChargeRollupDailyJobs.__table__
-_DIRTY = ChargeRollupDirty.__table__
-
-
-# ------------------------------------------------------------------------------ errors
-
-class ChargeStoreError(ValueError):
-    """A value the charge store refuses (base class of the errors below)."""
-
-
-class InvalidPeriodError(ChargeStoreError):
-    """A billing period that is not 'YYYY-MM' (month 01-12)."""
-
-
-class ClosedPeriodError(ChargeStoreError):
-    """A write would change a closed billing period."""
-
-    def __init__(self, periods: Iterable[str], what: str) -> None:
-        self.periods = tuple(sorted(set(periods)))
-        super().__init__(f"{what}: billing period(s) {', '.join(self.periods)} are closed "
-                         "and are never changed (post a correction in an open period)")
-
-
-class ChargeValueError(ChargeStoreError):
-    """A charge line or budget that cannot be stored as given."""
-
-
-# ----------------------------------------------------------------------------- helpers
-
-_PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
-
-
-def check_period(period: object) -> str:
-    """``period`` if it is a billing period 'YYYY-MM', else ``InvalidPeriodError``."""
-    if not isinstance(period, str) or _PERIOD_RE.fullmatch(period) is None:
-        raise InvalidPeriodError(
-            f"billing period must be 'YYYY-MM' with month 01-12, got {period!r}")
-    return period
+_CHARGES = table_of(Charge)
+_JOBS = table_of(Job)
+_CARDS = table_of(RateCard)
+_PERIODS = table_of(BillingPeriod)
 
 
 def _aware(value: datetime, what: str) -> datetime:
@@ -152,237 +64,9 @@ def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
 
-def _dbapi_cursor(session: Session) -> Any:
-    dbapi_conn = session.connection().connection.dbapi_connection
-    if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
-        raise RuntimeError("the charge store needs a live psycopg2 connection")
-    cur = dbapi_conn.cursor()
-    if not hasattr(cur, "copy_expert"):
-        cur.close()
-        raise TypeError("the charge store needs the psycopg2 driver (postgresql+psycopg2://)")
-    return cur
-
-
 def _key_match(a: str, b: str) -> str:
     return (f"{a}.cluster = {b}.cluster AND {a}.job_id_raw = {b}.job_id_raw"
             f" AND {a}.submit_time = {b}.submit_time")
-
-
-# Column scales of charge_lines (models.Charge) and budgets: (integer digits, decimals).
-_AMOUNT = (14, 6)        # numeric(20, 6)
-_RATE = (11, 9)          # numeric(20, 9)
-_QUANTITY = (18, 6)      # numeric(24, 6)
-
-
-def _decimal(value: object, what: str, scale: tuple[int, int], exact: bool) -> str:
-    """``value`` as plain decimal text for COPY, or ``ChargeValueError``.
-
-    With ``exact``, the value must have at most the column's decimals (money is never
-    rounded here; trailing zeros are fine); without, the column rounds (quantities).
-    Works on the formatted text: one ``format`` per value, no Decimal arithmetic.
-    """
-    if isinstance(value, Decimal):
-        number = value
-    elif isinstance(value, int) and not isinstance(value, bool):
-        number = Decimal(value)
-    else:
-        # float would carry binary noise into money; bool is an int subclass.
-        raise ChargeValueError(f"{what} must be a Decimal, got {value!r}")
-    if not number.is_finite():
-        raise ChargeValueError(f"{what} must be finite, got {number}")
-    digits, places = scale
-    out = format(number, "f")
-    dot = out.find(".")
-    if dot < 0:
-        dot = len(out)
-    elif exact and len(out) - dot - 1 > places:
-        if out[dot + 1 + places:].strip("0"):
-            raise ChargeValueError(
-                f"{what} {number} has more than {places} decimals; round it before "
-                "storing (the store never rounds money)")
-        out = out[:dot + 1 + places]
-    if dot - (out[0] == "-") > digits:
-        raise ChargeValueError(f"{what} {number} does not fit numeric("
-                               f"{digits + places}, {places})")
-    return out
-
-
-def _copy_text(value: str) -> str:
-    """COPY text-format escaping; NUL (which text cannot hold) becomes U+FFFD."""
-    if not isinstance(value, str):
-        raise ChargeValueError(f"expected text, got {value!r}")
-    return escape(value)
-
-
-# ------------------------------------------------------------------------- rate cards
-
-@dataclass(frozen=True, slots=True)
-class RateCardInfo:
-    """One stored rate-card version and how many charge lines reference it."""
-
-    id: int
-    version: str
-    currency: str
-    loaded_at: datetime
-    source: str
-    text: str
-    lines: int
-
-
-def ensure_rate_card(session: Session, *, version: str, currency: str, text: str,
-                     source: str) -> int:
-    """The id of rate-card ``version``, inserting it when new.
-
-    A card is immutable: when ``version`` is stored already its row is kept as it is
-    (first ``source`` and ``loaded_at`` win), but a different currency or text under the
-    same version (a content hash) is refused with ``ChargeValueError``.
-    """
-    for what, value in (("version", version), ("currency", currency), ("source", source)):
-        if not isinstance(value, str) or not value:
-            raise ChargeValueError(f"rate card {what} must be a non-empty string, "
-                                   f"got {value!r}")
-    if not isinstance(text, str):
-        raise ChargeValueError(f"rate card text must be a string, got {text!r}")
-    inserted = session.execute(
-        pg_insert(_CARDS)
-        .values(version=version, currency=currency, text=text, source=source)
-        .on_conflict_do_nothing(index_elements=[_CARDS.c.version])
-        .returning(_CARDS.c.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        return int(inserted)
-    # Another transaction may have inserted it: ON CONFLICT waited for it, and this new
-    # statement (READ COMMITTED) sees its row.
-    row = session.execute(
-        select(_CARDS.c.id, _CARDS.c.currency, _CARDS.c.text)
-        .where(_CARDS.c.version == version)
-    ).one()
-    if row.currency != currency or row.text != text:
-        raise ChargeValueError(
-            f"rate card version {version!r} is stored with a different "
-            f"{'currency' if row.currency != currency else 'text'}; a version is the "
-            "content hash of the card and never changes")
-    return int(row.id)
-
-
-def list_rate_cards(session: Session) -> list[RateCardInfo]:
-    """Every stored rate card, newest first, with its number of charge lines.
-
-    The line counts scan ``charge_lines`` once (an admin listing, not a hot path).
-    """
-    counts = (select(_CHARGES.c.rate_card_id, func.count().label("n"))
-              .group_by(_CHARGES.c.rate_card_id).subquery())
-    stmt = (
-        select(_CARDS, func.coalesce(counts.c.n, 0).label("lines"))
-        .select_from(_CARDS.outerjoin(counts, counts.c.rate_card_id == _CARDS.c.id))
-        .order_by(_CARDS.c.loaded_at.desc(), _CARDS.c.id.desc())
-    )
-    return [
-        RateCardInfo(id=r.id, version=r.version, currency=r.currency,
-                     loaded_at=r.loaded_at.astimezone(UTC), source=r.source, text=r.text,
-                     lines=int(r.lines))
-        for r in session.execute(stmt)
-    ]
-
-
-def _card_ids(session: Session, versions: set[str],
-              given: Mapping[str, int]) -> dict[str, tuple[int, str]]:
-    """version -> (id, currency) for ``versions``. The caller's mapping is checked
-    against the table (a wrong id would attribute lines to the wrong card); versions
-    missing from it are looked up."""
-    if not versions:
-        return {}
-    rows = session.execute(
-        select(_CARDS.c.version, _CARDS.c.id, _CARDS.c.currency)
-        .where(_CARDS.c.version.in_(sorted(versions)))
-    ).all()
-    stored = {version: (int(card_id), currency) for version, card_id, currency in rows}
-    unknown = versions - stored.keys()
-    if unknown:
-        raise ChargeValueError(
-            f"rate card version(s) {', '.join(sorted(unknown))} are not stored; "
-            "call ensure_rate_card first")
-    for version in versions:
-        if version in given and int(given[version]) != stored[version][0]:
-            raise ChargeValueError(
-                f"rate_card_ids maps {version!r} to id {given[version]}, but its id is "
-                f"{stored[version][0]}")
-    return stored
-
-
-# -------------------------------------------------------------------------- periods
-
-@dataclass(frozen=True, slots=True)
-class PeriodInfo:
-    """A billing period that is closed or has lines posted in it."""
-
-    period: str
-    closed: bool
-    closed_at: datetime | None = None
-    closed_by: str | None = None
-    note: str | None = None
-
-
-_SQL_LOCK_PERIODS = text("LOCK TABLE billing_periods IN SHARE MODE")
-
-
-def closed_periods(session: Session, *, lock: bool = False) -> frozenset[str]:
-    """Every closed billing period.
-
-    With ``lock``, first take the SHARE lock that ``replace_charges`` takes: no period
-    can close until the caller's transaction ends, so lines planned against this set
-    (corrections for closed periods) are still valid when they are written. Without it,
-    a period closed in between makes ``replace_charges`` raise ``ClosedPeriodError``.
-    """
-    if lock:
-        session.execute(_SQL_LOCK_PERIODS)
-    return frozenset(session.execute(select(_PERIODS.c.period)).scalars())
-
-
-def close_period(session: Session, period: str, *, by: str,
-                 note: str | None = None) -> PeriodInfo:
-    """Close ``period`` ('YYYY-MM'); returns it as stored.
-
-    Idempotent: closing a closed period changes nothing (the first ``closed_at``,
-    ``closed_by`` and ``note`` stay). Waits for transactions inside ``replace_charges``
-    to end (they hold a SHARE lock on ``billing_periods``), so nothing writes a period
-    after it closed.
-    """
-    check_period(period)
-    if not isinstance(by, str) or not by:
-        raise ChargeStoreError(f"close_period needs who closes it (by=...), got {by!r}")
-    session.execute(
-        pg_insert(_PERIODS).values(period=period, closed_by=by, note=note)
-        .on_conflict_do_nothing(index_elements=[_PERIODS.c.period]))
-    row = session.execute(select(_PERIODS).where(_PERIODS.c.period == period)).one()
-    return PeriodInfo(period=row.period, closed=True, closed_at=row.closed_at.astimezone(UTC),
-                      closed_by=row.closed_by, note=row.note)
-
-
-# Distinct posted periods by a skip scan of ix_charge_lines_posted_period_cluster: one
-# index probe per period instead of reading every line.
-_SQL_POSTED_PERIODS = text(
-    "WITH RECURSIVE p(period) AS ("
-    " (SELECT posted_period FROM charge_lines ORDER BY posted_period LIMIT 1)"
-    " UNION ALL"
-    " SELECT (SELECT c.posted_period FROM charge_lines c WHERE c.posted_period > p.period"
-    "         ORDER BY c.posted_period LIMIT 1)"
-    " FROM p WHERE p.period IS NOT NULL)"
-    " SELECT period FROM p WHERE period IS NOT NULL")
-
-
-def list_periods(session: Session) -> list[PeriodInfo]:
-    """Every period that is closed or has lines posted in it, oldest first."""
-    closed = {
-        r.period: PeriodInfo(period=r.period, closed=True,
-                             closed_at=r.closed_at.astimezone(UTC), closed_by=r.closed_by,
-                             note=r.note)
-        for r in session.execute(select(_PERIODS))
-    }
-    periods = dict(closed)
-    for period in session.execute(_SQL_POSTED_PERIODS).scalars():
-        periods.setdefault(period, PeriodInfo(period=period, closed=False))
-    return [periods[p] for p in sorted(periods)]
 
 
 # ------------------------------------------------------------------- reading lines
@@ -444,6 +128,22 @@ def frozen_lines(session: Session, keys: Iterable[JobKey]) -> dict[JobKey, list[
     version string, so the lines equal the ChargeLines that were stored (quantities
     rounded to 6 decimals). A read: the keys go in as arrays, no temp table.
     """
+    return _keyed_lines(session, keys,
+                        exists().where(_PERIODS.c.period == _CHARGES.c.posted_period))
+
+
+def open_corrections(session: Session,
+                     keys: Iterable[JobKey]) -> dict[JobKey, list[ChargeLine]]:
+    """The stored correction lines of these jobs posted in OPEN periods (those a new
+    pricing replaces), as ``frozen_lines`` returns lines: what tells a correction that is
+    posted again, unchanged, from a new one (the audit trail records new ones)."""
+    return _keyed_lines(session, keys, and_(
+        _CHARGES.c.kind == "correction",
+        ~exists().where(_PERIODS.c.period == _CHARGES.c.posted_period)))
+
+
+def _keyed_lines(session: Session, keys: Iterable[JobKey],
+                 condition: ColumnElement[bool]) -> dict[JobKey, list[ChargeLine]]:
     unique = list(_unique_keys(keys))
     if not unique:
         return {}
@@ -460,7 +160,7 @@ def frozen_lines(session: Session, keys: Iterable[JobKey]) -> dict[JobKey, list[
         .join(k, and_(k.c.cluster == _CHARGES.c.cluster,
                       k.c.job_id_raw == _CHARGES.c.job_id_raw,
                       k.c.submit_time == _CHARGES.c.submit_time))
-        .where(exists().where(_PERIODS.c.period == _CHARGES.c.posted_period))
+        .where(condition)
         .order_by(_CHARGES.c.cluster, _CHARGES.c.job_id_raw, _CHARGES.c.submit_time,
                   *_LINE_ORDER)
     )
@@ -623,8 +323,8 @@ def _encode_attributes(line: ChargeLine, card: tuple[int, str]) -> str:
     check_period(line.posted_period)
     if not line.currency or not line.rule:
         raise ChargeValueError(f"currency and rule must be non-empty: {line!r}")
-    return "\t".join((line.usage_period, line.posted_period, _copy_text(line.resource),
-                      line.unit, _copy_text(line.currency), _copy_text(line.rule),
+    return "\t".join((line.usage_period, line.posted_period, copy_text(line.resource),
+                      line.unit, copy_text(line.currency), copy_text(line.rule),
                       str(card_id), line.basis, line.kind))
 
 
@@ -669,11 +369,11 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     for line in lines:
         if not isinstance(line, ChargeLine):
             raise ChargeValueError(f"expected a ChargeLine, got {line!r}")
-    card_ids = _card_ids(session, {line.rate_card for line in lines}, rate_card_ids)
+    cards = card_ids(session, {line.rate_card for line in lines}, rate_card_ids)
 
     # COPY text of each job's key, then of each distinct attribute combination: a batch
     # has few of those (periods x resources x rules), so each is validated once.
-    prefixes = {k: f"{_copy_text(k[0])}\t{k[1]}\t{k[2].isoformat()}\t" for k in unique}
+    prefixes = {k: f"{copy_text(k[0])}\t{k[1]}\t{k[2].isoformat()}\t" for k in unique}
     attributes: dict[tuple[Any, ...], str] = {}
     rates: dict[Decimal, str] = {}      # a batch has few distinct rates: each encoded once
     encoded: list[str] = []
@@ -689,23 +389,23 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
         combo = _COMBO(line)
         middle = attributes.get(combo)
         if middle is None:
-            middle = attributes[combo] = _encode_attributes(line, card_ids[line.rate_card])
+            middle = attributes[combo] = _encode_attributes(line, cards[line.rate_card])
             if line.posted_period in closed:
                 in_closed.add(line.posted_period)
         rate = line.rate
         rate_text = rates.get(rate) if type(rate) is Decimal else None
         if rate_text is None:
-            rate_text = _decimal(rate, 'rate', _RATE, True)
+            rate_text = decimal_text(rate, 'rate', RATE, True)
             if type(rate) is Decimal:
                 rates[rate] = rate_text
         encoded.append(
-            f"{prefix}{middle}\t{_decimal(line.quantity, 'quantity', _QUANTITY, False)}"
-            f"\t{rate_text}\t{_decimal(line.amount, 'amount', _AMOUNT, True)}\n")
+            f"{prefix}{middle}\t{decimal_text(line.quantity, 'quantity', QUANTITY, False)}"
+            f"\t{rate_text}\t{decimal_text(line.amount, 'amount', AMOUNT, True)}\n")
     if in_closed:
         raise ClosedPeriodError(in_closed, "replace_charges would post lines in a closed period")
 
     key_lines = (prefix[:-1] + "\n" for prefix in prefixes.values())
-    with _dbapi_cursor(session) as cur:
+    with raw_cursor(session, "the charge store") as cur:
         if new_jobs:
             run_text = "\\N" if run_id is None else str(run_id)
             cur.copy_expert(_SQL_COPY_NEW,
@@ -723,363 +423,6 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
             changed, deleted, inserted, total = cur.fetchone()
     return ChargeCounts(deleted=int(deleted), inserted=int(inserted),
                         unchanged_jobs=int(total) - int(changed))
-
-
-# ------------------------------------------------------------------------- reports
-
-class ResourceTotal(NamedTuple):
-    """One resource of a report row: summed quantity (in ``unit``) and amount."""
-
-    quantity: Decimal
-    unit: str
-    amount: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class ReportRow:
-    """One group of a charge report, in one currency.
-
-    ``group`` maps each requested group_by name to its value (None: the jobs had none),
-    in the requested order. ``jobs`` counts distinct jobs with a line in the group.
-    """
-
-    group: dict[str, str | None]
-    currency: str
-    jobs: int
-    amount: Decimal
-    resources: dict[str, ResourceTotal] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> str | None:
-        return self.group[name]
-
-
-# The only expressions a report may group by: names are looked up here, never
-# interpolated.
-GROUP_BY: dict[str, ColumnElement[Any]] = {
-    "account": _JOBS.c.account,
-    "user": _JOBS.c.user_name,
-    "partition": _JOBS.c.partition,
-    "qos": _JOBS.c.qos,
-    "cluster": _CHARGES.c.cluster,
-    "resource": _CHARGES.c.resource,
-}
-
-
-def _group_columns(group_by: Sequence[str]) -> list[tuple[str, ColumnElement[Any]]]:
-    if isinstance(group_by, str) or not isinstance(group_by, Sequence):
-        raise ChargeStoreError(
-            f"group_by must be a list of names from {sorted(GROUP_BY)}, got {group_by!r}")
-    out: list[tuple[str, ColumnElement[Any]]] = []
-    for name in group_by:
-        if not isinstance(name, str) or name not in GROUP_BY:
-            raise ChargeStoreError(
-                f"cannot group by {name!r}: choose from {', '.join(sorted(GROUP_BY))}")
-        if any(name == seen for seen, _ in out):
-            raise ChargeStoreError(f"group_by names {name!r} twice")
-        out.append((name, GROUP_BY[name]))
-    return out
-
-
-_JOB_JOIN = _CHARGES.join(_JOBS, and_(_JOBS.c.cluster == _CHARGES.c.cluster,
-                                      _JOBS.c.job_id_raw == _CHARGES.c.job_id_raw,
-                                      _JOBS.c.submit_time == _CHARGES.c.submit_time))
-
-
-def charge_report(session: Session, *, period: str, group_by: Sequence[str],
-                  cluster: str | None = None) -> list[ReportRow]:
-    """Charges POSTED in ``period`` (what finance bills; corrections included), summed
-    per group of ``group_by`` (a subset of account, user, partition, resource, cluster,
-    qos; validated against that whitelist) and per currency: amounts in different
-    currencies are never added. Sorted by the group values (None last), then currency.
-
-    Read from the daily rollups (``charge_report_rollup``) when none is stale, else from
-    the charge lines themselves (``charge_report_raw``); both give the same rows.
-    """
-    if session.execute(select(exists().select_from(_DIRTY))).scalar():
-        return charge_report_raw(session, period=period, group_by=group_by, cluster=cluster)
-    return charge_report_rollup(session, period=period, group_by=group_by, cluster=cluster)
-
-
-# The report's group names on the rollup tables ('' there is NULL in jobs).
-def _rollup_group_by(table: Any) -> dict[str, ColumnElement[Any]]:
-    c = table.c
-    return {"account": func.nullif(c.account, ""), "user": func.nullif(c.user_name, ""),
-            "partition": func.nullif(c.partition, ""), "qos": func.nullif(c.qos, ""),
-            "cluster": c.cluster, "resource": c.resource if "resource" in c else None}
-
-
-def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[str],
-                         cluster: str | None = None) -> list[ReportRow]:
-    """``charge_report`` from the daily rollups (migration 0007): per-resource sums from
-    ``charge_rollup_daily``; group totals (distinct jobs, amount) from
-    ``charge_rollup_daily_jobs``, or, when grouping by resource, from the resource rows
-    (a job is in one rollup bucket only, so its distinct counts add up). Only valid when
-    no bucket is dirty (``charge_report`` checks)."""
-    check_period(period)
-    names = [name for name, _ in _group_columns(group_by)]
-    by_resource = "resource" in names
-    fine = _ROLLUP
-    totals_table = fine if by_resource else _ROLLUP_JOBS
-    fine_exprs = [_rollup_group_by(fine)[n] for n in names]
-    total_exprs = [_rollup_group_by(totals_table)[n] for n in names]
-
-    def scoped(stmt: Any, table: Any) -> Any:
-        stmt = stmt.where(table.c.posted_period == period)
-        return stmt.where(table.c.cluster == cluster) if cluster is not None else stmt
-
-    t = totals_table.c
-    totals = scoped(
-        select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), t.currency,
-               func.sum(t.jobs).label("jobs"), func.sum(t.amount).label("amount"))
-        .group_by(*total_exprs, t.currency)
-        .order_by(*(e.asc().nulls_last() for e in total_exprs), t.currency), totals_table)
-    f = fine.c
-    per_resource = scoped(
-        select(*(e.label(f"g{i}") for i, e in enumerate(fine_exprs)), f.currency, f.resource,
-               f.unit, func.sum(f.quantity).label("quantity"),
-               func.sum(f.amount).label("amount"))
-        .group_by(*fine_exprs, f.currency, f.resource, f.unit)
-        .order_by(f.resource, f.unit), fine)
-    rows: dict[tuple[Any, ...], ReportRow] = {}
-    for r in session.execute(totals):
-        values = tuple(r[i] for i in range(len(names)))
-        rows[(values, r.currency)] = ReportRow(group=dict(zip(names, values)),
-                                               currency=r.currency, jobs=int(r.jobs),
-                                               amount=r.amount)
-    for r in session.execute(per_resource):
-        values = tuple(r[i] for i in range(len(names)))
-        resources = rows[(values, r.currency)].resources
-        if r.resource in resources:  # pragma: no cover - replace_charges checks units
-            raise RuntimeError(f"resource {r.resource!r} stored in two units")
-        resources[r.resource] = ResourceTotal(r.quantity, r.unit, r.amount)
-    return list(rows.values())
-
-
-# Recompute the dirty (cluster, submit day) buckets of both rollups, then forget them.
-# The dirty days' jobs first (through ix_jobs_cluster_submit_time: a poll dirties a day or
-# two), then their lines by job key, summed per job and cell, then per cell: distinct jobs
-# are counted as rows of the per-job step, with no DISTINCT sort. The planner cannot
-# estimate the per-job step, so the hash aggregates are asked for explicitly, for this
-# statement only (a bulk import refreshes hundreds of thousands of lines at once).
-_DIRTY_GROUP = "posted_period, cluster, submit_day, account, user_name, partition, qos, currency"
-_SQL_REFRESH = (
-    "DELETE FROM charge_rollup_daily r USING charge_rollup_dirty d"
-    " WHERE r.cluster = d.cluster AND r.submit_day = d.submit_day",
-    "DELETE FROM charge_rollup_daily_jobs r USING charge_rollup_dirty d"
-    " WHERE r.cluster = d.cluster AND r.submit_day = d.submit_day",
-    "SET LOCAL work_mem = '128MB'",
-    "SET LOCAL enable_sort = off",
-    "WITH dirty_jobs AS MATERIALIZED ("
-    " SELECT j.cluster, j.job_id_raw, j.submit_time, d.submit_day,"
-    " coalesce(j.account, '') AS account, coalesce(j.user_name, '') AS user_name,"
-    " coalesce(j.partition, '') AS partition, coalesce(j.qos, '') AS qos"
-    " FROM charge_rollup_dirty d JOIN jobs j ON j.cluster = d.cluster"
-    " AND j.submit_time >= (d.submit_day::timestamp AT TIME ZONE 'UTC')"
-    " AND j.submit_time < ((d.submit_day + 1)::timestamp AT TIME ZONE 'UTC')"
-    "), per_job AS MATERIALIZED ("
-    " SELECT l.posted_period, l.cluster, j.submit_day, j.account, j.user_name, j.partition,"
-    " j.qos, l.currency, l.resource, l.unit, l.job_id_raw, l.submit_time,"
-    " sum(l.quantity) AS quantity, sum(l.amount) AS amount, count(*) AS lines"
-    " FROM dirty_jobs j JOIN charge_lines l ON l.cluster = j.cluster"
-    " AND l.job_id_raw = j.job_id_raw AND l.submit_time = j.submit_time"
-    " GROUP BY l.posted_period, l.cluster, j.submit_day, j.account, j.user_name, j.partition,"
-    " j.qos, l.currency, l.resource, l.unit, l.job_id_raw, l.submit_time"
-    "), fine AS ("
-    f" INSERT INTO charge_rollup_daily ({_DIRTY_GROUP}, resource, unit, quantity, amount,"
-    " lines, jobs)"
-    f" SELECT {_DIRTY_GROUP}, resource, unit, sum(quantity), sum(amount), sum(lines), count(*)"
-    f" FROM per_job GROUP BY {_DIRTY_GROUP}, resource, unit"
-    ")"
-    f" INSERT INTO charge_rollup_daily_jobs ({_DIRTY_GROUP}, amount, jobs)"
-    f" SELECT {_DIRTY_GROUP}, sum(amount), count(*) FROM ("
-    f"  SELECT {_DIRTY_GROUP}, job_id_raw, submit_time, sum(amount) AS amount FROM per_job"
-    f"  GROUP BY {_DIRTY_GROUP}, job_id_raw, submit_time) per_group_job"
-    f" GROUP BY {_DIRTY_GROUP}",
-    "RESET enable_sort",
-    "RESET work_mem",
-    "DELETE FROM charge_rollup_dirty",
-)
-
-
-def refresh_rollups(session: Session) -> int:
-    """Recompute the rollups of every dirty bucket in the caller's transaction (writers
-    call it before they commit); returns how many buckets were refreshed."""
-    dirty = session.execute(select(func.count()).select_from(_DIRTY)).scalar_one()
-    if dirty:
-        for statement in _SQL_REFRESH:
-            session.execute(text(statement))
-    return int(dirty)
-
-
-def charge_report_raw(session: Session, *, period: str, group_by: Sequence[str],
-                      cluster: str | None = None) -> list[ReportRow]:
-    """``charge_report`` from the charge lines joined to their jobs: one SQL statement
-    with two grouping sets, the group totals (distinct jobs, amount) and the per-resource
-    totals within each group."""
-    check_period(period)
-    groups = _group_columns(group_by)
-    exprs = [expr for _, expr in groups]
-    c = _CHARGES.c
-    total = func.grouping(c.resource, c.unit).label("is_total")
-    stmt = (
-        select(*(expr.label(f"g{i}") for i, expr in enumerate(exprs)),
-               c.currency, c.resource, c.unit, total,
-               func.count(distinct(tuple_(c.cluster, c.job_id_raw, c.submit_time)))
-               .label("jobs"),
-               func.sum(c.quantity).label("quantity"), func.sum(c.amount).label("amount"))
-        .select_from(_JOB_JOIN)
-        .where(c.posted_period == period)
-        .group_by(func.grouping_sets(tuple_(*exprs, c.currency),
-                                     tuple_(*exprs, c.currency, c.resource, c.unit)))
-        .order_by(*(expr.asc().nulls_last() for expr in exprs), c.currency,
-                  literal_column("is_total").desc(), c.resource, c.unit)
-    )
-    if cluster is not None:
-        stmt = stmt.where(c.cluster == cluster)
-    rows: dict[tuple[Any, ...], ReportRow] = {}
-    for r in session.execute(stmt):
-        values = tuple(r[i] for i in range(len(exprs)))
-        key = (values, r.currency)
-        if r.is_total:
-            rows[key] = ReportRow(group=dict(zip((n for n, _ in groups), values)),
-                                  currency=r.currency, jobs=int(r.jobs), amount=r.amount)
-        else:
-            resources = rows[key].resources
-            if r.resource in resources:  # pragma: no cover - replace_charges checks units
-                raise RuntimeError(f"resource {r.resource!r} stored in two units")
-            resources[r.resource] = ResourceTotal(r.quantity, r.unit, r.amount)
-    return list(rows.values())
-
-
-@dataclass(frozen=True, slots=True)
-class StatementLine:
-    """One charge line of an account's statement, with the job it belongs to."""
-
-    cluster: str
-    job_id: str
-    job_id_raw: int
-    submit: datetime
-    user: str | None
-    partition: str | None
-    start: datetime | None
-    end: datetime | None
-    usage_period: str
-    resource: str
-    quantity: Decimal
-    unit: str
-    rate: Decimal
-    amount: Decimal
-    currency: str
-    kind: str
-
-
-def statement_lines(session: Session, *, period: str, account: str | None,
-                    cluster: str | None = None,
-                    yield_per: int = 2_000) -> Iterator[StatementLine]:
-    """Every line POSTED in ``period`` for jobs of ``account`` (None: jobs without one),
-    ordered by submit time, job_id_raw, cluster, resource (then usage period, kind).
-
-    The same selection as ``charge_report`` grouped by account, so the amounts add up to
-    that report's amount for the account (per currency). Streamed with a server-side
-    cursor; consume it inside the caller's transaction.
-    """
-    check_period(period)
-    c, j = _CHARGES.c, _JOBS.c
-    stmt = (
-        select(c.cluster, j.job_id, c.job_id_raw, c.submit_time, j.user_name, j.partition,
-               j.start_time, j.end_time, c.usage_period, c.resource, c.quantity, c.unit,
-               c.rate, c.amount, c.currency, c.kind)
-        .select_from(_JOB_JOIN)
-        .where(c.posted_period == period, j.account.is_not_distinct_from(account))
-        .order_by(c.submit_time, c.job_id_raw, c.cluster, c.resource, c.usage_period,
-                  c.kind, c.id)
-    )
-    if cluster is not None:
-        stmt = stmt.where(c.cluster == cluster)
-    result = session.execute(stmt.execution_options(yield_per=yield_per))
-    try:
-        for r in result:
-            yield StatementLine(
-                cluster=r.cluster, job_id=r.job_id, job_id_raw=r.job_id_raw,
-                submit=r.submit_time.astimezone(UTC), user=r.user_name,
-                partition=r.partition, start=_utc(r.start_time), end=_utc(r.end_time),
-                usage_period=r.usage_period, resource=r.resource, quantity=r.quantity,
-                unit=r.unit, rate=r.rate, amount=r.amount, currency=r.currency,
-                kind=r.kind)
-    finally:
-        result.close()
-
-
-# ------------------------------------------------------------------------- budgets
-
-@dataclass(frozen=True, slots=True)
-class BudgetInfo:
-    """A budget and how much of it the account's lines posted in the period use.
-
-    ``used`` sums only lines in the budget's currency; ``used_fraction`` is
-    used / amount (None when the budget is 0).
-    """
-
-    account: str
-    period: str
-    amount: Decimal
-    currency: str
-    used: Decimal
-    used_fraction: Decimal | None
-    updated_at: datetime
-
-
-def set_budget(session: Session, account: str, period: str, amount: Decimal,
-               currency: str) -> None:
-    """Set the budget of ``account`` for ``period`` (insert or overwrite)."""
-    check_period(period)
-    if not isinstance(account, str) or not account:
-        raise ChargeValueError(f"budget account must be a non-empty string, got {account!r}")
-    if not isinstance(currency, str) or not currency:
-        raise ChargeValueError(f"budget currency must be a non-empty string, got {currency!r}")
-    _decimal(amount, "budget amount", _AMOUNT, True)
-    if amount < 0:
-        raise ChargeValueError(f"budget amount must not be negative, got {amount}")
-    stmt = pg_insert(_BUDGETS).values(account=account, period=period, amount=amount,
-                                      currency=currency, updated_at=func.now())
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_BUDGETS.c.account, _BUDGETS.c.period],
-        set_={"amount": stmt.excluded.amount, "currency": stmt.excluded.currency,
-              "updated_at": stmt.excluded.updated_at})
-    session.execute(stmt)
-
-
-def list_budgets(session: Session, period: str | None = None) -> list[BudgetInfo]:
-    """Budgets (of one period, or all), ordered by period and account, with use."""
-    b, c, j = _BUDGETS.c, _CHARGES.c, _JOBS.c
-    if period is not None:
-        check_period(period)
-    used = (
-        select(c.posted_period, j.account, c.currency, func.sum(c.amount).label("used"))
-        .select_from(_JOB_JOIN)
-        .where(exists().where(b.period == c.posted_period, b.account == j.account,
-                              *([b.period == period] if period is not None else [])))
-        .group_by(c.posted_period, j.account, c.currency)
-        .subquery("u")
-    )
-    stmt = (
-        select(b.account, b.period, b.amount, b.currency, b.updated_at,
-               func.coalesce(used.c.used, 0).label("used"))
-        .select_from(_BUDGETS.outerjoin(used, and_(used.c.posted_period == b.period,
-                                                   used.c.account == b.account,
-                                                   used.c.currency == b.currency)))
-        .order_by(b.period, b.account)
-    )
-    if period is not None:
-        stmt = stmt.where(b.period == period)
-    out = []
-    for r in session.execute(stmt):
-        spent = Decimal(r.used)
-        out.append(BudgetInfo(
-            account=r.account, period=r.period, amount=r.amount, currency=r.currency,
-            used=spent, used_fraction=None if r.amount == 0 else spent / r.amount,
-            updated_at=r.updated_at.astimezone(UTC)))
-    return out
 
 
 # ------------------------------------------------------------------------- reprice
@@ -1111,37 +454,3 @@ def job_keys_in_range(session: Session, since: datetime, until: datetime,
             yield (r.cluster, r.job_id_raw, r.submit_time.astimezone(UTC))
     finally:
         result.close()
-
-
-__all__ = [
-    "GROUP_BY",
-    "BudgetInfo",
-    "ChargeCounts",
-    "ChargeStoreError",
-    "ChargeValueError",
-    "ClosedPeriodError",
-    "InvalidPeriodError",
-    "JobKey",
-    "PeriodInfo",
-    "RateCardInfo",
-    "ReportRow",
-    "ResourceTotal",
-    "StatementLine",
-    "charge_report",
-    "charge_report_raw",
-    "charge_report_rollup",
-    "check_period",
-    "close_period",
-    "closed_periods",
-    "ensure_rate_card",
-    "frozen_lines",
-    "job_charges",
-    "job_keys_in_range",
-    "list_budgets",
-    "list_periods",
-    "list_rate_cards",
-    "refresh_rollups",
-    "replace_charges",
-    "set_budget",
-    "statement_lines",
-]

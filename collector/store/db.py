@@ -1,30 +1,30 @@
 """Engines, sessions and schema migrations.
 
-This module owns how hpc-billing connects to PostgreSQL (``make_engine``), how sessions
-are made (``session_factory``), how the schema is brought to a revision (``migrate``,
-``downgrade``) and read back (``schema_revision``, ``head_revision``), and how a
-database URL is shown in logs (``redact_url``).
-
-The Alembic configuration is built in code with ``script_location`` pointing into this
-package, so ``hpc-billing migrate`` works from any directory and from an installed wheel;
-no ``alembic.ini`` is read at run time.
+Design notes: docs/design/store.md.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Engine as Engine  # re-exported: the type callers annotate with
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as Session  # re-exported: the type callers annotate with
+from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# What every caller gets to open sessions with (``session_factory``).
+Sessions = sessionmaker[Session]
 
 APPLICATION_NAME = "hpc-billing"
 CONNECT_TIMEOUT_S = 10
@@ -103,7 +103,7 @@ def make_engine(url: str | URL, **engine_kwargs: object) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
+def session_factory(engine: Engine) -> Sessions:
     """A sessionmaker for ``engine``.
 
     ``expire_on_commit=False``: nothing outside the store holds ORM objects, and inside
@@ -169,3 +169,45 @@ def redact_url(url: str | URL) -> str:
     else:
         rendered = _USERINFO_PASSWORD.sub(r"\g<head>***\g<tail>", url)
     return _QUERY_PASSWORD.sub(r"\g<head>***", rendered)
+
+
+# -------------------------------------------------------------------- read sessions
+
+def begin_read(session: Session, *, statement_timeout_s: float) -> None:
+    """Make the session's (new) transaction READ ONLY with a statement timeout.
+
+    Call first thing in the transaction: ``SET TRANSACTION`` must precede any query.
+    Both settings end with the transaction, so a pooled connection is not affected.
+    """
+    timeout_ms = max(1, int(statement_timeout_s * 1000))
+    session.execute(text("SET TRANSACTION READ ONLY"))
+    # set_config(..., true) is SET LOCAL with a bind parameter.
+    session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
+                    {"ms": str(timeout_ms)})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be used right now (refused or lost
+    connection, pool exhausted, statement timeout), as opposed to a bug."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def ping(session: Session) -> None:
+    """``SELECT 1``: raises when the database does not answer."""
+    session.execute(text("SELECT 1")).scalar_one()
+
+
+def raw_cursor(session: Session, what: str) -> Any:
+    """A psycopg2 cursor on the session's connection (in its transaction), for COPY and
+    ``execute_values``; close it (it is a context manager). ``what`` names the caller in
+    the error raised for another driver."""
+    dbapi_conn = session.connection().connection.dbapi_connection
+    if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
+        raise RuntimeError(f"{what} needs a live psycopg2 connection")
+    cur = dbapi_conn.cursor()
+    if not hasattr(cur, "copy_expert"):
+        cur.close()
+        raise TypeError(f"{what} needs the psycopg2 driver (postgresql+psycopg2://)")
+    return cast(Any, cur)

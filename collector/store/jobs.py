@@ -1,19 +1,8 @@
-"""Jobs: the bulk idempotent writer and the job listings.
+"""The ``jobs`` table's rows: a JobRecord as a COPY row and back, and job listings.
 
-This module owns how ``billing.records.JobRecord`` values get into the ``jobs`` table
-and back out:
-
-- ``JobWriter`` buffers one batch of records, deduplicated by the natural key (last
-  wins), COPYs it (psycopg2 ``copy_expert``, text format) into a session-local TEMP stage
-  table, counts inserted / updated / unchanged rows with one query, and applies the batch
-  with one ``MERGE`` whose ``WHEN MATCHED`` branch only fires when the content hash
-  differs, so unchanged rows are not rewritten (no dead tuples, no WAL; see
-  shared/perf-baselines.md §2). Only one batch is held in memory.
-- ``content_hash`` fingerprints a record, stably across processes and versions of Python.
-- ``list_jobs`` / ``count_jobs`` read jobs back as ``JobRecord``.
-
-PostgreSQL 15's MERGE is safe for a single writer only (a concurrent insert of the same
-key can raise unique_violation); the collector writes from the leader only.
+``stage_row`` encodes a record as the writer's COPY line (``content_hash`` fingerprints
+it); ``list_jobs``, ``count_jobs``, ``job_page``, ``jobs_by_raw_id`` and ``job_records``
+read jobs back as JobRecord. The bulk writer itself is ``job_writer.JobWriter``.
 """
 
 from __future__ import annotations
@@ -21,38 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from billing.records import JobRecord
-from collector.store.copytext import LinesReader, escape
-from collector.store.models import Job
-
-
-@dataclass(frozen=True, slots=True)
-class UpsertCounts:
-    """What a write did: rows inserted, rows changed, rows found identical."""
-
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-
-    def __add__(self, other: UpsertCounts) -> UpsertCounts:
-        if not isinstance(other, UpsertCounts):
-            return NotImplemented
-        return UpsertCounts(self.inserted + other.inserted, self.updated + other.updated,
-                            self.unchanged + other.unchanged)
-
-    @property
-    def total(self) -> int:
-        return self.inserted + self.updated + self.unchanged
-
+from collector.store.copytext import escape
+from collector.store.models import Job, table_of
 
 # --------------------------------------------------------------------------- encoding
 
@@ -103,14 +72,14 @@ RECORD_COLUMNS: tuple[tuple[str, str], ...] = (
     ("final", "final"),
 )
 _COLUMNS = tuple(col for col, _ in RECORD_COLUMNS)
-_KEY_COLUMNS = ("cluster", "job_id_raw", "submit_time")
-_STAGE_COLUMNS = _COLUMNS + ("content_hash", "raw_digest")
+KEY_COLUMNS = ("cluster", "job_id_raw", "submit_time")
+STAGE_COLUMNS = (*_COLUMNS, "content_hash", "raw_digest")
 _WRITER_COLUMNS = frozenset(("content_hash", "raw_digest", "first_run_id", "last_run_id",
                              "updated_at"))
 
 # Every column of the model is either a record column or set by the writer, and the
 # other way round: a new column in models.py without a place here fails at import.
-if set(Job.__table__.columns.keys()) != set(_STAGE_COLUMNS) | _WRITER_COLUMNS:
+if set(Job.__table__.columns.keys()) != set(STAGE_COLUMNS) | _WRITER_COLUMNS:
     raise RuntimeError("jobs columns and JobWriter's RECORD_COLUMNS disagree")
 if {attr for _, attr in RECORD_COLUMNS} - {"gpu_count"} != set(JobRecord.__slots__) - {"raw_digest"}:
     raise RuntimeError("JobRecord fields and JobWriter's RECORD_COLUMNS disagree")
@@ -367,200 +336,6 @@ def stage_row(rec: JobRecord) -> str:
             + ("\t\\N\n" if digest is None else "\t" + digest + "\n"))
 
 
-# ---------------------------------------------------------------------------- writing
-
-def _quote(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
-
-
-# The stage table's name carries a digest of its column list and of the column types
-# that changed since (0008: db_index numeric): a pooled connection that outlives a schema
-# change (migrate, then write, in one process) never uses a stale stage.
-_STAGE_TYPES = "db_index:numeric(20,0)"
-_STAGE = "hpcb_stage_jobs_" + hashlib.blake2b(
-    (",".join(_STAGE_COLUMNS) + ";" + _STAGE_TYPES).encode(), digest_size=4).hexdigest()
-
-# Temp tables live for the connection's session, so the stage survives commits on a
-# pooled connection; ON COMMIT DELETE ROWS empties it at every commit, and a rollback of
-# the creating transaction drops it again, hence IF NOT EXISTS at every flush (a catalog
-# lookup). Column types come from ``jobs`` itself, so they cannot drift.
-_SQL_CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
-    f"SELECT {', '.join(_quote(c) for c in _STAGE_COLUMNS)} FROM jobs WITH NO DATA"
-)
-_SQL_TRUNCATE_STAGE = f"TRUNCATE {_STAGE}"
-_SQL_COPY = (f"COPY {_STAGE} ({', '.join(_quote(c) for c in _STAGE_COLUMNS)}) "
-             "FROM STDIN (FORMAT text)")
-_SQL_ENSURE_CLUSTERS = (
-    "INSERT INTO clusters (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING")
-_KEY_MATCH = " AND ".join(f"j.{_quote(c)} = s.{_quote(c)}" for c in _KEY_COLUMNS)
-# The keys the MERGE will insert (no row yet) or update (different hash). Unchanged =
-# batch size minus these. Returning the keys lets the caller price exactly the jobs that
-# changed, in the same transaction.
-_SQL_CHANGED = (
-    "SELECT s.cluster, s.job_id_raw, s.submit_time, j.cluster IS NULL"
-    f" FROM {_STAGE} s LEFT JOIN jobs j ON {_KEY_MATCH}"
-    " WHERE j.content_hash IS DISTINCT FROM s.content_hash"
-)
-_UPDATE_COLUMNS = tuple(c for c in _STAGE_COLUMNS if c not in _KEY_COLUMNS)
-_SQL_MERGE = (
-    f"MERGE INTO jobs AS j USING {_STAGE} AS s ON {_KEY_MATCH}"
-    " WHEN MATCHED AND (j.content_hash IS DISTINCT FROM s.content_hash"
-    " OR j.raw_digest IS DISTINCT FROM s.raw_digest) THEN UPDATE SET "
-    + ", ".join(f"{_quote(c)} = s.{_quote(c)}" for c in _UPDATE_COLUMNS)
-    + ", last_run_id = %(run_id)s, updated_at = now()"
-    " WHEN NOT MATCHED THEN INSERT ("
-    + ", ".join(_quote(c) for c in _STAGE_COLUMNS)
-    + ", first_run_id, last_run_id, updated_at) VALUES ("
-    + ", ".join(f"s.{_quote(c)}" for c in _STAGE_COLUMNS)
-    + ", %(run_id)s, %(run_id)s, now())"
-)
-
-
-class JobWriter:
-    """Bulk, idempotent writer of JobRecords into ``jobs`` for one collector run.
-
-    ``add`` buffers; every ``batch_rows`` distinct keys (and at ``flush``) the batch goes
-    to the database: COPY into the stage, one counting query, one MERGE. Several batches
-    may go into one transaction; the writer never commits. Call ``flush()`` before the
-    caller commits, then read ``counts``.
-
-    Within a batch a key seen twice keeps the last record (overlapping windows,
-    ``sacct --duplicates``); across batches a later batch simply overwrites.
-
-    If a flush raises, the caller's transaction is aborted: roll back and drop the
-    writer (its buffer and counts no longer match the database).
-
-    ``on_changed`` is called after each batch's MERGE, inside the same transaction, with
-    the records that were inserted or changed (as stored: cpu_used_s rounded to the
-    column's scale), so the pipeline can price exactly those. With ``on_inserted``, the
-    inserted ones go there instead (a job that did not exist has no charge lines yet).
-    """
-
-    def __init__(self, session: Session, *, run_id: int, batch_rows: int = 5_000,
-                 on_changed: Callable[[list[JobRecord]], None] | None = None,
-                 on_inserted: Callable[[list[JobRecord]], None] | None = None) -> None:
-        if batch_rows < 1:
-            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-        self._session = session
-        self._run_id = int(run_id)
-        self._batch_rows = batch_rows
-        # key -> COPY line with its content hash. A dict keeps the first position of a
-        # key and the last value: exactly "dedupe, last wins". Lines are much smaller
-        # than tuples of 40 Python objects, and the line is needed for the hash anyway.
-        self._batch: dict[tuple[str, int, datetime], tuple[str, JobRecord]] = {}
-        self._on_changed = on_changed
-        self._on_inserted = on_inserted
-        self._clusters: set[str] = set()
-        self._counts = UpsertCounts()
-        self._batches = 0
-
-    @property
-    def counts(self) -> UpsertCounts:
-        """Counts of the batches flushed so far (call ``flush()`` first for a total)."""
-        return self._counts
-
-    @property
-    def batches_flushed(self) -> int:
-        return self._batches
-
-    @property
-    def pending(self) -> int:
-        """Distinct keys buffered and not yet written."""
-        return len(self._batch)
-
-    def add(self, rec: JobRecord) -> None:
-        self.add_encoded(rec, stage_row(rec))
-
-    def add_encoded(self, rec: JobRecord, row: str) -> None:
-        """``add`` for a record whose ``stage_row`` was made already (elsewhere, say in
-        another thread: it is pure)."""
-        # The key uses the aware datetime: equal instants hash equal whatever their zone.
-        self._batch[(rec.cluster, rec.job_id_raw, rec.submit)] = (row, rec)
-        self._clusters.add(rec.cluster)
-        if len(self._batch) >= self._batch_rows:
-            self.flush()
-
-    def flush(self) -> UpsertCounts:
-        """Write the buffered batch; returns that batch's counts (zero when empty)."""
-        if not self._batch:
-            return UpsertCounts()
-        dbapi_conn = self._session.connection().connection.dbapi_connection
-        if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
-            raise RuntimeError("JobWriter needs a live psycopg2 connection")
-        batch, clusters = self._batch, self._clusters
-        with dbapi_conn.cursor() as cur:
-            if not hasattr(cur, "copy_expert"):
-                raise TypeError("JobWriter needs the psycopg2 driver (postgresql+psycopg2://)")
-            cur.execute(_SQL_CREATE_STAGE)
-            cur.execute(_SQL_TRUNCATE_STAGE)
-            cur.copy_expert(_SQL_COPY, LinesReader(line for line, _ in batch.values()),
-                            size=LinesReader.BULK_CHUNK)
-            cur.execute(_SQL_ENSURE_CLUSTERS, (sorted(clusters),))
-            cur.execute(_SQL_CHANGED)
-            changed = cur.fetchall()
-            cur.execute(_SQL_MERGE, {"run_id": self._run_id})
-        inserted = sum(1 for row in changed if row[3])
-        batch_counts = UpsertCounts(inserted, len(changed) - inserted, len(batch) - len(changed))
-        if changed and self._on_inserted is not None:
-            new = [_as_stored(batch[(c, raw, _aware(sub))][1]) for c, raw, sub, ins in changed if ins]
-            if new:
-                self._on_inserted(new)
-            changed = [row for row in changed if not row[3]]
-        if self._on_changed is not None and changed:
-            records = [_as_stored(batch[(c, raw, _aware(sub))][1]) for c, raw, sub, _ in changed]
-            self._on_changed(records)
-        self._counts = self._counts + batch_counts
-        self._batches += 1
-        self._batch = {}
-        self._clusters = set()
-        return batch_counts
-
-
-# The digests of the batch's (cluster, job_id_raw): one primary-key probe per key; the
-# digests are matched in Python (an "= ANY(array)" filter costs more than it saves).
-# One probe per key, always: as a plain join, the planner (with statistics that
-# lag a bulk load) chose a merge join over a sort of the whole jobs table, 120 ms per
-# batch of 1,000 keys at 50,000 jobs and growing with the table; the LATERAL subquery
-# (OFFSET 0 keeps it from being flattened into that join) takes 13 ms at any size.
-_SQL_STORED_DIGESTS = (
-    "SELECT d.raw_digest FROM unnest(%s::text[], %s::bigint[]) AS k(cluster, job_id_raw)"
-    " CROSS JOIN LATERAL (SELECT j.raw_digest FROM jobs j"
-    " WHERE j.cluster = k.cluster AND j.job_id_raw = k.job_id_raw"
-    " AND j.raw_digest IS NOT NULL OFFSET 0) AS d"
-)
-
-
-class UnchangedJobs:
-    """The store's side of skipping unchanged jobs (``ParsableParser`` ``unchanged=``).
-
-    ``stored`` answers, for one batch of (cluster, job_id_raw, raw_digest), which digests
-    ``jobs`` already holds: one query per batch through the primary key's prefix, in the
-    given session's transaction (the pipeline gives it a session of its own, so it sees
-    what earlier polls committed). ``count`` and ``clusters`` say what was skipped; those
-    jobs are unchanged by definition.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self.count = 0
-        self.clusters: set[str] = set()
-
-    def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
-        if not keys:
-            return set()
-        pairs = sorted({(cluster, raw) for cluster, raw, _ in keys})
-        dbapi_conn = self._session.connection().connection.dbapi_connection
-        with dbapi_conn.cursor() as cur:  # type: ignore[union-attr]
-            cur.execute(_SQL_STORED_DIGESTS, ([c for c, _ in pairs], [r for _, r in pairs]))
-            found = {row[0] for row in cur.fetchall()}
-        return {digest for _, _, digest in keys if digest in found}
-
-    def skipped(self, cluster: str) -> None:
-        self.count += 1
-        self.clusters.add(cluster)
-
-
 def _as_stored(rec: JobRecord) -> JobRecord:
     """The record as reading it back would give it (cpu_used_s at the column's scale)."""
     if rec.cpu_used_s is None:
@@ -569,11 +344,19 @@ def _as_stored(rec: JobRecord) -> JobRecord:
     return rec if stored == rec.cpu_used_s else replace(rec, cpu_used_s=stored)
 
 
+
 # ---------------------------------------------------------------------------- reading
 
-_TABLE = Job.__table__
+_TABLE = table_of(Job)
+_SELECTED = tuple(_TABLE.c[name] for name in _COLUMNS)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
+@overload
+def _aware(value: datetime | None) -> datetime | None: ...
 def _aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is UTC:
         return value
@@ -640,7 +423,7 @@ def list_jobs(session: Session, *, cluster: str | None = None,
         if value is not None and (value.tzinfo is None or value.utcoffset() is None):
             raise ValueError(f"{what} must be timezone-aware, got {value!r}")
     t = _TABLE.c
-    stmt = select(_TABLE.c[_COLUMNS])
+    stmt = select(*_SELECTED)
     if cluster is not None:
         stmt = stmt.where(t.cluster == cluster)
     if until is not None:
@@ -664,3 +447,93 @@ def count_jobs(session: Session, cluster: str | None = None) -> int:
     if cluster is not None:
         stmt = stmt.where(_TABLE.c.cluster == cluster)
     return int(session.execute(stmt).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class JobPosition:
+    """A position in the job order (cluster, submit time, job_id_raw): the key of the
+    last job of a page; the next page starts strictly after it."""
+
+    cluster: str
+    submit: datetime
+    job_id_raw: int
+
+
+def _aware_arg(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {value!r}")
+    return value.astimezone(UTC)
+
+
+def job_page(session: Session, *, limit: int, after: JobPosition | None = None,
+             cluster: str | None = None, account: str | None = None,
+             accounts: Collection[str] | None = None, user: str | None = None,
+             since: datetime | None = None, until: datetime | None = None) -> list[JobRecord]:
+    """At most ``limit`` jobs ordered by (cluster, submit time, job_id_raw), starting after
+    ``after``.
+
+    Filters: ``cluster``, ``account``, ``user`` (equality); ``accounts`` restricts to jobs
+    whose account is one of them (an empty collection matches nothing; None: no
+    restriction); ``since``/``until`` select the jobs that ran in [since, until) by the
+    rule of ``list_jobs`` (submitted before ``until``, not ended before ``since``).
+    The order is the primary key's columns rearranged, so pages never overlap or skip a
+    job; ``ix_jobs_cluster_submit_time`` serves it.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    t = _TABLE.c
+    stmt = select(*_SELECTED)
+    if cluster is not None:
+        stmt = stmt.where(t.cluster == cluster)
+    if account is not None:
+        stmt = stmt.where(t.account == account)
+    if accounts is not None:
+        if isinstance(accounts, str):
+            raise TypeError("accounts must be a collection of names, not one string")
+        stmt = stmt.where(t.account.in_(sorted(set(accounts))))
+    if user is not None:
+        stmt = stmt.where(t.user_name == user)
+    if until is not None:
+        stmt = stmt.where(t.submit_time < _aware_arg(until, "until"))
+    if since is not None:
+        stmt = stmt.where(t.end_time.is_(None) | (t.end_time >= _aware_arg(since, "since")))
+    if after is not None:
+        stmt = stmt.where(tuple_(t.cluster, t.submit_time, t.job_id_raw)
+                          > tuple_(after.cluster, _aware_arg(after.submit, "after.submit"),
+                                   after.job_id_raw))
+    stmt = stmt.order_by(t.cluster, t.submit_time, t.job_id_raw).limit(limit)
+    return [_record(row) for row in session.execute(stmt)]
+
+
+def jobs_by_raw_id(session: Session, cluster: str, job_id_raw: int) -> list[JobRecord]:
+    """Every record of ``cluster`` with this JobIDRaw, oldest submit first (a requeued job
+    has one record per run; a slurmctld state reset can reuse an id much later)."""
+    t = _TABLE.c
+    stmt = (select(*_SELECTED)
+            .where(t.cluster == cluster, t.job_id_raw == job_id_raw)
+            .order_by(t.submit_time))
+    return [_record(row) for row in session.execute(stmt)]
+
+
+def job_records(session: Session, job_id: str, cluster: str | None = None) -> list[JobRecord]:
+    """The records a person means by ``job_id``: JobIDRaw (digits) or JobID as Slurm prints
+    it (``6_3``, ``14+1``), of ``cluster`` when given; every match (a requeued job has one
+    record per run; an array's last task has the array's id as JobIDRaw), by cluster,
+    submit time and JobIDRaw."""
+    t = _TABLE.c
+    match = [t.job_id == job_id]
+    if job_id.isascii() and job_id.isdigit() and int(job_id) < 2**63:
+        match.append(t.job_id_raw == int(job_id))
+    stmt = select(*_SELECTED).where(or_(*match))
+    if cluster is not None:
+        stmt = stmt.where(t.cluster == cluster)
+    stmt = stmt.order_by(t.cluster, t.submit_time, t.job_id_raw)
+    return [_record(row) for row in session.execute(stmt)]
+
+
+def account_known(session: Session, account: str, cluster: str | None = None) -> bool:
+    """Whether any stored job (of ``cluster``, when given) belongs to ``account``."""
+    cond = [_TABLE.c.account == account]
+    if cluster is not None:
+        cond.append(_TABLE.c.cluster == cluster)
+    return bool(session.execute(select(exists().where(*cond))).scalar())

@@ -1,16 +1,6 @@
 """Leader election between collectors sharing one database: a PostgreSQL advisory lock.
 
-Two ``hpc-billing run`` processes (on two head nodes) point at one database; only the
-leader polls. The leader holds a session-level advisory lock (``pg_try_advisory_lock``) on
-a DEDICATED connection that nothing else uses, so the lock lives exactly as long as that
-database session: if the leader process dies, is killed, or loses its connection,
-PostgreSQL ends the session and frees the lock, and the other process takes it at its
-next attempt (every poll interval). The lock key is derived from the cluster name, so
-sidecars of different clusters sharing a database each elect their own leader.
-
-``LeaderLock.ensure()`` is called before every poll: it re-checks a held lock's session
-(a ``SELECT 1`` on the dedicated connection) and otherwise tries to take the lock. It
-never blocks and never raises for database trouble: no database, no leadership.
+Design notes: docs/design/store.md.
 """
 
 from __future__ import annotations
@@ -84,7 +74,7 @@ class LeaderLock:
                 try:
                     self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
                     self._conn.commit()
-                except Exception:  # noqa: BLE001 - closing the session frees it anyway
+                except Exception:  # noqa: BLE001, S110 - closing the session frees it anyway
                     pass
             self._drop()
         self._engine.dispose()
@@ -93,7 +83,7 @@ class LeaderLock:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - already broken
+            except Exception:  # noqa: BLE001, S110 - already broken
                 pass
         self._conn = None
         self.held = False

@@ -1,35 +1,6 @@
 """The database schema of hpc-billing, as SQLAlchemy 2 declarative models.
 
-This module owns the tables: ``clusters``, ``jobs``, ``collector_runs``, ``watermarks``
-and ``quarantine`` (revision 0001), and ``rate_cards``, ``charge_lines``,
-``billing_periods`` and ``budgets`` (revision 0002, see ``charges``), and
-``node_snapshots`` (revision 0004, see ``nodes``), and ``audit_log`` (revision 0010,
-see ``audit``). Migrations in
-``migrations/versions`` are hand-written to match these models exactly (a test upgrades
-an empty database and asserts that Alembic's ``compare_metadata`` finds no difference).
-
-The ORM classes are for this package only; nothing outside ``collector.store`` sees them.
-
-Type choices (units are in the column names):
-
-- Identifiers Slurm prints as 32-bit unsigned (JobIDRaw, UID, array job id, het job id,
-  DBIndex) are ``bigint``: ``uid_t`` and ``uint32`` job ids do not fit a signed ``integer``.
-  ``timelimit_min`` is ``bigint`` too: Slurm keeps it as a ``uint32`` of minutes.
-- Byte counts, seconds and joules are ``bigint``.
-- ``mem_used_byte_s`` (sum over steps of memory x elapsed) is ``numeric(38, 0)``: one
-  TiB held for a year is 2**40 * 3.2e7 = 3.5e19 byte-seconds, past bigint's 9.2e18, and
-  a large job or a long-running service job reaches that. Scale 0 keeps it an integer.
-- ``cpu_used_s`` is ``numeric(18, 3)``: TotalCPU has millisecond resolution.
-- ``gpus`` is ``jsonb``: an object of GPU type -> count, with ``"untyped"`` for the
-  remainder (billing.records.UNTYPED_GPU); ``gpu_count`` is its sum, stored so that
-  reports need not unpack the JSON.
-- ``content_hash`` is the blake2b-128 hex digest of the record (``jobs.content_hash``),
-  so the writer recognises unchanged rows with one comparison.
-
-The natural key of a job is (cluster, job_id_raw, submit_time) (DESIGN.md §3). It keeps
-``cluster`` first so that many clusters can share one database, and contains the submit
-time so that ``jobs`` can later be range-partitioned by month of ``submit_time`` without
-changing the key.
+Design notes: docs/design/store.md.
 """
 
 from __future__ import annotations
@@ -55,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -86,6 +58,13 @@ NOW = text("now()")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's ``Table`` (SQLAlchemy types ``__table__`` as a FromClause)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Cluster(Base):

@@ -1,49 +1,6 @@
 """Node inventory snapshots: stored, read back as capacity, and integrated into utilisation.
 
-This module owns ``node_snapshots`` (revision 0004): writing one snapshot of a cluster's
-nodes (``store_snapshot``), the capacity of each partition in each cluster's newest
-snapshot (``latest_capacity``) and the daily utilisation integrated over the snapshots
-(``node_utilisation_daily``, a thin caller of the SQL function of the same name that
-Grafana uses too).
-
-Nodes come in as any objects with ``NodeInfo``'s attributes (``NodeLike``):
-``collector.slurm.nodes.NodeInfo`` is one, but the store never imports collector.slurm
-(DESIGN.md §2).
-
-Counting rules (the same in the capacity gauges and in utilisation):
-
-- A node counts in EVERY partition it belongs to: a node in ``batch`` and ``gpu`` adds
-  its CPUs, memory and GPUs to both, so partition figures of one cluster do not add up
-  to the cluster's (sum the nodes, not the partitions, for a cluster total). A node in
-  no partition counts in none (no job can run on it).
-- "Available" is the node's whole configured capacity whatever its state: drained, down
-  and powered-down nodes count, so a fraction is the use of the capacity the site has,
-  and a drained node shows as idle capacity. ``state``/``state_raw`` are stored, so a
-  stricter definition can be added later without new data.
-- CPUs are the CPUs jobs can be given (Slurm 22.05's CPUEfctv), memory is RealMemory and
-  AllocMem, GPUs are the gpu GRES by type (untyped under "untyped").
-
-Utilisation (``node_utilisation_daily``): the snapshots of a cluster are a step function
-in time. Each snapshot holds from its ``taken_at`` until the cluster's next snapshot, but
-at most a hold limit and never past now, so a collector outage (no snapshots) counts as
-neither available nor allocated instead of repeating the last snapshot for days. The limit
-is ``max_hold`` when given, else twice the cluster's median interval between snapshots
-(within a day of the range), else 1 hour when there is only one snapshot; never more
-than 1 day. With the default 5-minute node interval an outage is therefore counted for
-10 minutes. Each hold is cut at UTC midnights (days are UTC dates) and clipped to
-``[since, until)``; quantity x seconds held, summed, gives CPU-, GPU- and GiB-hours
-(2**30 bytes), rounded half away from zero to 6 decimals; each fraction is allocated /
-available of the unrounded sums (None when nothing was available). Everything runs in
-one SQL statement (the function of migration 0004: per-snapshot partition totals, then
-``lead()`` over snapshot times and a median with ``percentile_cont``) on a range of the
-(cluster, taken_at, node) index.
-
-Cost: the statement reads every node row of the range plus a day on each side. On this
-project's machine 100 nodes every 5 minutes take ~0.1 s for one day of one cluster and
-~1.2 s for a month; daily rollups (the performance issue) are what makes long ranges and
-large clusters cheap.
-
-Like every store function these never commit.
+Design notes: docs/design/store.md.
 """
 
 from __future__ import annotations

@@ -12,19 +12,21 @@ apart from the window's transaction that rolls back.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from psycopg2.extras import execute_values
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import extract, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from billing.records import QuarantinedRecord, Window
-from collector.store.jobs import UpsertCounts
+from collector.store.db import raw_cursor
+from collector.store.job_writer import UpsertCounts
 from collector.store.models import (
     RUN_KINDS,
     RUN_OUTCOMES,
@@ -32,9 +34,16 @@ from collector.store.models import (
     CollectorRun,
     Quarantine,
     Watermark,
+    table_of,
 )
 
 SACCT_STREAM = "sacct"
+
+
+def read_stream(stream: str) -> str:
+    """The cursor beside a watermark: the end of the newest window that stored data (a
+    partial window moves it, not the watermark)."""
+    return f"{stream}:read"
 
 
 def backfill_stream(since: datetime) -> str:
@@ -144,12 +153,12 @@ def finish_run(session: Session, run_id: int, *, outcome: str, records_read: int
         "lines_read": lines_read, "error": None if error is None else _clean(error),
         "jobs_priced": jobs_priced, "charge_lines": charge_lines, "rate_card_id": rate_card_id,
     })
-    if result.rowcount != 1:
+    if cast(CursorResult[Any], result).rowcount != 1:
         raise LookupError(f"no collector run with id {run_id}")
 
 
-_RUNS = CollectorRun.__table__
-_QUARANTINE = Quarantine.__table__
+_RUNS = table_of(CollectorRun)
+_QUARANTINE = table_of(Quarantine)
 
 
 def _run_info(run: Any) -> RunInfo:
@@ -265,10 +274,9 @@ def add_quarantined(session: Session, run_id: int, records: Iterable[Quarantined
     """
     if cluster is not None:
         ensure_cluster(session, cluster)
-    dbapi_conn = session.connection().connection.dbapi_connection
     stored = 0
     iterator = iter(records)
-    with dbapi_conn.cursor() as cur:
+    with raw_cursor(session, "the quarantine") as cur:
         while True:
             page = [
                 (run_id, cluster, _clean(rec.source), rec.line_no, _opt(rec.job_id),
@@ -327,25 +335,49 @@ def accept_quarantined(session: Session, *, run_id: int | None = None,
         which.append(_QUARANTINE.c.id.in_(id_list))
     stmt = (update(_QUARANTINE).where(condition, or_(*which))
             .values(accepted_at=func.clock_timestamp()))
-    return int(session.execute(stmt).rowcount or 0)
+    return int(cast(CursorResult[Any], session.execute(stmt)).rowcount or 0)
 
 
-__all__ = [
-    "RUN_OUTCOMES",
-    "SACCT_STREAM",
-    "QuarantineEntry",
-    "RunInfo",
-    "accept_quarantined",
-    "accepted_digests",
-    "add_quarantined",
-    "backfill_stream",
-    "ensure_cluster",
-    "finish_run",
-    "get_run",
-    "get_watermark",
-    "list_quarantine",
-    "list_runs",
-    "raw_digest",
-    "set_watermark",
-    "start_run",
-]
+
+# ----------------------------------------------------------------------- newest polls
+
+@dataclass(frozen=True, slots=True)
+class LastPoll:
+    """The newest poll of a cluster (with one of the outcomes asked for), and its age by
+    the DATABASE's clock (so the clocks of several head nodes never matter)."""
+
+    cluster: str
+    run_id: int
+    finished_at: datetime
+    age_s: float
+    outcome: str = "ok"
+    quarantined: int = 0
+    error: str | None = None
+
+
+def last_poll(session: Session, cluster: str,
+              outcomes: Collection[str] = ("ok",)) -> LastPoll | None:
+    """The newest finished run of kind 'poll' with one of ``outcomes`` for ``cluster``
+    (any process), or None. "Newest" is the highest id: polls of one cluster never
+    overlap (the leader lock), and ``ix_collector_runs_cluster_id`` answers with a short
+    backward index scan."""
+    r = _RUNS.c
+    row = session.execute(
+        select(r.id, r.finished_at, r.outcome, r.quarantined, r.error,
+               extract("epoch", func.clock_timestamp() - r.finished_at).label("age_s"))
+        .where(r.cluster == cluster, r.kind == "poll", r.outcome.in_(list(outcomes)),
+               r.finished_at.is_not(None))
+        .order_by(r.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if row is None:
+        return None
+    return LastPoll(cluster=cluster, run_id=int(row.id),
+                    finished_at=row.finished_at.astimezone(UTC), age_s=float(row.age_s),
+                    outcome=row.outcome, quarantined=int(row.quarantined or 0),
+                    error=row.error)
+
+
+def last_ok_poll(session: Session, cluster: str) -> LastPoll | None:
+    """The newest poll with outcome 'ok' for ``cluster`` (see ``last_poll``)."""
+    return last_poll(session, cluster, ("ok",))

@@ -1,15 +1,6 @@
 """Small reads for the ``/metrics`` scrape (the web app's gauges over PostgreSQL).
 
-This module owns the database reads that ``collector.web.metrics`` makes at scrape time
-and that no other store module already offers: the statement-timeout guard, the sacct
-watermark of each cluster, the open jobs per cluster, the stored quarantine per
-cluster, and the rate card the newest priced run used (whose time zone starts periods). Charges and budgets of the current period come from ``charges.charge_report``
-and ``charges.list_budgets``, node capacity from ``nodes.latest_capacity``.
-
-Every read here is cheap by construction: ``watermarks`` has one row per stream,
-open jobs are counted on the partial index ``ix_jobs_cluster_open`` (jobs WHERE NOT
-final), and quarantine holds only input that did not parse. Like every store function
-these never commit; the scrape's transaction is rolled back.
+Design notes: docs/design/store.md.
 """
 
 from __future__ import annotations

@@ -1,164 +1,33 @@
-"""The audit trail in use: its key, recording actions, closing a period with its digest,
-verifying the chain and the closed periods, listing entries.
+"""The audit trail in use: verifying the chain and the closed periods, listing entries.
 
-The chain and digests are ``billing.audit``'s; the table is ``collector.store.audit``'s.
-An ``AuditTrail`` without a key records nothing (the trail is off); the commands that
-exist to be recorded (period close and reopen, audit verify) refuse to run without one.
+The chain and digests are ``billing.audit``'s, the table ``collector.store.audit``'s, the
+key the runtime's (``collector.audit_trail``). Closing and reopening a period, which
+record the period's digest, are in ``usecases.periods``.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from billing.audit import (
-    ACTIONS,
-    MIN_KEY_BYTES,
     PERIOD_CLOSE,
     PERIOD_REOPEN,
     AuditError,
     Mismatch,
-    chain_entry,
-    check_key,
     closed_period_digests,
     entry_time,
     period_digest,
     verify_chain,
 )
 from billing.records import AuditEntry
+from collector.runtime import Runtime
 from collector.store import audit as store_audit
-from collector.store import charges as store_charges
-from collector.store import finance_reads
-
-Sessions = Callable[[], Any]
-KEY_SETTING = "HPC_BILLING_AUDIT_KEY_FILE"
-
-
-class AuditKeyError(ValueError):
-    """The audit key is not configured, cannot be read, or is too short."""
-
-
-def load_audit_key(path: str | Path) -> bytes:
-    """The HMAC key held in ``path``: its bytes, less one trailing newline; at least
-    ``MIN_KEY_BYTES`` (32). AuditKeyError with what to do otherwise."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise AuditKeyError(f"{KEY_SETTING}: cannot read the audit key {path}: "
-                            f"{exc.strerror or exc}") from None
-    key = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
-    try:
-        return check_key(key)
-    except AuditError:
-        raise AuditKeyError(
-            f"{KEY_SETTING}: the audit key in {path} has {len(key)} bytes, it needs at least "
-            f"{MIN_KEY_BYTES} (make one with: head -c 48 /dev/urandom | base64 > {path}; "
-            f"chmod 600 {path})") from None
-
-
-def key_file_warnings(path: str | Path) -> list[str]:
-    """Advice about the key file's permissions (a secret others can read)."""
-    try:
-        mode = Path(path).stat().st_mode
-    except OSError:
-        return []
-    if mode & 0o077:
-        return [(f"{KEY_SETTING}: {path} can be read by other users (mode "
-                 f"{oct(mode & 0o777)}); chmod 600 it")]
-    return []
-
-
-def current_actor() -> str:
-    """Who is acting: the login name, else ``uid:<n>`` (a container without passwd)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditTrail:
-    """Records actions in the chain when it has a key; without one it is off."""
-
-    key: bytes | None = field(repr=False)
-    actor: str
-
-    @property
-    def on(self) -> bool:
-        return self.key is not None
-
-    def require(self, what: str) -> bytes:
-        """The key, or AuditKeyError saying that ``what`` needs it."""
-        if self.key is None:
-            raise AuditKeyError(f"{what} needs the audit trail: set {KEY_SETTING} (or "
-                                f"--audit-key-file) to a file holding at least "
-                                f"{MIN_KEY_BYTES} secret bytes")
-        return self.key
-
-    def record(self, session: Any, action: str, subject: str,
-               details: Mapping[str, Any]) -> AuditEntry | None:
-        """Append an entry in the caller's transaction (None when the trail is off).
-        Call it last before committing (it locks the trail until the commit)."""
-        if self.key is None:
-            return None
-        return append(session, self.key, actor=self.actor, action=action, subject=subject,
-                      details=details)
-
-
-def append(session: Any, key: bytes, *, actor: str, action: str, subject: str,
-           details: Mapping[str, Any], at: datetime | None = None) -> AuditEntry:
-    """Append one entry (``action`` from ``billing.audit.ACTIONS``) in the caller's
-    transaction. AuditError for an unknown action, a short key or a value the chain
-    cannot hold (floats, Decimals); AuditStoreError for one the table cannot (NUL)."""
-    if action not in ACTIONS:
-        raise AuditError(f"unknown audit action {action!r}; one of {', '.join(ACTIONS)}")
-    check_key(key)
-    when = datetime.now(UTC) if at is None else at
-    return store_audit.append(session, lambda tail: chain_entry(
-        key, tail, at=when, actor=actor, action=action, subject=subject, details=details))
-
-
-# ------------------------------------------------------------------------- periods
-
-@dataclass(frozen=True, slots=True)
-class ClosedPeriod:
-    """What ``close_period`` did: the digest and line count it recorded, and the entry."""
-
-    period: str
-    already_closed: bool
-    digest: str | None = None
-    lines: int = 0
-    entry: AuditEntry | None = None
-
-
-def close_period(sessions: Sessions, trail: AuditTrail, period: str, *, by: str,
-                 note: str | None = None) -> ClosedPeriod:
-    """Close ``period`` and record a ``period.close`` entry with the digest of the lines
-    posted in it. Needs the trail's key. The digest is read after the close's INSERT,
-    which waits for every charge writer (they hold a SHARE lock on billing_periods) and
-    makes later ones wait for this commit, so it covers exactly the lines that stay.
-    Closing a closed period changes and records nothing."""
-    trail.require("period close")
-    store_charges.check_period(period)
-    with sessions() as session:
-        already = period in store_charges.closed_periods(session)
-        store_charges.close_period(session, period, by=by, note=note)
-        if already:
-            session.commit()
-            return ClosedPeriod(period, already_closed=True)
-        digest, count = period_digest(finance_reads.period_lines(session, period))
-        details: dict[str, Any] = {"digest": digest, "lines": count}
-        if note:
-            details["note"] = note
-        entry = trail.record(session, PERIOD_CLOSE, period, details)
-        session.commit()
-    return ClosedPeriod(period, already_closed=False, digest=digest, lines=count, entry=entry)
-
+from collector.store import periods as store_periods
+from collector.store import reports as store_reports
 
 # -------------------------------------------------------------------------- verify
 
@@ -195,6 +64,34 @@ def anchor_text(head: AuditEntry | None) -> str:
     return f"{head.seq} {head.hash}\n"
 
 
+def read_anchor(path: str | None, seq: int | None, digest: str | None) -> Anchor | None:
+    """The anchor a verify checks: ``seq``/``digest`` as given (--expect-seq,
+    --expect-hash), else the one in the file ``path`` (a missing file: none yet, the
+    first verify writes it). AuditError for an unreadable or malformed anchor."""
+    if seq is not None:
+        text = f"{seq} {digest}" if digest else str(seq)
+        return Anchor.parse(text, "--expect-seq/--expect-hash")
+    if digest is not None:
+        raise AuditError("--expect-hash needs --expect-seq")
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(f"--anchor: cannot read {path}: {exc.strerror or exc}") from None
+    return Anchor.parse(text, f"anchor file {path}")
+
+
+def write_anchor(path: str, head: AuditEntry | None) -> None:
+    """Write the head as the anchor a later verify checks (atomically)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(anchor_text(head), encoding="utf-8")
+    os.replace(tmp, target)
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
     """What ``verify`` found: the first mismatch (None: intact), how many entries it
@@ -229,7 +126,7 @@ def _check_anchor(anchor: Anchor, head: AuditEntry | None,
     return None
 
 
-def verify(sessions: Sessions, key: bytes, *, anchor: Anchor | None = None) -> VerifyReport:
+def verify(runtime: Runtime, *, anchor: Anchor | None = None) -> VerifyReport:
     """Recompute the chain and each closed period's digest in one consistent snapshot.
 
     The first mismatch is named: an entry (edited, inserted, removed, reordered, another
@@ -238,8 +135,8 @@ def verify(sessions: Sessions, key: bytes, *, anchor: Anchor | None = None) -> V
     ``period.reopen`` entry says so). Without an anchor, removing the newest entries
     leaves a shorter chain that verifies: compare ``head`` with an earlier run's.
     """
-    check_key(key)
-    with sessions() as session:
+    key = runtime.audit.require("audit verify")
+    with runtime.database.sessions() as session:
         store_audit.begin_snapshot(session)
         counted = [0]
         period_entries: list[AuditEntry] = []
@@ -267,7 +164,7 @@ def verify(sessions: Sessions, key: bytes, *, anchor: Anchor | None = None) -> V
             recorded = closed_period_digests(period_entries)
         except AuditError as exc:
             return VerifyReport(Mismatch("trail", str(exc)), counted[0], head)
-        closed = store_charges.closed_periods(session)
+        closed = store_periods.closed_periods(session)
         checked: list[str] = []
         for period in sorted(recorded):
             digest, count, seq = recorded[period]
@@ -277,7 +174,7 @@ def verify(sessions: Sessions, key: bytes, *, anchor: Anchor | None = None) -> V
                     f"entry {seq} closed it, it is open now, and no period.reopen entry "
                     f"says so (its billing_periods row was deleted)"),
                     counted[0], head, tuple(checked))
-            now, now_count = period_digest(finance_reads.period_lines(session, period))
+            now, now_count = period_digest(store_reports.period_lines(session, period))
             if now != digest:
                 return VerifyReport(Mismatch(
                     f"period {period}",
@@ -291,11 +188,11 @@ def verify(sessions: Sessions, key: bytes, *, anchor: Anchor | None = None) -> V
 
 # ---------------------------------------------------------------------------- list
 
-def list_entries(sessions: Sessions, *, action: str | None = None, subject: str | None = None,
+def list_entries(runtime: Runtime, *, action: str | None = None, subject: str | None = None,
                  limit: int | None = 100, after_seq: int = 0,
                  newest_first: bool = True) -> list[AuditEntry]:
-    """Entries, newest first by default (``limit`` None: all)."""
-    with sessions() as session:
+    """Entries, newest first by default (``limit`` None: all). Reading needs no key."""
+    with runtime.database.sessions() as session:
         return list(store_audit.entries(session, after_seq=after_seq, action=action,
                                         subject=subject, limit=limit,
                                         newest_first=newest_first))
@@ -306,3 +203,7 @@ def entry_to_dict(entry: AuditEntry) -> dict[str, Any]:
     return {"seq": entry.seq, "at": entry_time(entry.at), "actor": entry.actor,
             "action": entry.action, "subject": entry.subject, "details": entry.details,
             "prev": entry.prev, "hash": entry.hash}
+
+
+__all__ = ["Anchor", "AuditError", "VerifyReport", "anchor_text", "entry_to_dict",
+           "list_entries", "read_anchor", "verify", "write_anchor"]

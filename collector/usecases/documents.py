@@ -1,20 +1,16 @@
 """What the finance use cases share: the error for input that selects nothing, the rate
-cards of stored lines, and the peek that refuses an empty selection before any file is
-made."""
+cards of stored lines, totals as text, and what a written document is."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from itertools import chain
-from typing import Any, TypeVar
+from typing import Any
 
 from billing.price import money_text
-from billing.rates import RateCard, RateCardError, load_rate_card
-from collector.store import finance_reads
-
-T = TypeVar("T")
+from billing.rates import RateCard
+from collector.explaining import stored_cards
 
 
 class FinanceInputError(ValueError):
@@ -25,27 +21,6 @@ class FinanceInputError(ValueError):
 class FinanceDataError(RuntimeError):
     """Stored data a document needs is missing or unreadable (e.g. the rate card that
     priced the lines)."""
-
-
-def non_empty(items: Iterable[T], message: str) -> Iterator[T]:
-    """``items``, or FinanceInputError(message) when there are none (checked before the
-    caller writes anything)."""
-    iterator = iter(items)
-    first = next(iterator, None)
-    if first is None:
-        raise FinanceInputError(message)
-    return chain([first], iterator)
-
-
-def stored_cards(session: Any, versions: Iterable[str]) -> list[RateCard]:
-    """The stored rate cards of these versions that still load, oldest loaded first."""
-    out = []
-    for _version, text in finance_reads.card_texts(session, versions):
-        try:
-            out.append(load_rate_card(text))
-        except RateCardError:
-            continue
-    return out
 
 
 def reference_card(session: Any, versions: Iterable[str], what: str) -> RateCard:

@@ -1,7 +1,7 @@
 """Exports of a posted period for finance: the general-ledger journal (CSV) and the
 FinOps FOCUS 1.x rows (CSV).
 
-Both read every line posted in the period (``finance_reads.period_billed_lines``), so
+Both read every line posted in the period (``reports.period_billed_lines``), so
 the journal's debits and credits and FOCUS's BilledCost add up to the report's total. A
 period without charges is refused before any file is made; each export is recorded in
 the audit trail as an ``export`` entry (what, where, its SHA-256).
@@ -10,31 +10,33 @@ the audit trail as an ``export`` entry (what, where, its SHA-256).
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from billing.audit import EXPORT
 from billing.focus import FOCUS_COLUMNS, FOCUS_VERSION, FocusSite, focus_rows
 from billing.ledger import JOURNAL_COLUMNS, build_journal, journal_rows
-from billing.rates import GlCodes
+from billing.ledger import GlCodeError as GlCodeError  # re-exported: the CLI maps it to exit 2
+from billing.rates import GlCodes, RateCardError, load_gl_mapping
 from billing.records import BilledLine
-from collector.store import charges as store_charges
-from collector.store import finance_reads
-from collector.usecases.audit import AuditTrail
+from collector.explaining import stored_cards
+from collector.runtime import Runtime
+from collector.settings import Settings, SettingsError
+from collector.store import periods as store_periods
+from collector.store import reports as store_reports
 from collector.usecases.documents import (
     FinanceInputError,
     Written,
     add_total,
     reference_card,
-    stored_cards,
     totals_text,
 )
 from collector.usecases.output import open_output
 
-Sessions = Callable[[], Any]
 FOCUS_CHUNK = 5_000
 
 
@@ -57,7 +59,7 @@ class ExportResult:
 
 
 def _period_lines(session: Any, period: str, cluster: str | None) -> Iterator[BilledLine]:
-    lines = finance_reads.period_billed_lines(session, period=period, cluster=cluster)
+    lines = store_reports.period_billed_lines(session, period=period, cluster=cluster)
     first = next(lines, None)
     if first is None:
         where = f" for cluster {cluster!r}" if cluster else ""
@@ -69,17 +71,40 @@ def _period_lines(session: Any, period: str, cluster: str | None) -> Iterator[Bi
     return again()
 
 
-def export_gl(sessions: Sessions, trail: AuditTrail, *, period: str, output: str,
-              codes: GlCodes | None = None, codes_from: str | None = None,
-              prefix: str = "HPC", cluster: str | None = None) -> ExportResult:
+def gl_codes(runtime: Runtime, mapping_file: str | None) -> tuple[GlCodes | None, str | None]:
+    """The GL codes to use and where they come from: ``mapping_file`` (or
+    HPC_BILLING_GL_MAPPING), else the configured rate card's ``[gl]`` table, else None
+    (``export_gl`` then takes the newest stored card's that priced the period)."""
+    path = mapping_file or runtime.settings.gl_mapping
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError([f"--gl-mapping / HPC_BILLING_GL_MAPPING: cannot read {path}: "
+                                 f"{exc.strerror or exc}"]) from None
+        try:
+            return load_gl_mapping(text), f"mapping file {path}"
+        except RateCardError as exc:
+            raise SettingsError([f"{path}: {error}" for error in exc.errors]) from None
+    card = runtime.card
+    if card is not None and card.card.gl is not None:
+        return card.card.gl, f"rate card {card.path}"
+    return None, None
+
+
+def export_gl(runtime: Runtime, period: str, *, output: str, mapping_file: str | None = None
+              ) -> ExportResult:
     """Write the balanced GL journal of ``period`` as CSV (``JOURNAL_COLUMNS``).
 
-    ``codes``: from a mapping file or the current rate card (``codes_from`` says which);
-    None: the ``[gl]`` table of the newest stored card that priced the period's lines.
-    GlCodeError names every account or resource without a code; NoGlCodesError: none.
+    Codes from ``gl_codes``, else the ``[gl]`` table of the newest stored card that
+    priced the period's lines. GlCodeError names every account or resource without a
+    code; NoGlCodesError: no codes at all.
     """
-    store_charges.check_period(period)
-    with sessions() as session:
+    codes, codes_from = gl_codes(runtime, mapping_file)
+    trail, cluster = runtime.audit, runtime.settings.cluster
+    prefix = runtime.settings.invoice_prefix
+    store_periods.check_period(period)
+    with runtime.database.sessions() as session:
         billed = list(_period_lines(session, period, cluster))
         if codes is None:
             versions = {b.line.rate_card for b in billed}
@@ -110,16 +135,29 @@ def export_gl(sessions: Sessions, trail: AuditTrail, *, period: str, output: str
                         audit_seq=entry.seq if entry else None, codes_from=codes_from)
 
 
-def export_focus(sessions: Sessions, trail: AuditTrail, *, period: str, output: str,
-                 site: FocusSite, cluster: str | None = None) -> ExportResult:
+def focus_site(settings: Settings) -> FocusSite:
+    """Who issues the charges, for FOCUS's provider columns; the site's name is required."""
+    if not settings.site_name:
+        raise SettingsError(["HPC_BILLING_SITE_NAME / --site-name: the FOCUS export needs "
+                             "the site's name (ProviderName, InvoiceIssuerName)"])
+    return FocusSite(provider=settings.site_name,
+                     billing_account_id=settings.focus_billing_account_id or settings.site_name,
+                     billing_account_name=(settings.focus_billing_account_name
+                                           or settings.site_name),
+                     service_name=settings.focus_service_name)
+
+
+def export_focus(runtime: Runtime, period: str, *, output: str) -> ExportResult:
     """Write the FOCUS 1.x rows of ``period`` as CSV (``FOCUS_COLUMNS``), streamed in
     chunks; periods begin in the zone of the newest card that priced the lines."""
-    store_charges.check_period(period)
+    site = focus_site(runtime.settings)
+    trail, cluster = runtime.audit, runtime.settings.cluster
+    store_periods.check_period(period)
     totals: dict[str, Decimal] = {}
     count = 0
-    with sessions() as session:
+    with runtime.database.sessions() as session:
         lines = _period_lines(session, period, cluster)
-        versions = finance_reads.period_card_versions(session, period, cluster)
+        versions = store_reports.period_card_versions(session, period, cluster)
         tz = reference_card(session, versions, f"the FOCUS export of {period}").tz
         with open_output(output) as out:
             writer = csv.DictWriter(out, fieldnames=FOCUS_COLUMNS, lineterminator="\n")

@@ -1,23 +1,6 @@
 """API bearer tokens: the tokens file, scopes, and the check of ``Authorization``.
 
-This module owns who may read what through ``/api/v1``:
-
-- The tokens file (``HPC_BILLING_API_TOKENS_FILE``) holds one token per line, hashed:
-  ``sha256:<64 hex digits> <scope>``; blank lines and ``#`` comments (whole lines, or after
-  whitespace at the end of a line) are allowed. ``scope`` is ``all`` or
-  ``account:<name>[,<name>...]``. The file is read once, when the app is created
-  (``load_tokens``); every problem is reported at once with its line number, and a
-  ``TokenFileError`` is a ``SettingsError`` (exit code 2). Neither a token nor a hash is
-  ever written to a log or an error message.
-- ``new_token(scope)`` makes a token (``secrets.token_urlsafe(32)``, 256 random bits) and
-  the line to append to the file; only the hash is stored, so a lost token is replaced,
-  never recovered.
-- ``TokenTable.check`` hashes the presented token with SHA-256 and compares the hex
-  digest with EVERY entry using ``hmac.compare_digest`` (no early exit), so response time
-  tells nothing about which entries exist. A plain hash suffices: tokens are 256-bit
-  random, so there is nothing to brute-force that a slow KDF would protect.
-- ``authenticate`` turns the request's header into a ``Scope`` or a 401 problem (with
-  ``WWW-Authenticate: Bearer``); ``Scope.require_*`` raise 403 problems.
+Design notes: docs/design/web.md.
 """
 
 from __future__ import annotations

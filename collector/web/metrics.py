@@ -1,37 +1,6 @@
 """Prometheus metrics of the collector: ``build_registry`` makes the registry ``/metrics`` serves.
 
-This module owns every metric name, label and help text hpc-billing exports. Three sources
-feed one NEW ``CollectorRegistry`` (never prometheus_client's global one, so two apps in
-one process, or tests, never share series):
-
-1. Counters and histograms fed by a ``Health`` listener from each finished poll's
-   ``PollReport`` (``hpcb_polls_total`` ... ``hpcb_source_duration_seconds``). ``ok`` and
-   ``partial`` polls stored their jobs, so they add to the record/job/charge counters; a
-   ``failed`` poll stored no job (only, when every record it read was quarantined, those
-   records: they count in ``hpcb_records_quarantined_total``). Every poll counts in
-   ``hpcb_polls_total{outcome}`` and both histograms.
-2. Gauges read from ``Health`` at scrape time (last success, leadership, scheduler,
-   start time). No I/O.
-3. Gauges read from PostgreSQL at scrape time by ``_DatabaseCollector``: lag, open jobs,
-   charges and budgets of the current period, quarantine, node capacity. The reads share
-   one transaction, each inside a savepoint with its own ``statement_timeout``
-   (``db_timeout_s``, less when the scrape's whole budget ``db_budget_s`` has less left):
-   a read that fails or times out is skipped, the others still report, and
-   ``hpcb_scrape_database_up`` is 0. After an error that is not a statement timeout (the
-   database is gone) no further read is tried, so a dead database costs one connection
-   attempt (bounded by the engine's ``connect_timeout``). A scrape never raises.
-
-Labels never carry job or user ids (DESIGN.md §6); ``account`` is the only
-tenant-sized label (charges and budgets).
-
-The current billing period is the calendar month at ``clock()`` in the rate card's time
-zone: ``period_timezone`` when given, else the ``timezone`` of the card the newest priced
-run used (read from ``rate_cards``), else UTC. So charges and budgets switch to the new
-month at the card's local midnight, exactly when the pricing starts posting to it.
-
-Charges are summed over ``charge_lines`` of the current posted period (through the
-``(posted_period, cluster)`` index) at every scrape; the daily rollup tables that make
-this constant-time come with the performance issue.
+Design notes: docs/design/web.md.
 """
 
 from __future__ import annotations
@@ -39,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -49,10 +17,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collector.health import Health, PollReport
+from billing.rates import RateCardError, load_rate_card
+from collector.health import Health
+from collector.run_result import OUTCOMES, RunResult
 from collector.settings import Settings
-from collector.store import charges as store_charges
+from collector.store import budgets as store_budgets
 from collector.store import nodes as store_nodes
+from collector.store import reports as store_reports
 from collector.store import scrape as store_scrape
 
 log = logging.getLogger(__name__)
@@ -67,8 +38,8 @@ DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 30
 DB_TIMEOUT_S = 1.0
 DB_BUDGET_S = 5.0
 
-# Poll outcomes (collector.pipeline): every cluster's series exist from the start.
-POLL_OUTCOMES = ("ok", "partial", "failed")
+# Every cluster's poll series exist from the start, one per outcome.
+POLL_OUTCOMES = OUTCOMES
 
 # SQLSTATE query_canceled: the statement timeout fired (the database itself is fine).
 _QUERY_CANCELED = "57014"
@@ -83,7 +54,7 @@ def current_period(now_s: float, tz: tzinfo) -> str:
 # ------------------------------------------------------------------ poll counters
 
 class _PollMetrics:
-    """The counters and histograms fed from PollReports (source 1 in the module doc)."""
+    """The counters and histograms fed from RunResults (source 1 in the module doc)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         def counter(name: str, doc: str, labels: tuple[str, ...] = ("cluster",)) -> Counter:
@@ -125,10 +96,10 @@ class _PollMetrics:
                        self.source_duration):
             metric.labels(cluster)
 
-    def observe(self, report: PollReport) -> None:
+    def observe(self, report: RunResult) -> None:
         """The Health listener. Never raises: it runs inside the scheduler's poll job."""
         try:
-            cluster = report.cluster or ""
+            cluster = report.cluster_label
             self.polls.labels(cluster, report.outcome).inc()
             self.poll_duration.labels(cluster).observe(max(0.0, report.duration_s))
             self.source_duration.labels(cluster).observe(max(0.0, report.source_s))
@@ -265,12 +236,12 @@ class _DatabaseCollector(Collector):
 
         def money(session: Any) -> None:
             period = current_period(now, self._zone(session))
-            for row in store_charges.charge_report(session, period=period,
+            for row in store_reports.charge_report(session, period=period,
                                                    group_by=["cluster", "account"]):
                 for resource, total in sorted(row.resources.items()):
                     fam.charges.add_metric([row["cluster"] or "", row["account"] or "",
                                             resource, row.currency], float(total.amount))
-            for budget in store_charges.list_budgets(session, period):
+            for budget in store_budgets.list_budgets(session, period):
                 if budget.used_fraction is not None:
                     fam.budget.add_metric([budget.account, budget.period],
                                           float(budget.used_fraction))
@@ -289,10 +260,8 @@ class _DatabaseCollector(Collector):
                 return self._card_tz[1]
         zone: tzinfo = UTC
         try:
-            name = tomllib.loads(card[1]).get("timezone")
-            if isinstance(name, str):
-                zone = ZoneInfo(name)
-        except (tomllib.TOMLDecodeError, ZoneInfoNotFoundError, ValueError):
+            zone = ZoneInfo(load_rate_card(card[1]).timezone)
+        except (RateCardError, ZoneInfoNotFoundError, ValueError):
             log.warning("metrics: rate card %d has no usable timezone; periods in UTC", card[0])
         with self._lock:
             self._card_tz = (card[0], zone)

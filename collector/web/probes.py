@@ -1,36 +1,6 @@
 """The probes: ``/healthz`` (is the process alive) and ``/readyz`` (can it serve good data).
 
-This module owns what the probes check and how fast they answer:
-
-- ``/healthz`` answers from the in-process health state alone, never the database: 200
-  while the scheduler thread is alive, 503 otherwise. An orchestrator restarts on this.
-- ``/readyz`` checks, in order, and names every failing check with a reason:
-
-  ``database``  ``SELECT 1`` in a READ ONLY transaction with a statement timeout;
-  ``schema``    the database's Alembic revision is this code's head;
-  ``freshness`` per configured cluster, the newest poll that stored its window's data
-                (outcome ok or partial) in the DATABASE's run log (written by whichever
-                collector is the leader) is younger than HPC_BILLING_STALE_AFTER, by
-                the database's clock. Right after start, for that same duration, a
-                cluster with no such poll at all passes (grace period); a stale one does
-                not. Without a configured cluster the check is skipped and says so.
-                Failed polls therefore count against freshness (after
-                HPC_BILLING_STALE_AFTER); partial ones do not.
-  ``polls``     informational, never failing: per configured cluster, the outcome of the
-                newest finished poll. ``warn`` when it was partial (records quarantined:
-                the data is fresh but incomplete, and the sacct watermark stays where it
-                was) or failed; ``ok`` otherwise. The HpcBillingRecordsQuarantined and
-                HpcBillingDataStale alerts page on the same facts.
-
-  A check that cannot run because an earlier one failed is ``skipped`` (the failing list
-  then names only the cause). The database work runs in one background thread at a time
-  and the probe waits at most ``db_timeout_s`` (2 s) for it: a stopped, unreachable or
-  overloaded PostgreSQL makes ``/readyz`` answer 503 quickly instead of hanging the
-  probe (and concurrent probes share the one check in flight instead of piling up).
-
-Probe bodies are plain JSON (not problem+json, a 503 here is a status report) and carry
-no error text from the database: the first failure after a success, and the recovery,
-are logged once.
+Design notes: docs/design/web.md.
 """
 
 from __future__ import annotations
@@ -47,8 +17,9 @@ from flask import Blueprint, Response, json
 from collector.health import Health
 from collector.render import iso
 from collector.settings import Settings
-from collector.store import reads
-from collector.store.db import schema_revision
+from collector.store import db as store_db
+from collector.store import runs as store_runs
+from collector.web.state import web_state
 
 log = logging.getLogger("hpc_billing.web.probes")
 
@@ -64,8 +35,8 @@ class _DbFacts:
 
     latency_ms: float = 0.0
     revision: str | None = None
-    polls: dict[str, reads.LastPoll | None] = field(default_factory=dict)    # ok/partial
-    last: dict[str, reads.LastPoll | None] = field(default_factory=dict)     # any outcome
+    polls: dict[str, store_runs.LastPoll | None] = field(default_factory=dict)    # ok/partial
+    last: dict[str, store_runs.LastPoll | None] = field(default_factory=dict)     # any outcome
     error: str | None = None          # exception type name, for the body
     error_text: str | None = None     # for the log only
 
@@ -95,14 +66,14 @@ class DatabaseChecker:
         started = time.monotonic()
         try:
             with self._sessions() as session:
-                reads.begin_read(session, statement_timeout_s=self._timeout_s)
-                reads.ping(session)
+                store_db.begin_read(session, statement_timeout_s=self._timeout_s)
+                store_db.ping(session)
                 facts.latency_ms = round((time.monotonic() - started) * 1000, 1)
-                facts.revision = schema_revision(session.connection())
+                facts.revision = store_db.schema_revision(session.connection())
                 if facts.revision == self._head:
-                    facts.polls = {c: reads.last_poll(session, c, STORED_OUTCOMES)
+                    facts.polls = {c: store_runs.last_poll(session, c, STORED_OUTCOMES)
                                    for c in self._clusters}
-                    facts.last = {c: reads.last_poll(session, c, FINISHED_OUTCOMES)
+                    facts.last = {c: store_runs.last_poll(session, c, FINISHED_OUTCOMES)
                                   for c in self._clusters}
         except Exception as exc:  # noqa: BLE001 - a probe reports, it never raises
             facts.error = type(exc).__name__
@@ -145,7 +116,7 @@ def _json(body: dict[str, Any], status: int) -> Response:
 
 
 def _freshness(settings: Settings, health: Health,
-               polls: dict[str, reads.LastPoll | None]) -> dict[str, Any]:
+               polls: dict[str, store_runs.LastPoll | None]) -> dict[str, Any]:
     stale_after = settings.stale_after_s
     snap = health.snapshot()
     grace_left = snap.started_at + stale_after - health.now()
@@ -179,7 +150,7 @@ def _freshness(settings: Settings, health: Health,
             "clusters": clusters}
 
 
-def _polls(last: dict[str, reads.LastPoll | None]) -> dict[str, Any]:
+def _polls(last: dict[str, store_runs.LastPoll | None]) -> dict[str, Any]:
     """The ``polls`` check: the newest finished poll per cluster; warns, never fails."""
     clusters: dict[str, Any] = {}
     for cluster, poll in last.items():
@@ -209,69 +180,80 @@ def _polls(last: dict[str, reads.LastPoll | None]) -> dict[str, Any]:
             "clusters": clusters}
 
 
-def make_blueprint(*, settings: Settings, sessions: Callable[[], Any], health: Health,
-                   head: str, redact: Callable[[str], str],
-                   db_timeout_s: float = DB_TIMEOUT_S) -> Blueprint:
-    bp = Blueprint("probes", __name__)
-    clusters = [settings.cluster] if settings.cluster else []
-    checker = DatabaseChecker(sessions, clusters=clusters, head=head, timeout_s=db_timeout_s,
-                              redact=redact)
+bp = Blueprint("probes", __name__)
 
-    @bp.get("/healthz")
-    def healthz() -> Response:
-        snap = health.snapshot()
-        body = {
-            "status": "ok" if snap.scheduler_alive else "fail",
-            "scheduler": snap.scheduler_alive,
-            "leader": snap.leader,
-            "leadership_known": snap.leadership_known,
-            "polls_running": snap.polls_running,
-            "uptime_s": round(max(0.0, health.now() - snap.started_at), 1),
-        }
-        if not snap.scheduler_alive:
-            body["reason"] = "the scheduler thread is not running"
-        return _json(body, 200 if snap.scheduler_alive else 503)
 
-    @bp.get("/readyz")
-    def readyz() -> Response:
-        facts = checker.run()
-        checks: dict[str, Any] = {}
-        if facts is None or facts.error is not None:
-            reason = (f"no answer within {db_timeout_s:g}s" if facts is None
-                      else f"the database cannot be used ({facts.error})")
-            checks["database"] = {"status": "fail", "reason": reason}
-            checks["schema"] = {"status": "skipped", "reason": "the database check failed"}
-            checks["freshness"] = {"status": "skipped", "reason": "the database check failed"}
-            checks["polls"] = {"status": "skipped", "reason": "the database check failed"}
+@bp.get("/healthz")
+def healthz() -> Response:
+    health = web_state().health
+    snap = health.snapshot()
+    body = {
+        "status": "ok" if snap.scheduler_alive else "fail",
+        "scheduler": snap.scheduler_alive,
+        "leader": snap.leader,
+        "leadership_known": snap.leadership_known,
+        "polls_running": snap.polls_running,
+        "uptime_s": round(max(0.0, health.now() - snap.started_at), 1),
+    }
+    if not snap.scheduler_alive:
+        body["reason"] = "the scheduler thread is not running"
+    return _json(body, 200 if snap.scheduler_alive else 503)
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    state = web_state()
+    facts = state.checker.run()
+    checks: dict[str, Any] = {}
+    if facts is None or facts.error is not None:
+        reason = (f"no answer within {state.db_timeout_s:g}s" if facts is None
+                  else f"the database cannot be used ({facts.error})")
+        checks["database"] = {"status": "fail", "reason": reason}
+        for name in ("schema", "freshness", "polls"):
+            checks[name] = {"status": "skipped", "reason": "the database check failed"}
+    else:
+        checks["database"] = {"status": "ok", "latency_ms": facts.latency_ms,
+                              "reason": f"answered in {facts.latency_ms:g} ms"}
+        checks["schema"] = _schema(facts.revision, state.head)
+        skipped = _freshness_skipped(state.settings, checks["schema"]["status"] == "ok")
+        if skipped is not None:
+            checks["freshness"] = {"status": "skipped", "reason": skipped}
+            checks["polls"] = {"status": "skipped", "reason": skipped}
         else:
-            checks["database"] = {"status": "ok", "latency_ms": facts.latency_ms,
-                                  "reason": f"answered in {facts.latency_ms:g} ms"}
-            schema_ok = facts.revision == head
-            checks["schema"] = {
-                "status": "ok" if schema_ok else "fail", "revision": facts.revision,
-                "head": head,
-                "reason": ("at head" if schema_ok else
-                           "the database has no schema: run 'hpc-billing migrate'"
-                           if facts.revision is None else
-                           f"the database is at revision {facts.revision}, this version "
-                           f"needs {head}: run 'hpc-billing migrate'")}
-            skipped = None
-            if not schema_ok:
-                skipped = "the schema is not at head"
-            elif settings.source == "file":
-                # A file import is not a feed: there is nothing to be fresh about.
-                skipped = "the file source has no polling window"
-            elif not clusters:
-                skipped = "no cluster configured (HPC_BILLING_CLUSTER)"
-            if skipped is not None:
-                checks["freshness"] = {"status": "skipped", "reason": skipped}
-                checks["polls"] = {"status": "skipped", "reason": skipped}
-            else:
-                checks["freshness"] = _freshness(settings, health, facts.polls)
-                checks["polls"] = _polls(facts.last)
-        failing = [name for name, check in checks.items() if check["status"] == "fail"]
-        body = {"status": "fail" if failing else "ok", "failing": failing, "checks": checks,
-                "leader": health.snapshot().leader}
-        return _json(body, 503 if failing else 200)
+            checks["freshness"] = _freshness(state.settings, state.health, facts.polls)
+            checks["polls"] = _polls(facts.last)
+    failing = [name for name, check in checks.items() if check["status"] == "fail"]
+    body = {"status": "fail" if failing else "ok", "failing": failing, "checks": checks,
+            "leader": state.health.snapshot().leader}
+    return _json(body, 503 if failing else 200)
 
-    return bp
+
+def _schema(revision: str | None, head: str) -> dict[str, Any]:
+    ok = revision == head
+    return {"status": "ok" if ok else "fail", "revision": revision, "head": head,
+            "reason": ("at head" if ok else
+                       "the database has no schema: run 'hpc-billing migrate'"
+                       if revision is None else
+                       f"the database is at revision {revision}, this version "
+                       f"needs {head}: run 'hpc-billing migrate'")}
+
+
+def _freshness_skipped(settings: Settings, schema_ok: bool) -> str | None:
+    """Why freshness and polls are not checked, or None when they are."""
+    if not schema_ok:
+        return "the schema is not at head"
+    if settings.source == "file":
+        # A file import is not a feed: there is nothing to be fresh about.
+        return "the file source has no polling window"
+    if not settings.cluster:
+        return "no cluster configured (HPC_BILLING_CLUSTER)"
+    return None
+
+
+def make_checker(settings: Settings, sessions: Callable[[], Any], *, head: str,
+                 redact: Callable[[str], str],
+                 db_timeout_s: float = DB_TIMEOUT_S) -> DatabaseChecker:
+    """The readiness checker of one app (``create_app`` keeps it in the web state)."""
+    clusters = [settings.cluster] if settings.cluster else []
+    return DatabaseChecker(sessions, clusters=clusters, head=head, timeout_s=db_timeout_s,
+                           redact=redact)

@@ -1,14 +1,6 @@
 """Errors as RFC 9457 (RFC 7807) problem details: ``application/problem+json``.
 
-This module owns the one shape every error of the web app has: an object with ``type``,
-``title``, ``status`` and ``detail``, plus ``invalid_params`` ([{name, reason}]) for bad
-input and ``request_id`` for server errors. Views raise ``ApiError``; the app's error
-handlers (``collector.web.app``) turn it, werkzeug's HTTP errors and unexpected
-exceptions into ``problem_response``. Nothing here touches the database.
-
-``type`` is ``about:blank`` for plain HTTP errors (no meaning beyond the status code) and
-one of the ``urn:hpc-billing:problem:*`` URIs below otherwise (docs/api/openapi.yaml,
-schema Problem, lists them).
+Design notes: docs/design/web.md.
 """
 
 from __future__ import annotations

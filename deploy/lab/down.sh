@@ -1,77 +1,142 @@
 #!/usr/bin/env bash
-# Stops hpc-billing's Slurm lab: only the daemons deploy/lab/up.sh started itself, whose
-# PIDs it recorded in $LAB_RUN/pids, and only after `ps -o comm= -p PID` shows the
-# expected name (a PID reused by another program is left alone). A munge or MariaDB
-# that was already running before up.sh (a machine service) is never touched.
+# Stops hpc-billing's Slurm lab, every release: the daemons that deploy/lab/up.sh, or a test
+# through deploy/lab/daemon.sh, started (restarted ones included), whose PIDs are recorded in
+# $LAB_RUN/pids/<release>/, each only after `ps` shows the expected command name (a PID reused
+# by another program is left alone). A munge or MariaDB that was already running before up.sh
+# (a machine service) is never touched. Then it unmounts what up.sh mounted in the roots
+# (/proc, /sys, /dev) and removes job output files (slurm-*.out) from the jobs' scratch dirs.
 #
-#   bash deploy/lab/down.sh            # stop; state, accounting DB and configs are kept
-#   bash deploy/lab/down.sh --purge    # also drop the lab's accounting database and
-#                                      # remove the lab's own directories (a fresh lab next time)
+#   bash deploy/lab/down.sh            # stop; state, accounting DBs, configs and roots are kept
+#   bash deploy/lab/down.sh --purge    # also drop the lab's accounting databases and remove the
+#                                      # lab's own directories (a fresh lab next time); the
+#                                      # cached roots and wheels stay (root.sh --rebuild)
+#
+# Besides the records, a daemon named by a pid file in a release's own run directory that is
+# provably the lab's (for a root: its /proc/PID/root is the root; on the host: its environment
+# has the lab's SLURM_CONF) is stopped too, and so is any process still running inside a
+# root once its daemons are gone (job steps, slurmstepd).
 set -euo pipefail
-
-LAB_ETC=${HPC_BILLING_LAB_ETC:-/etc/hpc-billing-lab}
-LAB_STATE=${HPC_BILLING_LAB_STATE:-/var/lib/hpc-billing-lab}
-LAB_LOG=${HPC_BILLING_LAB_LOG:-/var/log/hpc-billing-lab}
-LAB_RUN=${HPC_BILLING_LAB_RUN:-/run/hpc-billing-lab}
-PIDS=$LAB_RUN/pids
-DB_NAME=hpcb_lab_acct
-DB_USER=hpcb_lab
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=deploy/lab/lib.sh
+source "$HERE/lib.sh"
 PURGE=0
 for arg in "$@"; do
     case "$arg" in
         --purge) PURGE=1 ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "down.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
+[ "$(id -u)" = 0 ] || { echo "down.sh: must run as root" >&2; exit 2; }
+lab_lock
 
-# running PID NAME: PID is a live (not zombie) process whose command name is NAME. A
-# daemon's parent is PID 1, which may reap it late; a zombie has already stopped.
-running() {
-    local state
-    state=$(ps -o stat=,comm= -p "$1" 2>/dev/null || true)
-    [ -n "$state" ] && [[ $state != Z* ]] && [ "${state##* }" = "$2" ]
+# lab_owned PID: the process belongs to the current release of the lab.
+lab_owned() {
+    if [ -n "$ROOT" ]; then
+        [ "$(readlink "/proc/$1/root" 2>/dev/null)" = "$(readlink -f "$ROOT")" ]
+    else
+        tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | grep -qx "SLURM_CONF=$IN_ETC/slurm.conf"
+    fi
 }
 
-# stop LABEL: $PIDS/LABEL.pid holds "PID COMM" (COMM defaults to LABEL). SIGTERM the PID
-# if its command name is still COMM, and wait for it (SIGKILL after 20 s).
+# kill_wait PID NAME: SIGTERM, wait (SIGKILL after 20 s).
+kill_wait() {
+    local pid=$1 name=$2
+    kill -TERM "$pid" 2>/dev/null || return 0
+    if ! wait_gone "$name" "$pid" 20; then
+        echo "lab: [$REL] $name ($pid) ignored SIGTERM for 20 s; SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_gone "$name" "$pid" 5 || true
+    fi
+    echo "lab: [$REL] stopped $name ($pid)"
+}
+
+# stop LABEL [PIDFILE]: the recorded PID ($PIDS/LABEL.pid: "PID COMM"), and the one in the
+# daemon's own pid file when it is provably the lab's.
 stop() {
-    local label=$1 file=$PIDS/$1.pid pid name comm
-    [ -f "$file" ] || return 0
-    read -r pid name < "$file" || true
-    pid=$(printf '%s' "${pid:-}" | tr -dc '0-9')
-    name=${name:-$label}
-    comm=$(ps -o comm= -p "${pid:-0}" 2>/dev/null || true)
-    if [ -z "$pid" ] || ! running "$pid" "$name"; then
-        echo "lab: $label: recorded PID ${pid:-?} is ${comm:-gone}${comm:+ (not a running $name)}; nothing to stop"
+    local label=$1 file=$PIDS/$1.pid pidfile=${2:-} pid="" name=${3:-$1} own
+    if [ -f "$file" ]; then
+        read -r pid name < "$file" || true
+        pid=$(printf '%s' "${pid:-}" | tr -dc '0-9')
+        name=${name:-$label}
+        if [ -n "$pid" ] && alive "$name" "$pid"; then
+            kill_wait "$pid" "$name"
+        fi
         rm -f "$file"
-        return 0
     fi
-    kill -TERM "$pid"
-    for _ in $(seq 200); do
-        running "$pid" "$name" || break
-        sleep 0.1
-    done
-    if running "$pid" "$name"; then
-        echo "lab: $name ($pid) ignored SIGTERM for 20 s; SIGKILL"
-        kill -KILL "$pid"
+    if [ -n "$pidfile" ]; then
+        own=$(pid_from "$pidfile")
+        if [ -n "$own" ] && [ "$own" != "$pid" ] && alive "$name" "$own" && lab_owned "$own"; then
+            echo "lab: [$REL] $label ($own) was not on the books (a restart nobody recorded); stopping it"
+            kill_wait "$own" "$name"
+        fi
     fi
-    echo "lab: stopped $name ($pid)"
-    rm -f "$file"
 }
 
-# Reverse start order; MariaDB stays up until the purge has dropped the database.
-for label in slurmrestd slurmrestd-local slurmd slurmctld slurmdbd; do
-    stop "$label"
+down_release() {
+    release_vars "$1"
+    # Jobs first: a job's processes outlive slurmd otherwise.
+    if alive slurmctld "$(pid_from "$H_RUN/slurmctld.pid")" && [ -x "$REL_DIR/bin/squeue" ]; then
+        local jobs
+        jobs=$(timeout 20 "$REL_DIR/bin/squeue" -h -o %A 2>/dev/null | paste -sd' ' || true)
+        if [ -n "$jobs" ]; then
+            # shellcheck disable=SC2086
+            timeout 20 "$REL_DIR/bin/scancel" $jobs 2>/dev/null || true
+            for _ in $(seq 100); do
+                [ -z "$(timeout 10 "$REL_DIR/bin/squeue" -h -o %A 2>/dev/null)" ] && break
+                sleep 0.2
+            done
+            echo "lab: [$REL] cancelled jobs $jobs"
+        fi
+    fi
+    stop slurmrestd "$H_RUN/slurmrestd.pid" slurmrestd
+    stop slurmrestd-local "$H_RUN/slurmrestd-local.pid" slurmrestd
+    stop slurmd "$H_RUN/slurmd.pid"
+    stop slurmctld "$H_RUN/slurmctld.pid"
+    stop slurmdbd "$H_RUN/slurmdbd.pid"
+    if [ -n "$ROOT" ]; then
+        stop munged "$ROOT/run/munge/munged.pid"
+        # Anything still running in the root (a job step, a slurmstepd) is the lab's.
+        local pid left=""
+        for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+            [ "$pid" != $$ ] && lab_owned "$pid" && left="$left $pid"
+        done
+        if [ -n "$left" ]; then
+            echo "lab: [$REL] stopping what still runs in the root:$left"
+            # shellcheck disable=SC2086
+            kill -TERM $left 2>/dev/null || true
+            sleep 1
+            for pid in $left; do kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true; done
+        fi
+        unmount_under "$ROOT"
+    else
+        stop munged
+    fi
+    # Job output never belongs anywhere: the lab's jobs write to /dev/null or their scratch dir.
+    if [ -d "$H_STATE/jobs" ]; then
+        find "$H_STATE/jobs" -maxdepth 2 -name 'slurm-*.out' -print -delete | sed "s/^/lab: [$REL] removed /"
+    fi
+    if [ "$PURGE" = 1 ]; then
+        if mysqladmin ping >/dev/null 2>&1; then
+            mysql -e "DROP DATABASE IF EXISTS $DB_NAME; DROP USER IF EXISTS '$DB_USER'@'localhost'; DROP USER IF EXISTS '$DB_USER'@'127.0.0.1';"
+            echo "lab: [$REL] dropped database $DB_NAME"
+        fi
+        if [ -n "$ROOT" ]; then
+            rm -rf "$H_ETC" "$H_STATE" "$H_LOG" "$H_RUN"
+        fi
+        rm -rf "$REL_DIR" "$REL_DIR.env"
+    fi
+}
+
+for rel in 26.05 24.11 22.05; do
+    down_release "$rel"
 done
-if [ "$PURGE" = 1 ] && mysqladmin ping >/dev/null 2>&1; then
-    mysql -e "DROP DATABASE IF EXISTS $DB_NAME; DROP USER IF EXISTS '$DB_USER'@'localhost';"
-    echo "lab: dropped database $DB_NAME"
-fi
+# MariaDB last (recorded under 22.05 only when up.sh started it).
+release_vars 22.05
 stop mariadbd
-stop munged
+rm -f "$LAB_ETC/env"
 
 if [ "$PURGE" = 1 ]; then
-    rm -rf "$LAB_ETC" "$LAB_STATE" "$LAB_LOG" "$LAB_RUN"
-    echo "lab: removed $LAB_ETC $LAB_STATE $LAB_LOG $LAB_RUN"
+    rm -rf "$LAB_ETC" "$IN_STATE" "$IN_LOG" "$LAB_RUN"
+    echo "lab: removed $LAB_ETC $IN_STATE $IN_LOG $LAB_RUN (the roots and wheels in $LAB_CACHE stay)"
 fi

@@ -2,12 +2,14 @@
 # An example job mix for the hpc-billing lab: something of everything the collector must
 # handle, to try hpc-billing by hand. Run it as root after deploy/lab/up.sh:
 #
-#   bash deploy/lab/jobs.sh            # submits, then waits until sacct shows all final (~1 min)
-#   bash deploy/lab/jobs.sh --no-wait
-#   source /etc/hpc-billing-lab/env
-#   hpc-billing collect --once --cluster lab --rates collector/data/demo-rates.toml
+#   bash deploy/lab/jobs.sh [--release 24.11] [--no-wait]   # default 22.05; waits until sacct
+#                                                           # shows all final (~1 min)
+#   source /etc/hpc-billing-lab/releases/24.11.env           # its wrappers first on PATH
+#   hpc-billing collect --once --cluster lab2411 --sacct "$HPC_BILLING_LAB_BIN/sacct" \
+#       --rates collector/data/demo-rates.toml
 #
-# The mix: a job with srun steps, an array, typed GPU jobs (a100 and v100, both partitions),
+# The mix: a job with srun steps, an array, typed GPU jobs (a100 and h100, both partitions), an
+# untyped GPU (an l4: accounting does not track its type),
 # a job that fails (exit 3), one whose step fails (exit 7), one cancelled while running, one
 # cancelled while pending, jobs of alice (chemistry) and bob (physics), a QOS "high" job, a
 # name with "|" and one with odd characters, and a job that keeps running for 10 minutes.
@@ -16,17 +18,26 @@
 set -euo pipefail
 
 LAB_ETC=${HPC_BILLING_LAB_ETC:-/etc/hpc-billing-lab}
-[ -f "$LAB_ETC/env" ] || { echo "jobs.sh: no $LAB_ETC/env: run deploy/lab/up.sh first" >&2; exit 2; }
-# shellcheck source=/dev/null
-source "$LAB_ETC/env"
 WAIT=1
-[ "${1:-}" = "--no-wait" ] && WAIT=0
+RELEASE=22.05
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-wait) WAIT=0 ;;
+        --release) shift; RELEASE=${1:?--release needs a value} ;;
+        *) echo "jobs.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+ENV_FILE=$LAB_ETC/releases/$RELEASE.env
+[ -f "$ENV_FILE" ] || { echo "jobs.sh: no $ENV_FILE: run deploy/lab/up.sh first" >&2; exit 2; }
+# shellcheck source=/dev/null
+source "$ENV_FILE"      # puts the release's sbatch, sacct ... first on PATH
 cd /tmp
 
 ids=()
 sub() {   # sub NAME SBATCH-ARGS...: submit, print, remember the id
     local name=$1 id; shift
-    id=$(sbatch --parsable --chdir=/tmp --output=/dev/null "$@")
+    id=$(sbatch --parsable --chdir="$HPC_BILLING_LAB_JOBS_DIR" --output=/dev/null "$@")
     id=${id%%;*}
     printf '  %-16s %s\n' "$name" "$id"
     ids+=("$id")
@@ -37,8 +48,9 @@ echo "submitting:"
 sub steps          -J steps -c2 --mem=1G -t 5 --wrap 'srun -n1 sleep 2; srun -n1 hostname; srun -n1 true'
 sub array          -J array --array=1-3 -c1 --mem=100M --wrap 'sleep 2'
 sub gpu-a100x2     -J a100x2 -p gpu --gres=gpu:a100:2 -c2 --mem=1G --wrap 'sleep 5'
-sub gpu-v100       -J v100x1 -p gpu --gres=gpu:v100:1 -c1 --mem=512M --wrap 'sleep 5'
-sub batch-v100x2   -J batch_v100x2 --gres=gpu:v100:2 -c3 --mem=3G --wrap 'sleep 3'
+sub gpu-h100       -J h100x1 -p gpu --gres=gpu:h100:1 -c1 --mem=512M --wrap 'sleep 5'
+sub batch-h100x2   -J batch_h100x2 --gres=gpu:h100:2 -c3 --mem=3G --wrap 'sleep 3'
+sub untyped-gpu    -J untyped_gpu --gres=gpu:l4:1 -c1 --mem=256M --wrap 'sleep 3'
 sub fail3          -J fail3 -c1 --mem=100M --wrap 'sleep 1; exit 3'
 sub failstep       -J failstep -c1 --mem=100M --wrap "srun sh -c 'sleep 1; exit 7'; true"
 sub cancel-running -J cancel_running -c1 --mem=100M --wrap 'sleep 300'

@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from collector.health import Health
 from collector.settings import Settings
 from collector.slurm.nodes import parse_nodes
-from collector.store import charges as store_charges
+from collector.store import budgets as store_budgets
 from collector.store import db as store_db
 from collector.store import runs as store_runs
 from collector.store.nodes import store_snapshot
@@ -117,8 +117,8 @@ def _populate(app_url: str) -> None:
     engine = store_db.make_engine(app_url)
     try:
         with store_db.session_factory(engine)() as s:
-            store_charges.set_budget(s, "physics", "2026-11", Decimal(5), "EUR")
-            store_charges.set_budget(s, "chemistry", "2026-11", Decimal(100), "EUR")
+            store_budgets.set_budget(s, "physics", "2026-11", Decimal(5), "EUR")
+            store_budgets.set_budget(s, "chemistry", "2026-11", Decimal(100), "EUR")
             # As a sacct poll leaves it (the file import moves no watermark): hpcb_lag_seconds.
             store_runs.set_watermark(s, "lab", store_runs.SACCT_STREAM,
                                      datetime(2026, 11, 25, 11, 50, tzinfo=UTC), None)

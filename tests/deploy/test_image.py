@@ -178,6 +178,7 @@ def image_venv() -> Iterator[Path]:
                         shutil.copytree(path, src / source, ignore=shutil.ignore_patterns(
                             "__pycache__", "*.pyc", "*.egg-info"))
                     else:
+                        (src / source).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(path, src / source)
         subprocess.run([_system_python(), "-m", "venv", str(venv)], check=True, timeout=120)
         env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
@@ -196,6 +197,18 @@ def image_venv() -> Iterator[Path]:
         yield venv
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_one_api_contract(image_venv):
+    # docs/api/openapi.yaml is the only copy in the repository; the build packages it.
+    python = str(image_venv / "bin" / "python")
+    code = ("import importlib.resources, sys; sys.stdout.buffer.write(importlib.resources"
+            ".files('collector.web').joinpath('openapi.yaml').read_bytes())")
+    shipped = subprocess.run([python, "-c", code], capture_output=True, cwd="/", timeout=60,
+                             check=True).stdout
+    assert shipped == (ROOT / "docs" / "api" / "openapi.yaml").read_bytes()
+    assert not (ROOT / "collector" / "web" / "openapi.yaml").exists()
 
 
 def _unprivileged() -> dict[str, object]:

@@ -25,6 +25,7 @@ from billing.records import JobRecord
 from collector.health import Health
 from collector.settings import Settings
 from collector.store import db as store_db
+from collector.store import job_writer as store_job_writer
 from collector.store import jobs as store_jobs
 from collector.store.db import session_factory
 from collector.web.app import create_app
@@ -141,7 +142,7 @@ def test_the_table_refuses_a_db_index_outside_u64(db_url, sessions, value):
                        submit=datetime(2026, 12, 1, tzinfo=UTC), state="COMPLETED",
                        state_raw="COMPLETED", db_index=0, final=True)
     with sessions() as s:
-        writer = store_jobs.JobWriter(s, run_id=1)
+        writer = store_job_writer.JobWriter(s, run_id=1)
         writer.add(record)
         writer.flush()
         s.commit()

@@ -110,6 +110,8 @@ def test_a_run_that_stores_nothing_it_read_fails_and_keeps_the_quarantine(db_url
     run = _runs(sessions)[0]
     assert (run.outcome, run.jobs_inserted, run.quarantined) == ("failed", 0, 2)
     assert "nothing stored" in (run.error or "")
+    # The run names the first bad records, their lines and why, not just a count.
+    assert "first: line 2" in (run.error or "") and "line 3 (JobID 12)" in (run.error or "")
     with sessions() as s:
         raws = {q.raw for q in store_runs.list_quarantine(s, run_id=run.id)}
     assert raws == {"not|a record", "12|12|x|lab"}
@@ -158,7 +160,7 @@ def test_a_held_watermark_never_stalls_collection(sessions):
     read so far, at most max_ahead further, so new jobs keep being collected."""
     from datetime import UTC, datetime, timedelta
 
-    from collector import pipeline
+    from collector import polling
 
     mark = datetime(2026, 11, 1, tzinfo=UTC)
     day = timedelta(days=1)
@@ -169,7 +171,7 @@ def test_a_held_watermark_never_stalls_collection(sessions):
         s.commit()
 
     def window(now: datetime):
-        return pipeline.poll_window(sessions, cluster="lab", now=now, overlap_s=600,
+        return polling.poll_window(sessions, cluster="lab", now=now, overlap_s=600,
                                     lookback_s=86400, max_ahead_s=86400)
 
     # No read cursor yet: a backlog is read a day at a time from the watermark.
@@ -178,7 +180,7 @@ def test_a_held_watermark_never_stalls_collection(sessions):
     # Partial polls have read three days past the held watermark: the window still starts
     # at the watermark and ends a day past the cursor, not a day past the watermark.
     with sessions() as s:
-        store_runs.set_watermark(s, "lab", pipeline.read_stream("sacct"), mark + 3 * day,
+        store_runs.set_watermark(s, "lab", store_runs.read_stream("sacct"), mark + 3 * day,
                                  run_id)
         s.commit()
     held = window(mark + 10 * day)
@@ -189,11 +191,9 @@ def test_a_held_watermark_never_stalls_collection(sessions):
 
 
 def test_partial_polls_move_the_read_cursor_only(db_url, sessions, fake_sacct):
-    from collector import pipeline
-
     assert _poll(db_url, fake_sacct) == 0
     mark = _mark(sessions)
     assert _poll(db_url, fake_sacct, "garbage") == 3
     with sessions() as s:
-        cursor = store_runs.get_watermark(s, "lab", pipeline.read_stream("sacct"))
+        cursor = store_runs.get_watermark(s, "lab", store_runs.read_stream("sacct"))
     assert _mark(sessions) == mark and cursor is not None and cursor >= mark

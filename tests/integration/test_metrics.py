@@ -36,10 +36,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import text
 
 from billing.records import QuarantinedRecord
-from collector.health import Health, PollReport
+from collector.health import Health
+from collector.run_result import RunResult as PollReport
 from collector.settings import Settings
 from collector.slurm.nodes import parse_nodes
-from collector.store import charges as store_charges
+from collector.store import budgets as store_budgets
 from collector.store import db as store_db
 from collector.store import runs as store_runs
 from collector.store.nodes import store_snapshot
@@ -72,10 +73,10 @@ def populate(db_url: str, sessions) -> None:
     """The demo export priced, budgets, a watermark, quarantine and a node snapshot."""
     collect(db_url)
     with sessions() as s:
-        store_charges.set_budget(s, "physics", "2026-11", D("10"), "EUR")
-        store_charges.set_budget(s, "chemistry", "2026-11", D("2"), "EUR")
-        store_charges.set_budget(s, "nobody", "2026-11", D("0"), "EUR")
-        store_charges.set_budget(s, "physics", "2026-10", D("1"), "EUR")
+        store_budgets.set_budget(s, "physics", "2026-11", D("10"), "EUR")
+        store_budgets.set_budget(s, "chemistry", "2026-11", D("2"), "EUR")
+        store_budgets.set_budget(s, "nobody", "2026-11", D("0"), "EUR")
+        store_budgets.set_budget(s, "physics", "2026-10", D("1"), "EUR")
         store_runs.set_watermark(s, "lab", store_runs.SACCT_STREAM, WATERMARK, None)
         run_id = store_runs.start_run(s, cluster="lab", source="sacct", kind="poll", window=None)
         store_runs.add_quarantined(s, run_id, [QuarantinedRecord(raw="x|y", reason="too few fields",

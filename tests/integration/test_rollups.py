@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from bench.gen_sacct import generate
-from tests.helpers import run_cli
-from collector.store import charges as store_charges
+from tests.helpers import audit_key_env, run_cli
+from collector.store import reports as store_reports
+from collector.store import rollups as store_rollups
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CARD = ROOT / "collector" / "data" / "demo-rates.toml"
@@ -48,12 +49,12 @@ def assert_rollups_equal_raw(sessions):
         for period in periods:
             for group_by in GROUPINGS:
                 for cluster in (None, "bench"):
-                    raw = store_charges.charge_report_raw(s, period=period, group_by=group_by,
+                    raw = store_reports.charge_report_raw(s, period=period, group_by=group_by,
                                                           cluster=cluster)
-                    assert store_charges.charge_report_rollup(
+                    assert store_reports.charge_report_rollup(
                         s, period=period, group_by=group_by, cluster=cluster) == raw, \
                         (period, group_by, cluster)
-                    assert store_charges.charge_report(
+                    assert store_reports.charge_report(
                         s, period=period, group_by=group_by, cluster=cluster) == raw
                     compared += len(raw)
         assert compared > 1000
@@ -79,14 +80,15 @@ def test_rollups_equal_the_raw_report_through_every_kind_of_write(db_url, sessio
         period = s.execute(text("SELECT max(posted_period) FROM charge_lines l JOIN jobs j"
                                 " USING (cluster, job_id_raw, submit_time)"
                                 " WHERE j.account = 'moved-account'")).scalar()
-        rows = store_charges.charge_report(s, period=period, group_by=["account"])
+        rows = store_reports.charge_report(s, period=period, group_by=["account"])
     assert any(r["account"] == "moved-account" for r in rows)
     assert_rollups_equal_raw(sessions)
 
     # A reprice with another card, after closing the earliest period: new lines in open
     # periods, corrections posted into the first open one.
     first = scalar(sessions, "SELECT min(posted_period) FROM charge_lines")
-    assert run_cli("period", "close", first, "--database-url", db_url) == 0
+    assert run_cli("period", "close", first, "--database-url", db_url,
+                   env=audit_key_env(tmp_path)) == 0
     doubled = tmp_path / "doubled.toml"
     doubled.write_text(DEMO_CARD.read_text().replace('cpu_hour = "36"', 'cpu_hour = "72"'))
     assert run_cli("reprice", "--since", "2026-01-01", "--until", "2027-01-01", "--rates",
@@ -102,11 +104,11 @@ def test_a_write_without_a_refresh_makes_the_report_read_the_raw_lines(db_url, s
         s.execute(text("DELETE FROM jobs WHERE job_id_raw IN (SELECT job_id_raw FROM jobs"
                        " ORDER BY job_id_raw LIMIT 50)"))
         assert s.execute(text("SELECT count(*) FROM charge_rollup_dirty")).scalar() > 0
-        raw = store_charges.charge_report_raw(s, period=period, group_by=["account"])
-        stale = store_charges.charge_report_rollup(s, period=period, group_by=["account"])
+        raw = store_reports.charge_report_raw(s, period=period, group_by=["account"])
+        stale = store_reports.charge_report_rollup(s, period=period, group_by=["account"])
         assert stale != raw                     # the rollups do not know yet ...
-        assert store_charges.charge_report(s, period=period, group_by=["account"]) == raw
-        assert store_charges.refresh_rollups(s) > 0   # ... until a refresh
-        assert store_charges.charge_report_rollup(s, period=period, group_by=["account"]) == raw
+        assert store_reports.charge_report(s, period=period, group_by=["account"]) == raw
+        assert store_rollups.refresh_rollups(s) > 0   # ... until a refresh
+        assert store_reports.charge_report_rollup(s, period=period, group_by=["account"]) == raw
         s.commit()
     assert_rollups_equal_raw(sessions)

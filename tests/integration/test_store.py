@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session
 
 from billing.records import JobRecord, QuarantinedRecord, Window
 from collector.store import db as store_db
-from collector.store.jobs import _STAGE as STAGE
+from collector.store.job_writer import _STAGE as STAGE
+from collector.store.job_writer import JobWriter, UpsertCounts
 from collector.store.jobs import (
-    JobWriter,
-    UpsertCounts,
     content_hash,
     count_jobs,
     list_jobs,

@@ -19,7 +19,8 @@ from billing.rates import load_rate_card
 from billing.records import JobRecord
 from billing.rollup import rollup_steps
 from collector import pipeline
-from collector.cli import demo_rates_path
+from collector.pricer import make_pricer
+from collector.usecases.demo import demo_rates_path
 from collector.slurm.filesource import FileSource
 from collector.store import charges as store_charges
 from collector.store import jobs as store_jobs
@@ -40,7 +41,7 @@ def export(tmp_path) -> Path:
 def _collect(sessions, path: Path, batch_rows: int):
     text_ = demo_rates_path().read_text(encoding="utf-8")
     card = load_rate_card(text_)
-    pricer = pipeline.make_pricer(sessions, card, text_, source="test", as_of=AS_OF)
+    pricer = make_pricer(sessions, card, text_, source="test", as_of=AS_OF)
     return card, pipeline.collect(sessions, FileSource(str(path), tz=UTC, cluster=None),
                                   cluster=None, window=None, kind="file", stream=None,
                                   batch_rows=batch_rows, pricer=pricer)

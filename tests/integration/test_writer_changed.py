@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from billing.records import JobRecord
 from collector.store import runs as store_runs
-from collector.store.jobs import JobWriter, UpsertCounts
+from collector.store.job_writer import JobWriter, UpsertCounts
 
 
 def _job(raw: int, **kw) -> JobRecord:

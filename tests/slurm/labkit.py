@@ -8,9 +8,9 @@ to the card's scale) on the numbers sacct prints, so a bug in either side shows.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -33,6 +33,13 @@ SEP = "\x1f"
 
 # --------------------------------------------------------------------------- finding the lab
 
+# The releases the lab runs (deploy/lab/lib.sh); every slurm test runs on each.
+RELEASES = ("22.05", "24.11", "26.05")
+PROJECT = Path(__file__).resolve().parents[2]
+LAB_DIR = PROJECT / "deploy" / "lab"
+LAB_LOCK = os.environ.get("HPC_BILLING_LAB_LOCK", "/run/lock/hpc-billing-lab.lock")
+
+
 def read_env_file(path: str) -> dict[str, str]:
     """``export NAME=value`` lines of the lab's env file (shell-quoted values)."""
     env: dict[str, str] = {}
@@ -44,25 +51,44 @@ def read_env_file(path: str) -> dict[str, str]:
     return env
 
 
-def find_lab() -> tuple[dict[str, str] | None, str | None]:
-    """(the lab's env, None) when the lab answers, else (None, why not)."""
-    if not os.path.isfile(LAB_ENV):
-        return None, f"no lab env file {LAB_ENV} (start the lab: bash deploy/lab/up.sh --rest)"
-    env = read_env_file(LAB_ENV)
-    if "SLURM_CONF" not in env:
-        return None, f"{LAB_ENV} sets no SLURM_CONF"
+def _answers(env: dict[str, str]) -> str | None:
+    """None when the release's sinfo and sacctmgr answer, else why not."""
+    bin_dir = env.get("HPC_BILLING_LAB_BIN")
+    if not bin_dir:
+        return "its env file has no HPC_BILLING_LAB_BIN"
     for command in (["sinfo", "-h", "-o", "%T"], ["sacctmgr", "-nP", "show", "cluster"]):
-        if shutil.which(command[0]) is None:
-            return None, f"{command[0]} is not installed (bash deploy/lab/up.sh installs Slurm)"
+        path = os.path.join(bin_dir, command[0])
+        if not os.access(path, os.X_OK):
+            return f"{path} is missing (bash deploy/lab/up.sh --rest)"
         try:
-            done = subprocess.run(command, env={**os.environ, **env}, capture_output=True,
-                                  text=True, timeout=15)
+            done = subprocess.run([path, *command[1:]], capture_output=True, text=True,
+                                  timeout=15)
         except subprocess.TimeoutExpired:
-            return None, f"{' '.join(command)} did not answer within 15 s"
+            return f"{' '.join(command)} did not answer within 15 s"
         if done.returncode != 0:
-            return None, (f"{' '.join(command)} failed (is the lab down? bash deploy/lab/up.sh "
-                          f"--rest): {done.stderr.strip()[:300]}")
-    return env, None
+            return (f"{' '.join(command)} failed (is the lab down? bash deploy/lab/up.sh "
+                    f"--rest): {done.stderr.strip()[:300]}")
+    return None
+
+
+def find_labs() -> dict[str, tuple[dict[str, str] | None, str | None]]:
+    """release -> (its env, None) when its cluster answers, else (None, why not)."""
+    out: dict[str, tuple[dict[str, str] | None, str | None]] = {}
+    index: dict[str, str] = {}
+    if os.path.isfile(LAB_ENV):
+        index = read_env_file(LAB_ENV)
+    releases_dir = index.get("HPC_BILLING_LAB_RELEASES_DIR",
+                             os.path.join(os.path.dirname(LAB_ENV), "releases"))
+    for release in RELEASES:
+        path = os.path.join(releases_dir, f"{release}.env")
+        if not os.path.isfile(path):
+            out[release] = None, (f"no env file {path} (start the lab: bash deploy/lab/up.sh "
+                                  f"--rest)")
+            continue
+        env = read_env_file(path)
+        problem = _answers(env)
+        out[release] = (None, problem) if problem else (env, None)
+    return out
 
 
 def lab_required() -> bool:
@@ -70,17 +96,62 @@ def lab_required() -> bool:
             or os.environ.get("HPC_BILLING_REQUIRE_LAB") == "1")
 
 
+class LabLock:
+    """The lab's lock (deploy/lab/lib.sh) held for the test session: no up.sh, down.sh or
+    other test session changes the lab under these tests. The descriptor is passed on to
+    the lab's scripts run from the tests (HPC_BILLING_LAB_LOCK_FD), which then share it."""
+
+    def __init__(self, path: str = LAB_LOCK, timeout_s: float = 900) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise AssertionError(f"the lab's lock {path} was not free within "
+                                         f"{timeout_s:.0f} s (another user of the lab)") from None
+                time.sleep(0.5)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+    def run_script(self, script: str, *args: str, timeout: float = 900) -> str:
+        """Run deploy/lab/SCRIPT ARGS sharing this lock; its stdout."""
+        done = subprocess.run(["bash", str(LAB_DIR / script), *args], capture_output=True,
+                              text=True, timeout=timeout, pass_fds=(self.fd,),
+                              env={**os.environ, "HPC_BILLING_LAB_LOCK_FD": str(self.fd)})
+        if done.returncode != 0:
+            raise AssertionError(f"deploy/lab/{script} {' '.join(args)} exited "
+                                 f"{done.returncode}: {done.stderr.strip()[-2000:]}")
+        return done.stdout
+
+
 # --------------------------------------------------------------------------- the lab
 
 class Lab:
-    """The lab's environment and its Slurm commands (sbatch, squeue, scancel, sacct)."""
+    """One release's cluster: its environment and its Slurm commands (sbatch, squeue,
+    scancel, sacct ...) through the lab's wrappers (deploy/lab/up.sh writes them; for a
+    release in a root they run the command in the root)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], lock: LabLock | None = None) -> None:
         self.env = env
-        self.cluster = env.get("HPC_BILLING_LAB_CLUSTER", "lab")
-        self.slurm_conf = env["SLURM_CONF"]
-        self.sacct_path = shutil.which("sacct") or "sacct"
-        self.scontrol_path = shutil.which("scontrol") or "scontrol"
+        self.lock = lock
+        self.release = env["HPC_BILLING_LAB_RELEASE"]
+        self.slurm_version = env.get("HPC_BILLING_LAB_SLURM_VERSION", self.release)
+        self.cluster = env["HPC_BILLING_LAB_CLUSTER"]
+        self.bin = Path(env["HPC_BILLING_LAB_BIN"])
+        self.root = env.get("HPC_BILLING_LAB_ROOT") or None
+        self.jobs_dir = env.get("HPC_BILLING_LAB_JOBS_DIR", "/tmp")
+        self.sacct_path = str(self.bin / "sacct")
+        self.scontrol_path = str(self.bin / "scontrol")
+
+    def __repr__(self) -> str:
+        return f"Lab({self.release}, cluster {self.cluster})"
 
     @property
     def rest_url(self) -> str | None:
@@ -88,25 +159,46 @@ class Lab:
 
     @property
     def child_env(self) -> dict[str, str]:
-        return {**os.environ, **self.env, "TZ": "UTC"}
+        return {**os.environ, "TZ": "UTC"}
 
     @property
     def cli_env(self) -> dict[str, str]:
-        """What ``hpc-billing`` needs in its environment to use the lab's Slurm."""
-        return {"SLURM_CONF": self.slurm_conf}
+        """What ``hpc-billing`` needs in its environment to use this cluster (the wrappers
+        set SLURM_CONF themselves)."""
+        return {}
+
+    def cmd(self, name: str) -> str:
+        return str(self.bin / name)
 
     def run(self, *argv: str, timeout: float = 60, check: bool = True) -> str:
-        done = subprocess.run(list(argv), env=self.child_env, capture_output=True, text=True,
-                              timeout=timeout, cwd="/tmp")
+        done = subprocess.run([self.cmd(argv[0]), *argv[1:]], env=self.child_env,
+                              capture_output=True, text=True, timeout=timeout, cwd="/tmp")
         if check and done.returncode != 0:
-            raise AssertionError(f"{shlex.join(argv)} exited {done.returncode}: "
-                                 f"{done.stderr.strip()}")
+            raise AssertionError(f"[{self.release}] {shlex.join(argv)} exited "
+                                 f"{done.returncode}: {done.stderr.strip()}")
         return done.stdout
 
-    def sbatch(self, *args: str) -> int:
-        out = self.run("sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null", *args)
-        return int(out.strip().split(";")[0])
+    def daemon(self, action: str, name: str) -> None:
+        """Stop or start one of this cluster's daemons through deploy/lab/daemon.sh, which
+        records every start (down.sh stops it)."""
+        assert self.lock is not None, "the lab's lock is needed to restart a daemon"
+        self.lock.run_script("daemon.sh", self.release, action, name, timeout=120)
 
+    def daemon_pid(self, name: str) -> int | None:
+        path = Path(self.env["HPC_BILLING_LAB_RUN"]) / f"{name}.pid"
+        try:
+            pid = int(path.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return None
+        state = subprocess.run(["ps", "-o", "stat=,comm=", "-p", str(pid)],
+                               capture_output=True, text=True).stdout.split()
+        return pid if state and not state[0].startswith("Z") and state[-1] == name else None
+
+    def sbatch(self, *args: str) -> int:
+        out = self.run("sbatch", "--parsable", f"--chdir={self.jobs_dir}", "--output=/dev/null",
+                       *args)
+        return int(out.strip().split(";")[0])
     def squeue_state(self, job_id: int) -> str:
         return self.run("squeue", "-h", "-j", str(job_id), "-o", "%T", check=False).strip()
 
@@ -136,7 +228,7 @@ class Lab:
     def sacct(self, job_ids, *, steps: bool = True) -> list[dict[str, str]]:
         """sacct's own records of these jobs (with their steps unless steps=False): epoch
         times, --noconvert units, every record (--duplicates)."""
-        argv = ["sacct", "--allusers", "--duplicates", "--noconvert", "--parsable2",
+        argv = [self.sacct_path, "--allusers", "--duplicates", "--noconvert", "--parsable2",
                 "--noheader", f"--delimiter={SEP}", "--format=" + ",".join(SACCT_FIELDS),
                 "-j", ",".join(str(j) for j in job_ids)]
         if not steps:
@@ -180,7 +272,8 @@ class Lab:
             if lines and not pending and not missing:
                 return lines
             if time.monotonic() > deadline:
-                raise AssertionError(f"not final after {timeout}s: {pending or missing}")
+                raise AssertionError(f"[{self.release}] not final after {timeout}s: "
+                                     f"{pending or missing}")
             time.sleep(0.5)
 
 
@@ -194,8 +287,8 @@ def settled(row: dict[str, str], steps: list[dict[str, str]] = ()) -> bool:
     if not (is_final_record(state, epoch(row["End"])) and row["Eligible"] not in ("Unknown", "")
             and bool(row["Partition"]) and row["JobName"] != "allocation"):
         return False
-    if epoch(row["Start"]) is None:
-        return True                                   # never ran: no steps
+    if epoch(row["Start"]) is None or not row["AllocTRES"]:
+        return True          # never ran (a het job cancelled while pending has a Start): no steps
     return (any(s["JobID"].endswith(".batch") for s in steps)
             and all(epoch(s["End"]) is not None for s in steps))
 
@@ -205,17 +298,21 @@ def settled(row: dict[str, str], steps: list[dict[str, str]] = ()) -> bool:
 PIPE_NAME = "odd|name|with|pipes"
 ODD_NAME = "tab\there 'sq' $HOME \\back ünï 🙂;&*?"
 
-# name -> sbatch arguments. Small jobs: the node has 16 CPUs, 16000 MB, 2 a100 and 2 v100.
+# name -> sbatch arguments. Small jobs: each node has 16 CPUs, 16000 MB, 2 a100, 2 h100 and
+# 2 l4 GPUs; accounting tracks a100 and h100 by type, so an l4 is an UNTYPED GPU to it
+# (AllocTRES gres/gpu=1 alone; deploy/lab/slurm.conf.in says why).
 MIX: dict[str, list[str]] = {
     "steps": ["-J", "steps", "-c2", "--mem=1G", "-t", "5",
               "--wrap", "srun -n1 sleep 2; srun -n1 hostname; srun -n1 true"],
     "array": ["-J", "array", "--array=1-3", "-c1", "--mem=100M", "--wrap", "sleep 2"],
     "a100": ["-J", "a100x2", "-p", "gpu", "--gres=gpu:a100:2", "-c2", "--mem=1G",
              "--wrap", "sleep 3"],
-    "v100": ["-J", "v100x1", "-p", "gpu", "--gres=gpu:v100:1", "-c1", "--mem=512M",
+    "h100": ["-J", "h100x1", "-p", "gpu", "--gres=gpu:h100:1", "-c1", "--mem=512M",
              "--wrap", "sleep 3"],
-    "batch_gpu": ["-J", "batch_v100x2", "--gres=gpu:v100:2", "-c3", "--mem=3G",
+    "batch_gpu": ["-J", "batch_h100x2", "--gres=gpu:h100:2", "-c3", "--mem=3G",
                   "--wrap", "sleep 2"],
+    "untyped": ["-J", "untyped_gpu", "--gres=gpu:l4:1", "-c1", "--mem=256M",
+                "--wrap", "sleep 2"],
     "fail3": ["-J", "fail3", "-c1", "--mem=100M", "--wrap", "sleep 1; exit 3"],
     "failstep": ["-J", "failstep", "-c1", "--mem=100M",
                  "--wrap", "srun sh -c 'sleep 1; exit 7'; true"],
@@ -233,10 +330,15 @@ MIX: dict[str, list[str]] = {
     "pipe_name": ["-J", PIPE_NAME, "-c1", "--mem=100M", "--wrap", "sleep 1"],
     "odd_name": ["-J", ODD_NAME, "-c1", "--mem=100M", "--wrap", "sleep 1"],
 }
+# A heterogeneous job never starts on one node and holds the node for itself while it
+# waits (RECIPE gotcha 5): it is submitted after the rest have ended and cancelled while
+# pending. sacct shows it as 14+0 / 14+1 on 22.05, as one plain record on 24.11 and 26.05.
+HET = ["-J", "het", "-c1", "--mem=100M", ":", "-c1", "--mem=100M", "--wrap", "sleep 1"]
 
 
 @dataclass
 class JobMix:
+    release: str
     started: datetime                       # a little before the first submission
     ids: dict[str, int] = field(default_factory=dict)
     lines: list[dict[str, str]] = field(default_factory=list)   # sacct job lines, final
@@ -253,19 +355,38 @@ class JobMix:
         prefix = f"{self.ids['array']}_"
         return [r for r in self.lines if r["JobID"].startswith(prefix)]
 
+    def owns(self, job_id_raw: int) -> bool:
+        """The record (by JobIDRaw) is one of this mix's jobs: tests look at nothing else,
+        because the clusters are shared by every test."""
+        return any(int(r["JobIDRaw"]) == job_id_raw for r in self.lines)
 
-def start_mix(lab: Lab) -> JobMix:
-    """Submit MIX, cancel the two jobs to cancel, and wait until sacct has them all final."""
-    started = datetime.now(UTC).replace(microsecond=0)
-    mix = JobMix(started=datetime.fromtimestamp(started.timestamp() - 2, UTC))
-    for name, args in MIX.items():
-        mix.ids[name] = lab.sbatch(*args)
-    lab.wait_state(mix.ids["cancel_running"], {"RUNNING"})
-    lab.wait_state(mix.ids["cancel_pending"], {"PENDING"})
+
+def start_mixes(labs: list[Lab]) -> dict[str, JobMix]:
+    """Submit MIX on every cluster at once, cancel the two jobs to cancel, then the het
+    job, and wait until sacct has them all final: release -> its JobMix."""
+    mixes: dict[str, JobMix] = {}
+    for lab in labs:
+        started = datetime.now(UTC).replace(microsecond=0)
+        mix = mixes[lab.release] = JobMix(lab.release,
+                                          datetime.fromtimestamp(started.timestamp() - 2, UTC))
+        for name, args in MIX.items():
+            mix.ids[name] = lab.sbatch(*args)
+    for lab in labs:
+        lab.wait_state(mixes[lab.release].ids["cancel_running"], {"RUNNING"})
+        lab.wait_state(mixes[lab.release].ids["cancel_pending"], {"PENDING"})
     time.sleep(2)                            # the running one accrues some elapsed time
-    lab.run("scancel", str(mix.ids["cancel_running"]), str(mix.ids["cancel_pending"]))
-    mix.lines = lab.wait_final(mix.all_ids(), timeout=120)
-    return mix
+    for lab in labs:
+        ids = mixes[lab.release].ids
+        lab.run("scancel", str(ids["cancel_running"]), str(ids["cancel_pending"]))
+    for lab in labs:
+        lab.wait_final(mixes[lab.release].all_ids(), timeout=120)
+        mixes[lab.release].ids["het"] = lab.sbatch(*HET)
+    time.sleep(2)
+    for lab in labs:
+        lab.run("scancel", str(mixes[lab.release].ids["het"]))
+    for lab in labs:
+        mixes[lab.release].lines = lab.wait_final(mixes[lab.release].all_ids(), timeout=120)
+    return mixes
 
 
 # --------------------------------------------------------------------------- prices by hand
@@ -289,7 +410,7 @@ node_hour = "1.80"
 billing_unit_hour = "0.36"
 [rules.rates.gpu_hour_by_type]
 a100 = "180"
-v100 = "120"
+h100 = "120"
 
 [[rules]]
 name = "gpu-partition"
@@ -301,15 +422,15 @@ mem_gib_hour = "1.80"
 gpu_hour = "90"
 [rules.rates.gpu_hour_by_type]
 a100 = "240"
-v100 = "150"
+h100 = "150"
 """
 # The same rates as data, for the hand computation (resource -> rate).
 HAND_RATES: dict[str, dict[str, Decimal]] = {
     "base": {"cpu": Decimal("36.00"), "mem": Decimal("3.60"), "gpu": Decimal("90"),
-             "gpu:a100": Decimal("180"), "gpu:v100": Decimal("120"), "node": Decimal("1.80"),
+             "gpu:a100": Decimal("180"), "gpu:h100": Decimal("120"), "node": Decimal("1.80"),
              "billing": Decimal("0.36")},
     "gpu-partition": {"cpu": Decimal("18.00"), "mem": Decimal("1.80"), "gpu": Decimal("90"),
-                      "gpu:a100": Decimal("240"), "gpu:v100": Decimal("150")},
+                      "gpu:a100": Decimal("240"), "gpu:h100": Decimal("150")},
 }
 SCALE = Decimal("0.0001")
 

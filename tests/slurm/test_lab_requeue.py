@@ -1,5 +1,5 @@
-"""A requeued job on the real lab: two accounting records, both stored, each charged only
-for its own run.
+"""A requeued job on the real lab (every release): two accounting records, both stored,
+each charged only for its own run.
 
 slurmctld holds a requeued job in PENDING (BeginTime) for 120 s before it may run again,
 and then starts it at its next scheduling pass (RECIPE §5, gotcha 6: the whole test took
@@ -67,7 +67,7 @@ def test_requeued_job_has_two_records_each_charged_for_its_own_run(lab, db_url, 
     try:
         sessions = store_db.session_factory(engine)
         with sessions() as session:
-            records = [r for r in store_jobs.list_jobs(session, cluster="lab")
+            records = [r for r in store_jobs.list_jobs(session, cluster=lab.cluster)
                        if r.job_id_raw == job_id]
             assert [(r.submit, r.state, r.final) for r in records] == [
                 (epoch(old["Submit"]), "REQUEUED", True), (epoch(new["Submit"]), "COMPLETED", True)]
@@ -77,13 +77,14 @@ def test_requeued_job_has_two_records_each_charged_for_its_own_run(lab, db_url, 
             assert first.end <= second.start                  # two separate runs
             for record, line in ((first, old), (second, new)):
                 charged: dict[str, tuple[Decimal, Decimal]] = {}
-                for charge in store_charges.job_charges(session, ("lab", job_id, record.submit)):
+                for charge in store_charges.job_charges(session,
+                                                        (lab.cluster, job_id, record.submit)):
                     quantity, amount = charged.get(charge.resource, (Decimal(0), Decimal(0)))
                     charged[charge.resource] = (quantity + charge.quantity, amount + charge.amount)
                 expected = hand_charges(line)
                 assert expected and charged == expected, line["State"]
             # Each run is charged for its own elapsed time only.
-            cpu_hours = [store_charges.job_charges(session, ("lab", job_id, r.submit))
+            cpu_hours = [store_charges.job_charges(session, (lab.cluster, job_id, r.submit))
                          for r in records]
             assert [sum(c.quantity for c in lines if c.resource == "cpu") for lines in cpu_hours] == [
                 hand_charges(old)["cpu"][0], hand_charges(new)["cpu"][0]]

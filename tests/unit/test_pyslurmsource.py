@@ -1,15 +1,26 @@
 """records_from_pyslurm on REAL pyslurm records, and PyslurmSource without the lab.
 
-The records are the ones pyslurm 22.5.3 returned from the lab's slurmdbd
-(tests/fixtures/pyslurm-22.5-db-jobs.txt, a copy of shared/slurm/samples): parsed here
-into plain objects and dicts, then compared with the sacct export of the SAME cluster
-(sacct-wide-header.psv). The fetch tests put a fake ``pyslurm`` package on sys.path: a
-third-party library at the process boundary, never our own code.
+Two sets of real records:
+
+* pyslurm 22.5.3's db API alone (tests/fixtures/pyslurm-22.5-db-jobs.txt, a copy of
+  shared/slurm/samples), compared with the sacct export of the SAME cluster
+  (sacct-wide-header.psv): what the db API gives without the allocation;
+* what pyslurm 22.5.3 on Slurm 22.05 and 24.11.0 on Slurm 24.11 returned on the lab for the
+  captured job mix (tests/fixtures/pyslurm-<version>-jobs.json, written by
+  deploy/lab/pyslurm_dump.py: db.Job.to_dict(), the legacy slurmdb_jobs records'
+  tres_alloc_str and the TRES table), compared with ``sacct --format=ALL`` of the same jobs
+  (tests/corpus/json/real/<release>/sacct-all.psv.gz): with the allocation, CPUs, memory,
+  billing and GPUs by type are sacct's.
+
+The fetch tests put a fake ``pyslurm`` package on sys.path: a third-party library at the
+process boundary, never our own code.
 """
 
 from __future__ import annotations
 
 import ast
+import gzip
+import json
 import sys
 import textwrap
 from datetime import datetime, timezone
@@ -21,7 +32,7 @@ import pytest
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, Window
 from billing.rollup import rollup_steps
-from collector.slurm.pyslurmsource import PyslurmSource, records_from_pyslurm
+from collector.slurm.pyslurmsource import PyslurmSource, alloc_tres_text, records_from_pyslurm
 from collector.slurm.parse import ParsableParser
 from collector.slurm.source import SourceError
 
@@ -202,6 +213,93 @@ def test_bad_records_are_quarantined_not_fatal():
     assert jobs(records_from_pyslurm([no_cluster], default_cluster="lab"))[0].cluster == "lab"
 
 
+# ------------------------------------------------ the allocation from tres_alloc_str
+
+CAPTURES = {"22.05": "pyslurm-22.5.3-jobs.json", "24.11": "pyslurm-24.11.0-jobs.json"}
+
+
+def load_capture(release: str) -> tuple[dict, dict[int, str], dict[tuple[int, int], str]]:
+    """The capture, its TRES table (id -> type[/name]) and (job id, submit) -> tres_alloc_str."""
+    data = json.loads((FIXTURES / CAPTURES[release]).read_text(encoding="utf-8"))
+    names = {t["id"]: t["type"] + (f"/{t['name']}" if t["name"] else "") for t in data["tres"]}
+    alloc = {(r["jobid"], r["submit"]): r["tres_alloc_str"] for r in data["slurmdb_jobs"]}
+    return data, names, alloc
+
+
+def sacct_capture(release: str) -> dict[int, JobRecord]:
+    """``sacct --format=ALL`` of the same jobs, captured at the same time (the JSON corpus
+    keeps the lab's captures, tests/fixtures/slurm-README.md)."""
+    path = FIXTURES.parent / "corpus" / "json" / "real" / release / "sacct-all.psv.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = handle.read()
+    rows = [line for line in lines.split("\n") if line]
+    parser = ParsableParser(rows[0].split("|"), delimiter="|", source="test")
+    return {r.job_id_raw: r for r in rollup_steps(parser.parse_lines(rows[1:]))
+            if isinstance(r, JobRecord)}
+
+
+def test_alloc_tres_text_names_the_ids_as_sacct_prints_them():
+    _, names, _ = load_capture("24.11")
+    assert names[1001] == "gres/gpu" and names[1002] == "gres/gpu:a100"
+    text = alloc_tres_text("1=2,2=1024,3=18446744073709551614,4=1,5=9,1001=2,1002=2", names)
+    assert text == "cpu=2,mem=1024M,node=1,billing=9,gres/gpu=2,gres/gpu:a100=2"
+    assert alloc_tres_text("", names) == ""               # cancelled while pending
+    with pytest.raises(ValueError, match="TRES id 1999 .* not in the TRES table"):
+        alloc_tres_text("1=1,1999=1", names)
+    with pytest.raises(ValueError, match="is not <id>=<count>"):
+        alloc_tres_text("cpu=1", names)
+
+
+@pytest.mark.parametrize("release", sorted(CAPTURES))
+def test_real_records_with_their_allocation_agree_with_sacct(release):
+    data, names, alloc = load_capture(release)
+    sacct = sacct_capture(release)
+    items = list(rollup_steps(records_from_pyslurm(data["jobs"], tres_alloc=alloc,
+                                                   tres_names=names)))
+    assert not [i for i in items if isinstance(i, QuarantinedRecord)]
+    records = jobs(items)
+    assert sorted(r.job_id_raw for r in records) == sorted(data["ids"] + [
+        i for r in data["jobs"] for i in [r["id"]] if r["id"] not in data["ids"]])
+    compared = 0
+    for rec in records:
+        ref = sacct[rec.job_id_raw]
+        if not ref.final:          # the running job: pyslurm read it after it was cancelled
+            assert rec.state == "CANCELLED"
+            continue
+        assert ref.het_job_id is None or release == "22.05"
+        expected_id = str(ref.job_id_raw) if ref.het_job_id is not None else ref.job_id
+        assert (rec.cluster, rec.job_id, rec.submit, rec.state) == (
+            ref.cluster, expected_id, ref.submit, ref.state), rec.job_id_raw
+        assert (rec.eligible, rec.start, rec.end, rec.elapsed_s) == (
+            ref.eligible, ref.start, ref.end, ref.elapsed_s)
+        assert (rec.cpus, rec.mem_bytes, rec.nodes, rec.billing, rec.gpus) == (
+            ref.cpus, ref.mem_bytes, ref.nodes, ref.billing, ref.gpus), rec.job_id
+        assert (rec.user, rec.uid, rec.account, rec.partition, rec.qos) == (
+            ref.user, ref.uid, ref.account, ref.partition, ref.qos)
+        assert (rec.db_index, rec.exit_code, rec.timelimit_min) == (
+            ref.db_index, ref.exit_code, ref.timelimit_min)
+        assert (rec.max_rss_bytes, rec.energy_j) == (ref.max_rss_bytes, ref.energy_j)
+        # Step CPU time in whole seconds (sacct: milliseconds).
+        assert rec.cpu_used_s is None or 0 <= ref.cpu_used_s - rec.cpu_used_s < 1
+        compared += 1
+    by_name = {r.name: r for r in records}
+    assert by_name["a100x2"].gpus == (("a100", 2),) and by_name["a100x2"].billing == 9
+    assert by_name["h100x1"].gpus == (("h100", 1),)
+    assert by_name["untyped_gpu"].gpus == (("untyped", 1),)
+    assert by_name["cancel_pending"].cpus == 0 and by_name["cancel_pending"].billing is None
+    assert compared >= 10
+
+
+def test_a_job_without_its_legacy_record_is_quarantined():
+    data, names, alloc = load_capture("24.11")
+    first = data["jobs"][0]
+    missing = {k: v for k, v in alloc.items() if k[0] != first["id"]}
+    items = list(records_from_pyslurm(data["jobs"][:2], tres_alloc=missing, tres_names=names))
+    assert isinstance(items[0], QuarantinedRecord)
+    assert "returned no record of job" in items[0].reason and items[0].job_id == str(first["id"])
+    assert any(isinstance(i, JobRecord) for i in items[1:])
+
+
 # ----------------------------------------------------------------------- the Source
 
 WINDOW = Window(at("2026-11-22T12:00:00"), at("2026-11-22T13:00:00.5"))
@@ -216,7 +314,7 @@ def test_fetch_without_pyslurm_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.delitem(sys.modules, "pyslurm", raising=False)
     source = PyslurmSource(cluster="lab")
     assert (source.name, source.windowed) == ("pyslurm", True)
-    with pytest.raises(SourceError, match=r"pip install 'hpc-billing\[pyslurm\]'"):
+    with pytest.raises(SourceError, match=r"pyslurm whose major\.minor equals the site's Slurm"):
         list(source.fetch(WINDOW))
     with pytest.raises(SourceError, match="needs a window"):
         list(source.fetch(None))

@@ -271,15 +271,26 @@ def test_conflict_message_gives_an_example_job():
     assert "fit a job with account=x, user=u from 2026-01-01 to open end" in errors[0]
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    ('from = 2026-01-01\nuntil = 2026-06-01', 'from = 2026-06-01'),            # adjacent
+@pytest.mark.parametrize(("a", "b", "winners"), [
+    # adjacent: a until June, b from June on
+    ('from = 2026-01-01\nuntil = 2026-06-01', 'from = 2026-06-01',
+     {("x", datetime(2026, 5, 31, 23, tzinfo=UTC)): "a", ("x", datetime(2026, 6, 1, tzinfo=UTC)): "b"}),
+    # disjoint matches
     ('match = { account = "x" }\nfrom = 2026-01-01',
-     'match = { account = "y" }\nfrom = 2026-01-01'),                          # disjoint
-    ('match = { account = "x" }\nfrom = 2026-01-01', 'from = 2026-01-01'),     # 1 key vs 0
-    ('from = 2026-01-01\npriority = 1', 'from = 2026-01-01'),                  # priorities differ
+     'match = { account = "y" }\nfrom = 2026-01-01',
+     {("x", AT): "a", ("y", AT): "b", ("z", AT): None}),
+    # 1 key vs 0: the more specific rule wins where it fits
+    ('match = { account = "x" }\nfrom = 2026-01-01', 'from = 2026-01-01',
+     {("x", AT): "a", ("z", AT): "b"}),
+    # priorities differ: the higher wins
+    ('from = 2026-01-01\npriority = 1', 'from = 2026-01-01', {("x", AT): "a"}),
 ])
-def test_no_conflict(a, b):
-    load_rate_card(two_rules(a, b))
+def test_no_conflict(a, b, winners):
+    card = load_rate_card(two_rules(a, b))
+    assert [rule.name for rule in card.rules] == ["a", "b"]
+    for (account, at), name in winners.items():
+        rule = card.select_rule(job(account=account), at)
+        assert (rule.name if rule is not None else None) == name, (account, at)
 
 
 # ------------------------------------------------------------------------------ validation

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from billing.reconcile import (Mismatch, check_job, check_jobs, expected_billing_units,
-                               parse_billing_weights, slurm_billing)
+from billing.reconcile import (Mismatch, ReconcileReport, check_job, check_jobs,
+                               expected_billing_units, parse_billing_weights, slurm_billing)
 from billing.records import JobRecord
 from billing.rollup import rollup_steps
 from collector.slurm.filesource import FileSource
@@ -145,3 +145,19 @@ def test_truncation_not_rounding():
     # 1 CPU x 0.999 = 0.999 -> 0, like Slurm's (uint64_t) cast
     w = parse_billing_weights("CPU=0.999")
     assert expected_billing_units(synthetic(cpus=1), w) == 0
+
+
+def test_unweighted_partitions_bill_cpus_and_jobs_without_allocation_are_skipped(jobs):
+    # The CLI's rule (one rule, in check_jobs): a partition without weights is Slurm's
+    # default, CPU=1, and still listed; a job with billing but no CPUs is not checked.
+    report = check_jobs(jobs, {"gpu": LAB_WEIGHTS}, unweighted=parse_billing_weights(""))
+    assert report.no_weights == ("batch",)
+    assert (report.checked, report.skipped) == (20, 2)
+    # Checked as CPU=1: job 2 (2 CPUs, 1 GiB, 1 GPU; Slurm stored 4) gives 2, a mismatch;
+    # job 12 (2 CPUs, 500M; stored 2) agrees.
+    mismatched = {m.job_id: m for m in report.mismatches}
+    assert (mismatched["2"].stored, mismatched["2"].expected) == (4, 2)
+    assert "12" not in mismatched
+    no_cpus = synthetic(cpus=0, billing=5)
+    assert check_jobs([no_cpus], {"gpu": LAB_WEIGHTS}) == ReconcileReport(
+        checked=0, skipped=1, mismatches=(), no_weights=())

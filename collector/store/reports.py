@@ -1,0 +1,347 @@
+"""Reports: what finance bills, read by POSTED period.
+
+``charge_report`` sums one period's charges per group and currency, from the daily
+rollups (``charge_report_rollup``) when none is stale, else from the lines themselves;
+``report_range`` sums several periods (and can be limited to some accounts) from the
+lines. Both line-based reports are one query (``_report_from_lines``).
+``billed_lines`` lists one account's lines of a period (its statement and invoice),
+``period_billed_lines`` every account's (the GL journal, FOCUS), ``period_lines`` what a
+closed period's digest covers. See docs/design/store.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    distinct,
+    exists,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
+from sqlalchemy.orm import Session
+
+from billing.records import BilledLine, ChargeLine
+from collector.store.errors import ChargeStoreError
+from collector.store.models import (
+    Charge,
+    ChargeRollupDaily,
+    ChargeRollupDailyJobs,
+    ChargeRollupDirty,
+    Job,
+    RateCard,
+    table_of,
+)
+from collector.store.periods import check_period
+
+CHARGES = table_of(Charge)
+JOBS = table_of(Job)
+_CARDS = table_of(RateCard)
+_ROLLUP = table_of(ChargeRollupDaily)
+_ROLLUP_JOBS = table_of(ChargeRollupDailyJobs)
+_DIRTY = table_of(ChargeRollupDirty)
+
+# Every charge line with its job (the attributes reports group by).
+LINES_WITH_JOBS = CHARGES.join(JOBS, and_(JOBS.c.cluster == CHARGES.c.cluster,
+                                          JOBS.c.job_id_raw == CHARGES.c.job_id_raw,
+                                          JOBS.c.submit_time == CHARGES.c.submit_time))
+
+
+class ResourceTotal(NamedTuple):
+    """One resource of a report row: summed quantity (in ``unit``) and amount."""
+
+    quantity: Decimal
+    unit: str
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """One group of a charge report, in one currency.
+
+    ``group`` maps each requested group_by name to its value (None: the jobs had none),
+    in the requested order. ``jobs`` counts distinct jobs with a line in the group.
+    """
+
+    group: dict[str, str | None]
+    currency: str
+    jobs: int
+    amount: Decimal
+    resources: dict[str, ResourceTotal] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> str | None:
+        return self.group[name]
+
+
+# The only expressions a report may group by: names are looked up here, never
+# interpolated.
+GROUP_BY: dict[str, ColumnElement[Any]] = {
+    "account": JOBS.c.account,
+    "user": JOBS.c.user_name,
+    "partition": JOBS.c.partition,
+    "qos": JOBS.c.qos,
+    "cluster": CHARGES.c.cluster,
+    "resource": CHARGES.c.resource,
+}
+
+
+def _group_columns(group_by: Sequence[str]) -> list[tuple[str, ColumnElement[Any]]]:
+    if isinstance(group_by, str) or not isinstance(group_by, Sequence):
+        raise ChargeStoreError(
+            f"group_by must be a list of names from {sorted(GROUP_BY)}, got {group_by!r}")
+    out: list[tuple[str, ColumnElement[Any]]] = []
+    for name in group_by:
+        if not isinstance(name, str) or name not in GROUP_BY:
+            raise ChargeStoreError(
+                f"cannot group by {name!r}: choose from {', '.join(sorted(GROUP_BY))}")
+        if any(name == seen for seen, _ in out):
+            raise ChargeStoreError(f"group_by names {name!r} twice")
+        out.append((name, GROUP_BY[name]))
+    return out
+
+
+def charge_report(session: Session, *, period: str, group_by: Sequence[str],
+                  cluster: str | None = None) -> list[ReportRow]:
+    """Charges POSTED in ``period`` (what finance bills; corrections included), summed
+    per group of ``group_by`` (a subset of account, user, partition, resource, cluster,
+    qos; validated against that whitelist) and per currency: amounts in different
+    currencies are never added. Sorted by the group values (None last), then currency.
+
+    Read from the daily rollups (``charge_report_rollup``) when none is stale, else from
+    the charge lines themselves (``charge_report_raw``); both give the same rows.
+    """
+    if session.execute(select(exists().select_from(_DIRTY))).scalar():
+        return charge_report_raw(session, period=period, group_by=group_by, cluster=cluster)
+    return charge_report_rollup(session, period=period, group_by=group_by, cluster=cluster)
+
+
+def charge_report_raw(session: Session, *, period: str, group_by: Sequence[str],
+                      cluster: str | None = None) -> list[ReportRow]:
+    """``charge_report`` from the charge lines joined to their jobs."""
+    return _report_from_lines(session, periods=[check_period(period)], group_by=group_by,
+                              cluster=cluster, accounts=None)
+
+
+def report_range(session: Session, *, periods: Sequence[str], group_by: Sequence[str],
+                 cluster: str | None = None,
+                 accounts: Collection[str] | None = None) -> list[ReportRow]:
+    """Charges POSTED in any of ``periods``, grouped like ``charge_report``.
+
+    Amounts and quantities are summed across the periods and ``jobs`` counts distinct
+    jobs across them (a job with lines in two periods counts once). ``accounts``
+    restricts the underlying lines to jobs of those accounts whatever ``group_by`` is
+    (an empty collection matches nothing). For one period and no restriction it returns
+    what ``charge_report`` returns.
+    """
+    if isinstance(periods, str) or not periods:
+        raise ValueError("periods must be a non-empty list of 'YYYY-MM'")
+    wanted = sorted({check_period(p) for p in periods})
+    return _report_from_lines(session, periods=wanted, group_by=group_by, cluster=cluster,
+                              accounts=_accounts(accounts))
+
+
+def _accounts(accounts: Collection[str] | None) -> list[str] | None:
+    if accounts is None:
+        return None
+    if isinstance(accounts, str):
+        raise TypeError("accounts must be a collection of names, not one string")
+    return sorted(set(accounts))
+
+
+def _report_from_lines(session: Session, *, periods: list[str], group_by: Sequence[str],
+                       cluster: str | None, accounts: list[str] | None) -> list[ReportRow]:
+    """The report from the lines: one statement with two grouping sets, the group totals
+    (distinct jobs, amount) and the per-resource totals within each group."""
+    groups = _group_columns(group_by)
+    exprs = [expr for _, expr in groups]
+    c = CHARGES.c
+    total = func.grouping(c.resource, c.unit).label("is_total")
+    stmt = (
+        select(*(expr.label(f"g{i}") for i, expr in enumerate(exprs)),
+               c.currency, c.resource, c.unit, total,
+               func.count(distinct(tuple_(c.cluster, c.job_id_raw, c.submit_time)))
+               .label("jobs"),
+               func.sum(c.quantity).label("quantity"), func.sum(c.amount).label("amount"))
+        .select_from(LINES_WITH_JOBS)
+        .where(c.posted_period.in_(periods))
+        .group_by(func.grouping_sets(tuple_(*exprs, c.currency),
+                                     tuple_(*exprs, c.currency, c.resource, c.unit)))
+        .order_by(*(expr.asc().nulls_last() for expr in exprs), c.currency,
+                  literal_column("is_total").desc(), c.resource, c.unit)
+    )
+    if cluster is not None:
+        stmt = stmt.where(c.cluster == cluster)
+    if accounts is not None:
+        stmt = stmt.where(JOBS.c.account.in_(accounts))
+    rows: dict[tuple[Any, ...], ReportRow] = {}
+    for r in session.execute(stmt):
+        values = tuple(r[i] for i in range(len(exprs)))
+        key = (values, r.currency)
+        if r.is_total:
+            rows[key] = ReportRow(group=dict(zip((n for n, _ in groups), values, strict=True)),
+                                  currency=r.currency, jobs=int(r.jobs), amount=r.amount)
+        else:
+            _add_resource(rows[key], r)
+    return list(rows.values())
+
+
+def _add_resource(row: ReportRow, r: Any) -> None:
+    if r.resource in row.resources:  # pragma: no cover - replace_charges checks units
+        raise RuntimeError(f"resource {r.resource!r} stored in two units")
+    row.resources[r.resource] = ResourceTotal(r.quantity, r.unit, r.amount)
+
+# The report's group names on the rollup tables ('' there is NULL in jobs).
+def _rollup_group_by(table: Any) -> dict[str, ColumnElement[Any]]:
+    c = table.c
+    return {"account": func.nullif(c.account, ""), "user": func.nullif(c.user_name, ""),
+            "partition": func.nullif(c.partition, ""), "qos": func.nullif(c.qos, ""),
+            "cluster": c.cluster, "resource": c.resource if "resource" in c else None}
+
+
+def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[str],
+                         cluster: str | None = None) -> list[ReportRow]:
+    """``charge_report`` from the daily rollups (migration 0007): per-resource sums from
+    ``charge_rollup_daily``; group totals (distinct jobs, amount) from
+    ``charge_rollup_daily_jobs``, or, when grouping by resource, from the resource rows
+    (a job is in one rollup bucket only, so its distinct counts add up). Only valid when
+    no bucket is dirty (``charge_report`` checks)."""
+    check_period(period)
+    names = [name for name, _ in _group_columns(group_by)]
+    by_resource = "resource" in names
+    fine = _ROLLUP
+    totals_table = fine if by_resource else _ROLLUP_JOBS
+    fine_exprs = [_rollup_group_by(fine)[n] for n in names]
+    total_exprs = [_rollup_group_by(totals_table)[n] for n in names]
+
+    def scoped(stmt: Any, table: Any) -> Any:
+        stmt = stmt.where(table.c.posted_period == period)
+        return stmt.where(table.c.cluster == cluster) if cluster is not None else stmt
+
+    t = totals_table.c
+    totals = scoped(
+        select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), t.currency,
+               func.sum(t.jobs).label("jobs"), func.sum(t.amount).label("amount"))
+        .group_by(*total_exprs, t.currency)
+        .order_by(*(e.asc().nulls_last() for e in total_exprs), t.currency), totals_table)
+    f = fine.c
+    per_resource = scoped(
+        select(*(e.label(f"g{i}") for i, e in enumerate(fine_exprs)), f.currency, f.resource,
+               f.unit, func.sum(f.quantity).label("quantity"),
+               func.sum(f.amount).label("amount"))
+        .group_by(*fine_exprs, f.currency, f.resource, f.unit)
+        .order_by(f.resource, f.unit), fine)
+    rows: dict[tuple[Any, ...], ReportRow] = {}
+    for r in session.execute(totals):
+        values = tuple(r[i] for i in range(len(names)))
+        rows[(values, r.currency)] = ReportRow(group=dict(zip(names, values, strict=True)),
+                                               currency=r.currency, jobs=int(r.jobs),
+                                               amount=r.amount)
+    for r in session.execute(per_resource):
+        values = tuple(r[i] for i in range(len(names)))
+        _add_resource(rows[(values, r.currency)], r)
+    return list(rows.values())
+
+
+# A line with its job and card version: what finance documents read (BilledLine).
+_BILLED_COLUMNS = (
+    CHARGES.c.cluster, CHARGES.c.job_id_raw, CHARGES.c.submit_time, CHARGES.c.usage_period,
+    CHARGES.c.posted_period, CHARGES.c.resource, CHARGES.c.quantity, CHARGES.c.unit,
+    CHARGES.c.rate, CHARGES.c.amount, CHARGES.c.currency, CHARGES.c.rule, _CARDS.c.version,
+    CHARGES.c.basis, CHARGES.c.kind,
+    JOBS.c.job_id, JOBS.c.account, JOBS.c.user_name, JOBS.c.partition, JOBS.c.qos,
+    JOBS.c.start_time, JOBS.c.end_time)
+_BILLED_FROM = LINES_WITH_JOBS.join(_CARDS, _CARDS.c.id == CHARGES.c.rate_card_id)
+# The statement's order: by job (submit time, id, cluster), then resource.
+_STATEMENT_ORDER = (CHARGES.c.submit_time, CHARGES.c.job_id_raw, CHARGES.c.cluster,
+                    CHARGES.c.resource, CHARGES.c.usage_period, CHARGES.c.kind, CHARGES.c.id)
+
+
+def _stream(session: Session, stmt: Any, yield_per: int) -> Iterator[Any]:
+    result = session.execute(stmt.execution_options(yield_per=yield_per))
+    try:
+        yield from result
+    finally:
+        result.close()
+
+
+def _charge_line(row: Any) -> ChargeLine:
+    (cluster, job_id_raw, submit, usage_period, posted_period, resource, quantity, unit,
+     rate, amount, currency, rule, version, basis, kind) = row[:15]
+    return ChargeLine(cluster=cluster, job_id_raw=job_id_raw, submit=submit.astimezone(UTC),
+                      usage_period=usage_period, posted_period=posted_period,
+                      resource=resource, quantity=quantity, unit=unit, rate=rate,
+                      amount=amount, currency=currency, rule=rule, rate_card=version,
+                      basis=basis, kind=kind)
+
+
+def _billed(rows: Iterator[Any]) -> Iterator[BilledLine]:
+    for row in rows:
+        job_id, account, user, partition, qos, start, end = row[15:]
+        yield BilledLine(line=_charge_line(row), job_id=job_id, account=account, user=user,
+                         partition=partition, qos=qos, start=_utc(start), end=_utc(end))
+
+
+def billed_lines(session: Session, *, period: str, account: str | None,
+                 cluster: str | None = None, yield_per: int = 2_000) -> Iterator[BilledLine]:
+    """An account's statement: every line POSTED in ``period`` for jobs of ``account``
+    (None: jobs without one), with its job and card version, by submit time, job_id_raw,
+    cluster, resource (then usage period, kind).
+
+    The same selection as ``charge_report`` grouped by account, so the amounts add up to
+    that report's amount for the account (per currency). Streamed with a server-side
+    cursor; consume it inside the caller's transaction.
+    """
+    check_period(period)
+    stmt = (select(*_BILLED_COLUMNS).select_from(_BILLED_FROM)
+            .where(CHARGES.c.posted_period == period,
+                   JOBS.c.account.is_not_distinct_from(account))
+            .order_by(*_STATEMENT_ORDER))
+    if cluster is not None:
+        stmt = stmt.where(CHARGES.c.cluster == cluster)
+    return _billed(_stream(session, stmt, yield_per))
+
+
+def period_billed_lines(session: Session, *, period: str, cluster: str | None = None,
+                        yield_per: int = 5_000) -> Iterator[BilledLine]:
+    """``billed_lines`` of every account (the GL journal's and FOCUS's lines), in the
+    same order; they add up to the report's total of the period."""
+    check_period(period)
+    stmt = (select(*_BILLED_COLUMNS).select_from(_BILLED_FROM)
+            .where(CHARGES.c.posted_period == period).order_by(*_STATEMENT_ORDER))
+    if cluster is not None:
+        stmt = stmt.where(CHARGES.c.cluster == cluster)
+    return _billed(_stream(session, stmt, yield_per))
+
+
+def period_lines(session: Session, period: str, *,
+                 yield_per: int = 10_000) -> Iterator[ChargeLine]:
+    """Every line POSTED in ``period``, all clusters and accounts, in no order: what a
+    closed period's digest (``billing.audit.period_digest``) covers."""
+    check_period(period)
+    stmt = (select(*_BILLED_COLUMNS[:15])
+            .select_from(CHARGES.join(_CARDS, _CARDS.c.id == CHARGES.c.rate_card_id))
+            .where(CHARGES.c.posted_period == period))
+    return (_charge_line(row) for row in _stream(session, stmt, yield_per))
+
+
+def period_card_versions(session: Session, period: str,
+                         cluster: str | None = None) -> set[str]:
+    """The rate-card versions that priced the lines posted in ``period``."""
+    check_period(period)
+    cond = [CHARGES.c.rate_card_id == _CARDS.c.id, CHARGES.c.posted_period == period]
+    if cluster is not None:
+        cond.append(CHARGES.c.cluster == cluster)
+    return set(session.execute(select(_CARDS.c.version).where(exists().where(*cond)))
+               .scalars())
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
