@@ -32,7 +32,7 @@ from tests.integration.test_typed_gpus import EXPORT as SACCT_EXPORT
 
 CARD_2 = CARD.replace('cpu_hour = "0.05"', 'cpu_hour = "0.06"')
 SITE = {"HPC_BILLING_SITE_NAME": "Example HPC Centre",
-        "HPC_BILLING_SITE_ADDRESS": "Example HPC Centre|1 Compute Road|12345 Cluster City",
+        "HPC_BILLING_SITE_ADDRESS": "Example University|1 Compute Road|12345 Cluster City",
         "HPC_BILLING_INVOICE_PREFIX": "EHC", "HPC_BILLING_TAX_RATE": "19%",
         "HPC_BILLING_TAX_LABEL": "VAT",
         "HPC_BILLING_INVOICE_FOOTER": "Payable within 30 days to IBAN DE00 0000 0000 0000.",
@@ -203,6 +203,8 @@ def test_the_pdf_invoice_read_back_shows_the_reports_total(site, capsys):
     lines = _pdf_text(dec)
     assert any("PROVISIONAL" in x for x in lines)
     assert "Subtotal 0.60" in lines
+    # A correction of a rate is its own row, with no rate that would not check.
+    assert "CPU core-hours, correction of 2026-11 0.00 core-h - 0.60" in lines
 
 
 # ---------------------------------------------------------------------------- exports
