@@ -109,6 +109,10 @@ class AuditTrail:
                                 f"{MIN_KEY_BYTES} secret bytes")
         return self.key
 
+    def quiet_when_off(self) -> None:
+        """Record nothing without a key, and do not say so (the demo)."""
+        self._told_off = True
+
     def record_off(self, action: str, subject: str) -> None:
         """Say (once per process) that the trail is off and this action goes unrecorded."""
         if self.key is None and not self._told_off:
