@@ -56,14 +56,15 @@ def load_audit_key(path: str | Path) -> bytes:
 
 
 def key_file_warnings(path: str | Path) -> list[str]:
-    """Advice about the key file's permissions (a secret others can read)."""
+    """Advice about the key file's permissions: a secret every user can read (the
+    service's group may: /etc/hpc-billing is root's, readable by group hpc-billing)."""
     try:
         mode = Path(path).stat().st_mode
     except OSError:
         return []
-    if mode & 0o077:
-        return [(f"{KEY_SETTING}: {path} can be read by other users (mode "
-                 f"{oct(mode & 0o777)}); chmod 600 it")]
+    if mode & 0o007:
+        return [(f"{KEY_SETTING}: every user can read {path} (mode {oct(mode & 0o777)}); "
+                 f"chmod o= it")]
     return []
 
 

@@ -283,9 +283,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("focus_service_name", "HPC_BILLING_FOCUS_SERVICE_NAME", "--focus-service-name",
          _parse_text, "HPC batch computing (Slurm)", "FOCUS ServiceName."),
     Spec("audit_key_file", "HPC_BILLING_AUDIT_KEY_FILE", "--audit-key-file", str.strip, None,
-         "File holding the audit trail's HMAC key (at least 32 bytes; keep it 0600 and out "
-         "of the database's reach). Unset: the trail is off, and 'period close', "
-         "'period reopen' and 'audit verify' refuse to run."),
+         "File holding the audit trail's HMAC key (at least 32 bytes; readable by the "
+         "service only, out of the database's reach). Unset: the trail is off, and "
+         "'period close', 'period reopen' and 'audit verify' refuse to run."),
     Spec("data_dir", "HPC_BILLING_DATA_DIR", "--data-dir", str.strip, None,
          "Directory for the embedded PostgreSQL when DATABASE_URL is unset "
          "(default /var/lib/hpc-billing as root, else ~/.local/share/hpc-billing)."),
