@@ -105,9 +105,9 @@ def export_gl(runtime: Runtime, period: str, *, output: str, mapping_file: str |
     prefix = runtime.settings.invoice_prefix
     store_periods.check_period(period)
     with runtime.database.sessions() as session:
-        billed = list(_period_lines(session, period, cluster))
+        lines = _period_lines(session, period, cluster)
         if codes is None:
-            versions = {b.line.rate_card for b in billed}
+            versions = store_reports.period_card_versions(session, period, cluster)
             with_gl = [c for c in stored_cards(session, versions) if c.gl is not None]
             if not with_gl:
                 raise NoGlCodesError(
@@ -116,7 +116,14 @@ def export_gl(runtime: Runtime, period: str, *, output: str, mapping_file: str |
             codes = with_gl[-1].gl
             codes_from = f"rate card {with_gl[-1].version[:12]}"
         assert codes is not None
-        journal = build_journal(billed, period, codes, prefix=prefix)
+        counted = [0]
+
+        def counting(items: Iterator[BilledLine]) -> Iterator[BilledLine]:
+            for item in items:
+                counted[0] += 1
+                yield item
+        # Streamed: the journal holds sums per account and resource, never the lines.
+        journal = build_journal(counting(lines), period, codes, prefix=prefix)
         with open_output(output) as out:
             writer = csv.DictWriter(out, fieldnames=JOURNAL_COLUMNS, lineterminator="\n")
             writer.writeheader()
@@ -124,14 +131,14 @@ def export_gl(runtime: Runtime, period: str, *, output: str, mapping_file: str |
             writer.writerows(rows)
             written = Written(output, out.bytes, out.sha256)
             details: dict[str, Any] = {
-                "document": "gl", "period": period, "lines": len(billed),
+                "document": "gl", "period": period, "lines": counted[0],
                 "totals": totals_text(journal.totals), "journal_lines": len(rows),
                 "codes_from": codes_from or "given", "documents": [written.as_details()]}
             if cluster:
                 details["cluster"] = cluster
             entry = trail.record(session, EXPORT, f"gl {period}", details)
             session.commit()
-    return ExportResult("gl", period, len(billed), dict(journal.totals), written, len(rows),
+    return ExportResult("gl", period, counted[0], dict(journal.totals), written, len(rows),
                         audit_seq=entry.seq if entry else None, codes_from=codes_from)
 
 

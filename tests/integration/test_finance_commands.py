@@ -229,6 +229,7 @@ def test_the_gl_journal_balances_to_the_periods_total(site, capsys, period):
                        if period == "2026-11" else {"cpu": "4000"})
     (entry,) = _audit(site, capsys, "--action", "export", "--subject", f"gl {period}")
     assert entry["details"]["totals"] == {"EUR": f"{total:.2f}"}
+    assert entry["details"]["lines"] == (9 if period == "2026-11" else 4)
     assert entry["details"]["codes_from"] == f"mapping file {mapping}"
 
 
