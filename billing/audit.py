@@ -9,12 +9,12 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from billing.records import ChargeLine
+from billing.records import AuditEntry, ChargeLine
 
 GENESIS = "0" * 64
 
@@ -34,20 +34,6 @@ MIN_KEY_BYTES = 32
 
 class AuditError(ValueError):
     """An entry, key or value the trail cannot hold."""
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One entry of the chain; ``hash`` is HMAC-SHA256 of its canonical form."""
-
-    seq: int
-    at: datetime
-    actor: str
-    action: str
-    subject: str
-    details: dict[str, Any] = field(hash=False)
-    prev: str
-    hash: str
 
 
 @dataclass(frozen=True, slots=True)

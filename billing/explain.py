@@ -32,7 +32,7 @@ def _num(value: Decimal | int | None) -> str | None:
 
 
 def _line_order(line: ChargeLine) -> tuple[Any, ...]:
-    # A statement's order within one job (collector.store statement_lines): resource,
+    # A statement's order within one job (collector.store.reports billed_lines): resource,
     # usage period, kind; here within each posted period.
     return (line.posted_period, line.resource, line.usage_period, line.kind)
 

@@ -40,12 +40,17 @@ class InvoiceSite:
 
 @dataclass(frozen=True, slots=True)
 class ResourceSummary:
+    """One row of charges by resource: a resource's charges, or its corrections of one
+    earlier usage period (``corrects``), kept apart so that every row checks as
+    quantity x rate = amount, or shows no rate (a correction of a rate, not a quantity)."""
+
     resource: str
-    label: str                          # "GPU-hours, h100"
+    label: str                          # "GPU-hours, h100", "CPU core-hours, correction of 2026-10"
     unit: str
     quantity: Decimal
-    rate: Decimal | None                # None: several rates (see the jobs)
+    rate: Decimal | None                # None: several rates, or a correction that is no quantity x rate
     amount: Decimal
+    corrects: str | None = None         # the usage period a correction row corrects
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +153,9 @@ def build_invoices(lines: Iterable[BilledLine], *, account: str, period: str,
 def _invoice(lines: list[BilledLine], *, account: str, period: str, currency: str,
              site: InvoiceSite, issued: date, provisional: bool, scale: int,
              first_day: date, last_day: date) -> Invoice:
-    resources: dict[str, list[Decimal]] = {}        # quantity, amount
-    rates: dict[str, set[Decimal]] = {}
+    # Rows by (resource, corrected usage period or None): charges and corrections apart.
+    resources: dict[tuple[str, str | None], list[Decimal]] = {}     # quantity, amount
+    rates: dict[tuple[str, str | None], set[Decimal]] = {}
     units: dict[str, str] = {}
     users: dict[str | None, tuple[set[tuple[str, int, datetime]], Decimal]] = {}
     jobs: dict[tuple[str, int, datetime], dict[str, Any]] = {}
@@ -157,10 +163,11 @@ def _invoice(lines: list[BilledLine], *, account: str, period: str, currency: st
     for billed in lines:
         line = billed.line
         subtotal += line.amount
-        acc = resources.setdefault(line.resource, [Decimal(0), Decimal(0)])
+        row = (line.resource, line.usage_period if line.kind == "correction" else None)
+        acc = resources.setdefault(row, [Decimal(0), Decimal(0)])
         acc[0] += line.quantity
         acc[1] += line.amount
-        rates.setdefault(line.resource, set()).add(line.rate.normalize())
+        rates.setdefault(row, set()).add(line.rate.normalize())
         units[line.resource] = line.unit
         keys, amount = users.get(billed.user, (set(), Decimal(0)))
         keys.add(line.job_key)
@@ -173,12 +180,26 @@ def _invoice(lines: list[BilledLine], *, account: str, period: str, currency: st
         if line.kind == "correction":
             job["corrections"].add(line.usage_period)
 
+    def row_rate(row: tuple[str, str | None]) -> Decimal | None:
+        if len(rates[row]) != 1:
+            return None
+        rate = next(iter(rates[row]))
+        quantity, amount = resources[row]
+        # A correction of a rate (the quantity did not change) is no quantity x rate.
+        if row[1] is not None and round_amount(_EXACT.multiply(quantity, rate), scale) != amount:
+            return None
+        return rate
+
+    def row_label(row: tuple[str, str | None]) -> str:
+        label = resource_label(row[0])
+        return label if row[1] is None else f"{label}, correction of {row[1]}"
+
     resource_rows = tuple(
-        ResourceSummary(resource=r, label=resource_label(r), unit=units[r],
-                        quantity=resources[r][0],
-                        rate=next(iter(rates[r])) if len(rates[r]) == 1 else None,
-                        amount=resources[r][1])
-        for r in sorted(resources, key=_resource_key))
+        ResourceSummary(resource=r[0], label=row_label(r), unit=units[r[0]],
+                        quantity=resources[r][0], rate=row_rate(r), amount=resources[r][1],
+                        corrects=r[1])
+        for r in sorted(resources, key=lambda r: (_resource_key(r[0]), r[1] is not None,
+                                                  r[1] or "")))
     user_rows = tuple(UserSummary(user=u, jobs=len(users[u][0]), amount=users[u][1])
                       for u in sorted(users, key=lambda u: (u is None, u or "")))
     job_rows = []

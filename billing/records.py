@@ -244,6 +244,21 @@ class BilledLine:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry of the audit trail's hash chain (billing.audit); ``hash`` is the
+    HMAC-SHA256 of its canonical form, ``prev`` the previous entry's hash."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, object] = field(hash=False)
+    prev: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class FetchStats:
     """Counters a source reports after a fetch (lines read, bytes, seconds in Slurm)."""
 

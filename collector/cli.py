@@ -8,6 +8,7 @@ once), 2 invalid configuration (every problem listed), 3 a partial collection.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -34,10 +35,13 @@ from collector.runtime import (
 from collector.runtime import wsgi_application as wsgi_application  # gunicorn's entry
 from collector.settings import SPECS, SettingsError
 from collector.usecases import (
+    audit,
     backfill,
     budgets,
     collect,
     demo,
+    explain,
+    exports,
     jobs,
     periods,
     quarantine,
@@ -50,6 +54,8 @@ from collector.usecases import (
     statement,
     tokens,
 )
+from collector.usecases.documents import FinanceDataError, FinanceInputError
+from collector.usecases.exports import GlCodeError, NoGlCodesError
 
 log = logging.getLogger("hpc_billing")
 
@@ -127,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("token", help="API tokens")
     token_sub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    q = token_sub.add_parser("new", help="make a token; prints it once, and the line for the "
-                                         "tokens file")
+    q = token_sub.add_parser("new", parents=[settings],
+                             help="make a token; prints it once, and the line for the tokens "
+                                  "file (recorded in the audit trail when it is on)")
     q.add_argument("--scope", required=True, help="'all', or 'account:<name>[,<name>...]'")
 
     p = sub.add_parser("backfill", parents=[settings],
@@ -174,12 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_date_arg, required=True)
     p.add_argument("--until", type=_date_arg, default=None, help="default: now")
 
-    p = sub.add_parser("period", help="billing periods: close one, list them")
+    p = sub.add_parser("period", help="billing periods: close one, reopen one, list them")
     period_sub = p.add_subparsers(dest="period_command", required=True, metavar="ACTION")
     q = period_sub.add_parser("close", parents=[settings],
-                              help="freeze a period: later changes become corrections")
+                              help="freeze a period: later changes become corrections; the "
+                                   "audit trail records the digest of its charges")
     q.add_argument("period", type=_period_arg)
     q.add_argument("--note", default=None)
+    q = period_sub.add_parser("reopen", parents=[settings],
+                              help="open a closed period again (recorded in the audit trail "
+                                   "with the reason)")
+    q.add_argument("period", type=_period_arg)
+    q.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     period_sub.add_parser("list", parents=[settings], help="closed periods")
 
     p = sub.add_parser("report", parents=[settings], help="charges of a period, grouped")
@@ -190,11 +203,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="table")
 
     p = sub.add_parser("statement", parents=[settings],
-                       help="one account's statement for a period: CSV, one line per job and "
-                            "resource")
+                       help="one account's statement for a period: CSV or JSON (one line per "
+                            "job and resource) or the PDF invoice")
     p.add_argument("--period", type=_period_arg, required=True)
     p.add_argument("--account", required=True)
+    p.add_argument("--format", choices=statement.FORMATS, default="csv")
     p.add_argument("--output", default="-", help="file to write (default: standard output)")
+
+    p = sub.add_parser("export", help="a period's charges for finance systems")
+    export_sub = p.add_subparsers(dest="export_command", required=True, metavar="KIND")
+    q = export_sub.add_parser("gl", parents=[settings],
+                              help="the balanced general-ledger journal (CSV; GL codes from "
+                                   "--gl-mapping FILE or the rate card's [gl] table)")
+    q.add_argument("--period", type=_period_arg, required=True)
+    q.add_argument("--output", default="-", help="file to write (default: standard output)")
+    q = export_sub.add_parser("focus", parents=[settings],
+                              help="FinOps FOCUS 1.x rows (CSV), one per charge line")
+    q.add_argument("--period", type=_period_arg, required=True)
+    q.add_argument("--output", default="-", help="file to write (default: standard output)")
+
+    p = sub.add_parser("explain", parents=[settings],
+                       help="why a job cost what it did: each line's card, rule, quantity, "
+                            "rate, period split and corrections")
+    p.add_argument("--job", required=True, help="JobIDRaw or JobID (42, 6_3, 14+1)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("audit", help="the audit trail: verify it, list its entries")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    q = audit_sub.add_parser("verify", parents=[settings],
+                             help="recompute the hash chain and every closed period's digest; "
+                                  "exit 1 naming the first entry or period that does not match")
+    q.add_argument("--expect-seq", type=int, default=None,
+                   help="an entry known to exist (from an earlier verify): fail if the trail "
+                        "ends before it")
+    q.add_argument("--expect-hash", default=None, help="with --expect-seq: its hash")
+    q.add_argument("--anchor", default=None, metavar="FILE",
+                   help="read the expected entry from FILE ('<seq> <hash>'), and write the "
+                        "new head there when the trail verifies (keep FILE out of the "
+                        "database's reach)")
+    q = audit_sub.add_parser("list", parents=[settings], help="entries, newest first")
+    q.add_argument("--action", default=None, help="only this action (period.close, export ...)")
+    q.add_argument("--subject", default=None, help="only this subject (e.g. a period)")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--format", choices=FORMATS, default="table")
 
     p = sub.add_parser("reconcile", parents=[settings],
                        help="recompute Slurm's billing= from TRESBillingWeights and list mismatches")
@@ -413,9 +464,20 @@ def cmd_reprice(rt: Runtime, args: argparse.Namespace) -> int:
 
 def cmd_period(rt: Runtime, args: argparse.Namespace) -> int:
     if args.period_command == "close":
-        periods.close_period(rt, args.period, args.note)
+        closed = periods.close_period(rt, args.period, note=args.note)
+        if closed.already_closed:
+            print(f"period {args.period} was closed already: nothing changed")
+            return EXIT_OK
+        seq = closed.entry.seq if closed.entry else "-"
         print(f"period {args.period} is closed: its charges will not change; later changes "
-              "are posted as corrections in the next open period")
+              f"are posted as corrections in the next open period\n"
+              f"audit entry {seq}: {closed.lines} charge lines, digest {closed.digest}")
+        return EXIT_OK
+    if args.period_command == "reopen":
+        reopened = periods.reopen_period(rt, args.period, reason=args.reason)
+        seq = reopened.entry.seq if reopened.entry else "-"
+        print(f"period {args.period} is open again (closed by {reopened.closed_by}); audit "
+              f"entry {seq}: {reopened.lines} charge lines, digest {reopened.digest}")
         return EXIT_OK
     rows = [render.dataclass_to_dict(p) for p in periods.list_periods(rt)]
     render.write_table(sys.stdout, list(rows[0].keys()) if rows else ["period", "closed_at"],
@@ -441,11 +503,74 @@ def cmd_report(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def cmd_statement(rt: Runtime, args: argparse.Namespace) -> int:
-    if args.output == "-":
-        statement.write_statement(rt, args.period, args.account, sys.stdout)
+    result = statement.write_statement(rt, args.period, args.account, fmt=args.format,
+                                       output=args.output)
+    if args.output != "-":
+        for doc in result.written:
+            print(f"{doc.output}: {doc.bytes} bytes, sha256 {doc.sha256}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_export(rt: Runtime, args: argparse.Namespace) -> int:
+    if args.export_command == "gl":
+        result = exports.export_gl(rt, args.period, output=args.output)
     else:
-        with open(args.output, "w", newline="", encoding="utf-8") as out:
-            statement.write_statement(rt, args.period, args.account, out)
+        result = exports.export_focus(rt, args.period, output=args.output)
+    totals = ", ".join(f"{t} {c}" for c, t in sorted(result.totals.items()))
+    log.info("export %s %s: %d charge lines, %d rows, total %s%s", result.kind, args.period,
+             result.lines, result.rows, totals,
+             f", GL codes from {result.codes_from}" if result.codes_from else "")
+    return EXIT_OK
+
+
+def cmd_explain(rt: Runtime, args: argparse.Namespace) -> int:
+    docs = explain.explain(rt, args.job)
+    if args.format == "json":
+        json.dump({"records": docs}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for line in explain.explain_lines(docs):
+            print(line)
+    return EXIT_OK
+
+
+def cmd_audit(rt: Runtime, args: argparse.Namespace) -> int:
+    if args.audit_command == "list":
+        entries = audit.list_entries(rt, action=args.action, subject=args.subject,
+                                     limit=args.limit)
+        rows = [audit.entry_to_dict(e) for e in entries]
+        if args.format == "table":
+            rows = [{**r, "details": json.dumps(r["details"], sort_keys=True)[:80],
+                     "hash": r["hash"][:12]} for r in rows]
+        elif args.format == "csv":
+            rows = [{**r, "details": json.dumps(r["details"], sort_keys=True)} for r in rows]
+        columns = ["seq", "at", "actor", "action", "subject", "details", "prev", "hash"]
+        if args.format == "table":
+            render.write_table(sys.stdout, [c for c in columns if c != "prev"], rows,
+                               empty_message="(the audit trail is empty)")
+        else:
+            _emit(args.format, columns, rows)
+        return EXIT_OK
+    anchor = audit.read_anchor(args.anchor, args.expect_seq, args.expect_hash)
+    report = audit.verify(rt, anchor=anchor)
+    head = report.head
+    where = f"head entry {head.seq} {head.hash}" if head else "empty"
+    if not report.ok:
+        assert report.problem is not None
+        print(f"audit trail does NOT verify: {report.problem} ({report.entries} entries "
+              f"read; {where})")
+        return EXIT_FAILED
+    print(f"audit trail verifies: {report.entries} entries, {where}; "
+          f"{len(report.periods_checked)} closed period(s) match their digest"
+          + (f" ({', '.join(report.periods_checked)})" if report.periods_checked else ""))
+    if report.unsealed:
+        print(f"closed without a recorded digest (closed before the trail, or outside "
+              f"hpc-billing; not checked): {', '.join(report.unsealed)}")
+    if anchor is not None:
+        print(f"anchor entry {anchor.seq} is in the trail")
+    if args.anchor:
+        audit.write_anchor(args.anchor, head)
+        print(f"anchor file {args.anchor} now holds entry {head.seq if head else 0}")
     return EXIT_OK
 
 
@@ -471,7 +596,7 @@ def cmd_budget(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def cmd_token(rt: Runtime, args: argparse.Namespace) -> int:
-    token, line = tokens.new_token(args.scope)
+    token, line = tokens.new_token(rt, args.scope)
     print(f"token (shown once; give it to the client as 'Authorization: Bearer <token>'):\n"
           f"{token}\n")
     print(f"line for HPC_BILLING_API_TOKENS_FILE (stores only the hash):\n{line}")
@@ -483,8 +608,14 @@ COMMANDS: dict[str, Callable[[Runtime, argparse.Namespace], int]] = {
     "runs": cmd_runs, "quarantine": cmd_quarantine, "demo": cmd_demo, "rates": cmd_rates,
     "reprice": cmd_reprice, "period": cmd_period, "report": cmd_report,
     "statement": cmd_statement, "reconcile": cmd_reconcile, "budget": cmd_budget,
-    "run": cmd_run, "token": cmd_token,
+    "run": cmd_run, "token": cmd_token, "export": cmd_export, "explain": cmd_explain,
+    "audit": cmd_audit,
 }
+
+# Commands that record in the audit trail or verify it: a configured key that cannot be
+# read, or is too short, stops them at start (exit 2), before they do anything.
+AUDITED = frozenset({"collect", "run", "backfill", "reprice", "period", "budget", "token",
+                     "statement", "export", "audit", "demo"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -498,12 +629,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         with Runtime(settings) as rt:
+            if args.command in AUDITED:
+                rt.audit  # noqa: B018 - read the key now: a bad one stops the command here
             return COMMANDS[args.command](rt, args)
     except SettingsError as exc:
         print(f"hpc-billing: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except CollectError:
         return EXIT_FAILED         # logged by the use case, with the run's summary
+    except (FinanceInputError, FinanceDataError) as exc:
+        print(f"hpc-billing: {exc}", file=sys.stderr)
+        return EXIT_FAILED         # nothing to bill: an unknown account, an empty period
+    except (GlCodeError, NoGlCodesError, audit.AuditError) as exc:
+        print(f"hpc-billing: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except BrokenPipeError:
         # `hpc-billing jobs | head`: the reader went away; not an error.
         try:

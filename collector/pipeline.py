@@ -384,6 +384,10 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
                                   jobs_priced=pricer.jobs_priced if pricer else 0,
                                   charge_lines=pricer.lines_written if pricer else 0,
                                   rate_card_id=pricer.rate_card_id if pricer else None)
+            if pricer is not None:
+                # New corrections of closed periods go into the audit trail with the
+                # lines that post them (last: the append locks the trail until commit).
+                pricer.record(session, run_id=run_id, kind=kind)
             session.commit()
     except Exception as exc:  # every failure is logged on the run, then re-raised typed
         error = f"{type(exc).__name__}: {exc}"

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from billing.records import Window
 from collector import pipeline
+from collector.audit_trail import AuditTrail
 from collector.cards import LoadedCard
 from collector.pricer import make_pricer
 from collector.run_result import RunResult
@@ -77,7 +78,7 @@ def backfill_windows(start: datetime, end: datetime, chunk_s: float) -> list[Win
 
 
 def poll_once(sessions: Sessions, settings: Settings, card: LoadedCard | None, *,
-              now: datetime | None = None) -> RunResult:
+              now: datetime | None = None, trail: AuditTrail | None = None) -> RunResult:
     """One poll with the configured source: a window (or the whole file), priced.
 
     Raises CollectError (carrying the failed RunResult) when nothing of the window was
@@ -99,7 +100,7 @@ def poll_once(sessions: Sessions, settings: Settings, card: LoadedCard | None, *
     pricer = None
     if card is not None:
         pricer = make_pricer(sessions, card.card, card.text, source=card.path,
-                             as_of=now.replace(microsecond=0))
+                             as_of=now.replace(microsecond=0), trail=trail)
     return pipeline.collect(sessions, source, cluster=settings.cluster, window=window,
                             kind=kind, stream=stream, batch_rows=settings.batch_rows,
                             pricer=pricer, skip_unchanged=settings.skip_unchanged)

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields, is_dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from billing.records import UNTYPED_GPU, JobRecord
+from billing.records import UNTYPED_GPU, BilledLine, JobRecord
 
 JOB_COLUMNS: tuple[str, ...] = (
     "cluster", "job_id", "job_id_raw", "submit", "start", "end", "state", "user", "account",
@@ -208,26 +208,60 @@ STATEMENT_COLUMNS = ("job_id", "job_id_raw", "submit", "user", "partition", "sta
                      "currency", "kind")
 
 
-class StatementWriter:
-    """A statement as CSV: the header, one row per line (``reports.StatementLine``), and a
-    TOTAL row per currency."""
+class TextSink(Protocol):
+    """Where a document's text goes: a file, standard output, a hashing writer."""
 
-    def __init__(self, stream: IO[str], period: str) -> None:
+    def write(self, text: str, /) -> int: ...
+
+
+def statement_row(billed: BilledLine) -> dict[str, Any]:
+    """One statement line (``STATEMENT_COLUMNS``), JSON-ready: numbers as exact text."""
+    line = billed.line
+    return {"job_id": billed.job_id, "job_id_raw": line.job_id_raw, "submit": iso(line.submit),
+            "user": billed.user, "partition": billed.partition, "start": iso(billed.start),
+            "end": iso(billed.end), "usage_period": line.usage_period,
+            "resource": line.resource, "quantity": str(line.quantity), "unit": line.unit,
+            "rate": format(line.rate.normalize(), "f"), "amount": money(line.amount),
+            "currency": line.currency, "kind": line.kind}
+
+
+class StatementWriter:
+    """A statement as CSV: the header, one row per line (``statement_row``), and a TOTAL
+    row per currency."""
+
+    def __init__(self, stream: TextSink, period: str) -> None:
         self._writer = csv.writer(stream, lineterminator="\n")
         self._period = period
         self._writer.writerow(STATEMENT_COLUMNS)
 
-    def line(self, line: Any) -> None:
-        row = dataclass_to_dict(line)
-        row["amount"] = money(line.amount)
-        row["rate"] = format(line.rate.normalize(), "f")
-        self._writer.writerow(["" if row.get(c) is None else str(row.get(c))
-                               for c in STATEMENT_COLUMNS])
+    def line(self, billed: BilledLine) -> None:
+        row = statement_row(billed)
+        self._writer.writerow(["" if row[c] is None else str(row[c]) for c in STATEMENT_COLUMNS])
 
     def totals(self, totals: dict[str, Decimal]) -> None:
         for currency, total in sorted(totals.items()):
             self._writer.writerow(["TOTAL", "", "", "", "", "", "", self._period, "", "", "",
                                    "", money(total), currency, ""])
+
+
+class StatementJsonWriter:
+    """A statement as one JSON object, streamed: account, period, ``lines`` (each a
+    ``statement_row``) and ``totals`` per currency."""
+
+    def __init__(self, stream: TextSink, account: str, period: str) -> None:
+        self._stream = stream
+        self._count = 0
+        stream.write(f'{{"account": {json.dumps(account)}, "period": {json.dumps(period)}, '
+                     f'"lines": [')
+
+    def line(self, billed: BilledLine) -> None:
+        self._stream.write(",\n" if self._count else "\n")
+        self._stream.write(json.dumps(statement_row(billed)))
+        self._count += 1
+
+    def totals(self, totals: dict[str, Decimal]) -> None:
+        text = {currency: money(total) for currency, total in sorted(totals.items())}
+        self._stream.write(f'\n], "totals": {json.dumps(text)}}}\n')
 
 
 RUN_TABLE_COLUMNS = ("id", "kind", "source", "cluster", "window_since", "window_until",

@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import Flask
 
+from collector.audit_trail import AuditTrail, load_trail
 from collector.cards import LoadedCard, load_card
 from collector.health import Health
 from collector.scheduler import Daemon
@@ -128,6 +129,7 @@ class Runtime:
         self._card: LoadedCard | None = None
         self._card_loaded = False
         self._no_card_told = False
+        self._audit: AuditTrail | None = None
 
     def __enter__(self) -> Runtime:
         return self
@@ -178,6 +180,15 @@ class Runtime:
                                  "--rates FILE"])
         return self.card
 
+    @property
+    def audit(self) -> AuditTrail:
+        """The audit trail (HPC_BILLING_AUDIT_KEY_FILE), its key read once: off when the
+        setting is unset; a key file that cannot be read or is too short is a
+        configuration error. Commands that record or verify ask for it at start."""
+        if self._audit is None:
+            self._audit = load_trail(self.settings.audit_key_file)
+        return self._audit
+
     def close(self) -> None:
         if self._database is not None:
             self._database.close()
@@ -207,7 +218,7 @@ def build_service(runtime: Runtime) -> Service:
     database = runtime.database
     health = Health()
     daemon = Daemon(settings, engine=database.engine, sessions=database.sessions,
-                    health=health, card=card)
+                    health=health, card=card, trail=runtime.audit)
     app = create_app(settings, engine=database.engine, sessions=database.sessions,
                      health=health, period_timezone=card.tz if card is not None else None)
     return Service(daemon=daemon, app=app, health=health)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from collector.audit_trail import AuditTrail
 from collector.cards import LoadedCard
 from collector.health import Health
 from collector.polling import behind, poll_once
@@ -36,11 +37,13 @@ class Daemon:
     """The scheduler, the leader lock and the health updates of one ``hpc-billing run``."""
 
     def __init__(self, settings: Settings, *, engine: Engine, sessions: Sessions,
-                 health: Health, card: LoadedCard | None) -> None:
+                 health: Health, card: LoadedCard | None,
+                 trail: AuditTrail | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.health = health
         self.card = card
+        self.trail = trail
         self.leader = LeaderLock(engine, settings.cluster)
         self._stopping = threading.Event()
         self._idle = threading.Event()       # set while no poll runs
@@ -132,7 +135,8 @@ class Daemon:
                 started = True
                 now = datetime.now(UTC)
                 try:
-                    result = poll_once(self.sessions, self.settings, self.card, now=now)
+                    result = poll_once(self.sessions, self.settings, self.card, now=now,
+                                       trail=self.trail)
                 except CollectError as exc:
                     result = exc.result
                 {"ok": log.info, "partial": log.warning}.get(result.outcome, log.error)(

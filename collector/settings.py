@@ -14,6 +14,7 @@ import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -116,6 +117,60 @@ def _parse_log_level(text: str) -> str:
     return value
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _parse_png_path(text: str) -> str:
+    """A readable PNG file (checked at start: a logo that cannot print fails early)."""
+    path = text.strip()
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_PNG_SIGNATURE))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head != _PNG_SIGNATURE:
+        raise ValueError(f"{path} is not a PNG file")
+    return path
+
+
+def _parse_lines(text: str) -> tuple[str, ...]:
+    """Address lines: separated by a newline, a literal backslash-n or '|'."""
+    parts = re.split(r"\n|\\n|\|", text)
+    lines = tuple(part.strip() for part in parts if part.strip())
+    if any(len(line) > 200 or re.search(r"[\x00-\x1f\x7f]", line) for line in lines):
+        raise ValueError("address lines must be printable text of at most 200 characters")
+    return lines
+
+
+def _parse_text(text: str) -> str:
+    value = text.strip()
+    if re.search(r"[\x00-\x1f\x7f]", value) or len(value) > 500:
+        raise ValueError("must be printable text of at most 500 characters")
+    return value
+
+
+def _parse_prefix(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,15}", value):
+        raise ValueError(f"must be 1-16 letters, digits or '-' (got {text!r})")
+    return value
+
+
+def _parse_tax_rate(text: str) -> Decimal:
+    """``0.19`` or ``19%``: a fraction from 0 to 1."""
+    value = text.strip()
+    percent = value.endswith("%")
+    try:
+        rate = Decimal(value[:-1].strip() if percent else value)
+    except InvalidOperation:
+        raise ValueError(f"not a tax rate: {text!r} (use 0.19 or 19%)") from None
+    if percent:
+        rate = rate / 100
+    if not rate.is_finite() or not 0 <= rate <= 1:
+        raise ValueError(f"tax rate must be between 0 and 1 (0% and 100%), got {text!r}")
+    return rate
+
+
 def _default_data_dir(env: Mapping[str, str]) -> str:
     if os.geteuid() == 0:
         return "/var/lib/hpc-billing"
@@ -198,6 +253,39 @@ SPECS: tuple[Spec, ...] = (
          "Unset: the API answers no one; probes and /metrics need no token."),
     Spec("web_threads", "HPC_BILLING_WEB_THREADS", "--web-threads", _parse_positive_int, "8",
          "Threads serving the web app."),
+    Spec("site_name", "HPC_BILLING_SITE_NAME", "--site-name", _parse_text, None,
+         "The site's name on invoices and in FOCUS exports (ProviderName). Invoice numbers "
+         "are derived from it: keep it stable. Required by 'statement --format pdf' and "
+         "'export focus'."),
+    Spec("site_address", "HPC_BILLING_SITE_ADDRESS", "--site-address", _parse_lines, None,
+         "The site's postal address on invoices; lines separated by '|' or '\\n'."),
+    Spec("site_logo", "HPC_BILLING_SITE_LOGO", "--site-logo", _parse_png_path, None,
+         "A PNG logo for invoices (checked at start; scaled into 50 x 20 mm)."),
+    Spec("invoice_prefix", "HPC_BILLING_INVOICE_PREFIX", "--invoice-prefix", _parse_prefix,
+         "HPC", "Prefix of invoice numbers (<prefix>-<YYYYMM>-<code>) and GL journal names."),
+    Spec("tax_rate", "HPC_BILLING_TAX_RATE", "--tax-rate", _parse_tax_rate, None,
+         "Tax on invoices, 0.19 or 19%, applied once to the subtotal and rounded to the "
+         "card's scale. Unset: no tax line."),
+    Spec("tax_label", "HPC_BILLING_TAX_LABEL", "--tax-label", _parse_text, "VAT",
+         "The tax line's label on invoices."),
+    Spec("invoice_footer", "HPC_BILLING_INVOICE_FOOTER", "--invoice-footer", _parse_text, None,
+         "A footer text on invoices (payment terms, bank details)."),
+    Spec("gl_mapping", "HPC_BILLING_GL_MAPPING", "--gl-mapping", str.strip, None,
+         "A TOML file with a [gl] table of general-ledger codes for 'export gl' (else the "
+         "rate card's [gl] table)."),
+    Spec("focus_billing_account_id", "HPC_BILLING_FOCUS_BILLING_ACCOUNT_ID",
+         "--focus-billing-account-id", _parse_text, None,
+         "FOCUS BillingAccountId: the site's id of the account it invoices (default: the "
+         "site's name)."),
+    Spec("focus_billing_account_name", "HPC_BILLING_FOCUS_BILLING_ACCOUNT_NAME",
+         "--focus-billing-account-name", _parse_text, None,
+         "FOCUS BillingAccountName (default: the site's name)."),
+    Spec("focus_service_name", "HPC_BILLING_FOCUS_SERVICE_NAME", "--focus-service-name",
+         _parse_text, "HPC batch computing (Slurm)", "FOCUS ServiceName."),
+    Spec("audit_key_file", "HPC_BILLING_AUDIT_KEY_FILE", "--audit-key-file", str.strip, None,
+         "File holding the audit trail's HMAC key (at least 32 bytes; readable by the "
+         "service only, out of the database's reach). Unset: the trail is off, and "
+         "'period close', 'period reopen' and 'audit verify' refuse to run."),
     Spec("data_dir", "HPC_BILLING_DATA_DIR", "--data-dir", str.strip, None,
          "Directory for the embedded PostgreSQL when DATABASE_URL is unset "
          "(default /var/lib/hpc-billing as root, else ~/.local/share/hpc-billing)."),
@@ -236,6 +324,18 @@ class Settings:
     bind: tuple[str, int]
     api_tokens_file: str | None
     web_threads: int
+    site_name: str | None
+    site_address: tuple[str, ...] | None
+    site_logo: str | None
+    invoice_prefix: str
+    tax_rate: Decimal | None
+    tax_label: str
+    invoice_footer: str | None
+    gl_mapping: str | None
+    focus_billing_account_id: str | None
+    focus_billing_account_name: str | None
+    focus_service_name: str
+    audit_key_file: str | None
     data_dir: str
     log_level: str
 

@@ -31,3 +31,15 @@ def executable_wrapper(directory: Path, name: str, script: Path) -> Path:
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return wrapper
+
+
+TEST_AUDIT_KEY = b"test-audit-key-0123456789abcdef-0123456789"
+
+
+def audit_key_env(directory: Path, key: bytes = TEST_AUDIT_KEY) -> dict[str, str]:
+    """The environment of a command with the audit trail on: a key file (mode 0600) in
+    ``directory``."""
+    path = directory / "audit.key"
+    path.write_bytes(key + b"\n")
+    path.chmod(0o600)
+    return {"HPC_BILLING_AUDIT_KEY_FILE": str(path)}

@@ -186,7 +186,8 @@ def _story(inv: Invoice, logo: Image | None, styles: dict[str, ParagraphStyle],
                               f"Amount ({cur})"]]
     for r in inv.resources:
         rows.append([_cell(_text(r.label), width * 0.34, styles["cell"]), _num(r.quantity),
-                     UNITS.get(r.unit, r.unit), "several" if r.rate is None else _num(r.rate),
+                     UNITS.get(r.unit, r.unit),
+                     _num(r.rate) if r.rate is not None else "-" if r.corrects else "several",
                      money(r.amount)])
     totals = 1
     rows.append(["Subtotal", "", "", "", money(inv.subtotal)])

@@ -42,6 +42,9 @@ MB = _UNIT["M"]
 
 # slurmdbd's DBIndex is an unsigned 64-bit number (what jobs.db_index holds).
 DB_INDEX_MAX = 2 ** 64 - 1
+# The largest CPU, node or GPU count of one job the store keeps (jobs.cpus, .nodes and
+# .gpu_count are integer columns).
+COUNT_MAX = 2 ** 31 - 1
 
 
 def count(text: str) -> int:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 from billing.records import JobRecord, QuarantinedRecord, StepUsage, is_final_record
 from collector.slurm.fields import (
+    COUNT_MAX,
     FREE_TEXT_FIELDS,
     IDENTITY_ALTERNATIVES,
     SENTINELS,
@@ -596,6 +597,11 @@ class ParsableParser:
                          or (not gpus and self._has_gres))
                     and self._ran(start, elapsed, node_list, state)):
                 cpus, nodes, mem, gpus = self._fallback(f, cpus, nodes, mem, gpus)
+            what = "AllocTRES (or NCPUS, NNodes)"
+            if max(cpus, nodes, sum(n for _, n in gpus)) > COUNT_MAX:
+                # The jobs table keeps these as integer (as the JSON reader checks too).
+                raise ValueError(f"a CPU, node or GPU count above {COUNT_MAX}: no Slurm "
+                                 f"allocates that many, and it cannot be stored")
             what = "CPUTimeRAW" if self._has_cputime_raw else "CPUTime"
             value = f[i_cputime]
             cpu_time_alloc = int(value) if value.isdigit() else (

@@ -17,7 +17,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, DateTime, Text, and_, bindparam, exists, func, select
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Text,
+    and_,
+    bindparam,
+    exists,
+    func,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from billing.records import ChargeLine, resource_unit
@@ -117,6 +128,22 @@ def frozen_lines(session: Session, keys: Iterable[JobKey]) -> dict[JobKey, list[
     version string, so the lines equal the ChargeLines that were stored (quantities
     rounded to 6 decimals). A read: the keys go in as arrays, no temp table.
     """
+    return _keyed_lines(session, keys,
+                        exists().where(_PERIODS.c.period == _CHARGES.c.posted_period))
+
+
+def open_corrections(session: Session,
+                     keys: Iterable[JobKey]) -> dict[JobKey, list[ChargeLine]]:
+    """The stored correction lines of these jobs posted in OPEN periods (those a new
+    pricing replaces), as ``frozen_lines`` returns lines: what tells a correction that is
+    posted again, unchanged, from a new one (the audit trail records new ones)."""
+    return _keyed_lines(session, keys, and_(
+        _CHARGES.c.kind == "correction",
+        ~exists().where(_PERIODS.c.period == _CHARGES.c.posted_period)))
+
+
+def _keyed_lines(session: Session, keys: Iterable[JobKey],
+                 condition: ColumnElement[bool]) -> dict[JobKey, list[ChargeLine]]:
     unique = list(_unique_keys(keys))
     if not unique:
         return {}
@@ -133,7 +160,7 @@ def frozen_lines(session: Session, keys: Iterable[JobKey]) -> dict[JobKey, list[
         .join(k, and_(k.c.cluster == _CHARGES.c.cluster,
                       k.c.job_id_raw == _CHARGES.c.job_id_raw,
                       k.c.submit_time == _CHARGES.c.submit_time))
-        .where(exists().where(_PERIODS.c.period == _CHARGES.c.posted_period))
+        .where(condition)
         .order_by(_CHARGES.c.cluster, _CHARGES.c.job_id_raw, _CHARGES.c.submit_time,
                   *_LINE_ORDER)
     )

@@ -1,8 +1,8 @@
 """The ``jobs`` table's rows: a JobRecord as a COPY row and back, and job listings.
 
 ``stage_row`` encodes a record as the writer's COPY line (``content_hash`` fingerprints
-it); ``list_jobs``, ``count_jobs``, ``job_page`` and ``jobs_by_raw_id`` read jobs back as
-JobRecord. The bulk writer itself is ``job_writer.JobWriter``.
+it); ``list_jobs``, ``count_jobs``, ``job_page``, ``jobs_by_raw_id`` and ``job_records``
+read jobs back as JobRecord. The bulk writer itself is ``job_writer.JobWriter``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, overload
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import exists, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from billing.records import JobRecord
@@ -513,3 +513,27 @@ def jobs_by_raw_id(session: Session, cluster: str, job_id_raw: int) -> list[JobR
             .where(t.cluster == cluster, t.job_id_raw == job_id_raw)
             .order_by(t.submit_time))
     return [_record(row) for row in session.execute(stmt)]
+
+
+def job_records(session: Session, job_id: str, cluster: str | None = None) -> list[JobRecord]:
+    """The records a person means by ``job_id``: JobIDRaw (digits) or JobID as Slurm prints
+    it (``6_3``, ``14+1``), of ``cluster`` when given; every match (a requeued job has one
+    record per run; an array's last task has the array's id as JobIDRaw), by cluster,
+    submit time and JobIDRaw."""
+    t = _TABLE.c
+    match = [t.job_id == job_id]
+    if job_id.isascii() and job_id.isdigit() and int(job_id) < 2**63:
+        match.append(t.job_id_raw == int(job_id))
+    stmt = select(*_SELECTED).where(or_(*match))
+    if cluster is not None:
+        stmt = stmt.where(t.cluster == cluster)
+    stmt = stmt.order_by(t.cluster, t.submit_time, t.job_id_raw)
+    return [_record(row) for row in session.execute(stmt)]
+
+
+def account_known(session: Session, account: str, cluster: str | None = None) -> bool:
+    """Whether any stored job (of ``cluster``, when given) belongs to ``account``."""
+    cond = [_TABLE.c.account == account]
+    if cluster is not None:
+        cond.append(_TABLE.c.cluster == cluster)
+    return bool(session.execute(select(exists().where(*cond))).scalar())

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    CHAR,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -431,4 +432,33 @@ class NodeSnapshot(Base):
         UniqueConstraint("cluster", "taken_at", "node"),
         CheckConstraint("jsonb_typeof(gpus_total) = 'object'", name="gpus_total_is_object"),
         CheckConstraint("jsonb_typeof(gpus_alloc) = 'object'", name="gpus_alloc_is_object"),
+    )
+
+
+# ------------------------------------------------------------- audit trail (rev. 0010)
+
+class AuditLog(Base):
+    """One entry of the audit trail (``billing.audit``): an HMAC-SHA256 hash chain.
+
+    Append-only (``collector.store.audit``): the writer locks the table, reads the tail
+    and inserts seq + 1; triggers refuse UPDATE and DELETE, and the migration revokes
+    UPDATE, DELETE and TRUNCATE from the role that runs it (see migration 0010).
+    """
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(TZ)
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    prev: Mapped[str] = mapped_column(CHAR(64))
+    hash: Mapped[str] = mapped_column(CHAR(64))
+
+    __table_args__ = (
+        CheckConstraint("seq >= 1", name="seq_positive"),
+        CheckConstraint("prev ~ '^[0-9a-f]{64}$'", name="prev_hex"),
+        CheckConstraint("hash ~ '^[0-9a-f]{64}$'", name="hash_hex"),
+        CheckConstraint("jsonb_typeof(details) = 'object'", name="details_is_object"),
     )

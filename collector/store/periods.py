@@ -1,4 +1,4 @@
-"""Billing periods: checking a period's name, closing one, listing them.
+"""Billing periods: checking a period's name, closing one, reopening one, listing them.
 
 A closed period is never rewritten (DESIGN.md §5): only closed periods have a row in
 ``billing_periods``, and ``closed_periods(lock=True)`` takes the lock that keeps a period
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -77,6 +77,22 @@ def close_period(session: Session, period: str, *, by: str,
         .on_conflict_do_nothing(index_elements=[_PERIODS.c.period]))
     row = session.execute(select(_PERIODS).where(_PERIODS.c.period == period)).one()
     return PeriodInfo(period=row.period, closed=True, closed_at=row.closed_at.astimezone(UTC),
+                      closed_by=row.closed_by, note=row.note)
+
+
+def reopen_period(session: Session, period: str) -> PeriodInfo | None:
+    """Open a closed ``period`` again (its row is deleted); returns it as it was closed,
+    or None when it was not closed. The DELETE waits for transactions inside
+    ``replace_charges`` (SHARE lock) and makes later ones wait for the caller's commit,
+    so lines planned as corrections never land while the period changes state."""
+    check_period(period)
+    row = session.execute(
+        delete(_PERIODS).where(_PERIODS.c.period == period)
+        .returning(_PERIODS.c.period, _PERIODS.c.closed_at, _PERIODS.c.closed_by,
+                   _PERIODS.c.note)).one_or_none()
+    if row is None:
+        return None
+    return PeriodInfo(period=row.period, closed=False, closed_at=row.closed_at.astimezone(UTC),
                       closed_by=row.closed_by, note=row.note)
 
 

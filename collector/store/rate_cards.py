@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -64,6 +64,24 @@ def ensure_rate_card(session: Session, *, version: str, currency: str, text: str
             f"{'currency' if row.currency != currency else 'text'}; a version is the "
             "content hash of the card and never changes")
     return int(row.id)
+
+
+def card_stored(session: Session, version: str) -> bool:
+    """Whether rate-card ``version`` is stored already."""
+    return session.execute(select(_CARDS.c.id).where(_CARDS.c.version == version)
+                           ).first() is not None
+
+
+def card_texts(session: Session, versions: Iterable[str]) -> list[tuple[str, str]]:
+    """(version, TOML text) of these stored versions, oldest loaded first (versions not
+    stored are left out)."""
+    wanted = sorted(set(versions))
+    if not wanted:
+        return []
+    rows = session.execute(select(_CARDS.c.version, _CARDS.c.text)
+                           .where(_CARDS.c.version.in_(wanted))
+                           .order_by(_CARDS.c.loaded_at, _CARDS.c.id))
+    return [(version, body) for version, body in rows]
 
 
 def list_rate_cards(session: Session) -> list[RateCardInfo]:

@@ -4,7 +4,9 @@
 rollups (``charge_report_rollup``) when none is stale, else from the lines themselves;
 ``report_range`` sums several periods (and can be limited to some accounts) from the
 lines. Both line-based reports are one query (``_report_from_lines``).
-``statement_lines`` lists one account's lines of a period. See docs/design/store.md.
+``billed_lines`` lists one account's lines of a period (its statement and invoice),
+``period_billed_lines`` every account's (the GL journal, FOCUS), ``period_lines`` what a
+closed period's digest covers. See docs/design/store.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from billing.records import BilledLine, ChargeLine
 from collector.store.errors import ChargeStoreError
 from collector.store.models import (
     Charge,
@@ -34,12 +37,14 @@ from collector.store.models import (
     ChargeRollupDailyJobs,
     ChargeRollupDirty,
     Job,
+    RateCard,
     table_of,
 )
 from collector.store.periods import check_period
 
 CHARGES = table_of(Charge)
 JOBS = table_of(Job)
+_CARDS = table_of(RateCard)
 _ROLLUP = table_of(ChargeRollupDaily)
 _ROLLUP_JOBS = table_of(ChargeRollupDailyJobs)
 _DIRTY = table_of(ChargeRollupDirty)
@@ -245,64 +250,97 @@ def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[st
     return list(rows.values())
 
 
-@dataclass(frozen=True, slots=True)
-class StatementLine:
-    """One charge line of an account's statement, with the job it belongs to."""
-
-    cluster: str
-    job_id: str
-    job_id_raw: int
-    submit: datetime
-    user: str | None
-    partition: str | None
-    start: datetime | None
-    end: datetime | None
-    usage_period: str
-    resource: str
-    quantity: Decimal
-    unit: str
-    rate: Decimal
-    amount: Decimal
-    currency: str
-    kind: str
+# A line with its job and card version: what finance documents read (BilledLine).
+_BILLED_COLUMNS = (
+    CHARGES.c.cluster, CHARGES.c.job_id_raw, CHARGES.c.submit_time, CHARGES.c.usage_period,
+    CHARGES.c.posted_period, CHARGES.c.resource, CHARGES.c.quantity, CHARGES.c.unit,
+    CHARGES.c.rate, CHARGES.c.amount, CHARGES.c.currency, CHARGES.c.rule, _CARDS.c.version,
+    CHARGES.c.basis, CHARGES.c.kind,
+    JOBS.c.job_id, JOBS.c.account, JOBS.c.user_name, JOBS.c.partition, JOBS.c.qos,
+    JOBS.c.start_time, JOBS.c.end_time)
+_BILLED_FROM = LINES_WITH_JOBS.join(_CARDS, _CARDS.c.id == CHARGES.c.rate_card_id)
+# The statement's order: by job (submit time, id, cluster), then resource.
+_STATEMENT_ORDER = (CHARGES.c.submit_time, CHARGES.c.job_id_raw, CHARGES.c.cluster,
+                    CHARGES.c.resource, CHARGES.c.usage_period, CHARGES.c.kind, CHARGES.c.id)
 
 
-def statement_lines(session: Session, *, period: str, account: str | None,
-                    cluster: str | None = None,
-                    yield_per: int = 2_000) -> Iterator[StatementLine]:
-    """Every line POSTED in ``period`` for jobs of ``account`` (None: jobs without one),
-    ordered by submit time, job_id_raw, cluster, resource (then usage period, kind).
+def _stream(session: Session, stmt: Any, yield_per: int) -> Iterator[Any]:
+    result = session.execute(stmt.execution_options(yield_per=yield_per))
+    try:
+        yield from result
+    finally:
+        result.close()
+
+
+def _charge_line(row: Any) -> ChargeLine:
+    (cluster, job_id_raw, submit, usage_period, posted_period, resource, quantity, unit,
+     rate, amount, currency, rule, version, basis, kind) = row[:15]
+    return ChargeLine(cluster=cluster, job_id_raw=job_id_raw, submit=submit.astimezone(UTC),
+                      usage_period=usage_period, posted_period=posted_period,
+                      resource=resource, quantity=quantity, unit=unit, rate=rate,
+                      amount=amount, currency=currency, rule=rule, rate_card=version,
+                      basis=basis, kind=kind)
+
+
+def _billed(rows: Iterator[Any]) -> Iterator[BilledLine]:
+    for row in rows:
+        job_id, account, user, partition, qos, start, end = row[15:]
+        yield BilledLine(line=_charge_line(row), job_id=job_id, account=account, user=user,
+                         partition=partition, qos=qos, start=_utc(start), end=_utc(end))
+
+
+def billed_lines(session: Session, *, period: str, account: str | None,
+                 cluster: str | None = None, yield_per: int = 2_000) -> Iterator[BilledLine]:
+    """An account's statement: every line POSTED in ``period`` for jobs of ``account``
+    (None: jobs without one), with its job and card version, by submit time, job_id_raw,
+    cluster, resource (then usage period, kind).
 
     The same selection as ``charge_report`` grouped by account, so the amounts add up to
     that report's amount for the account (per currency). Streamed with a server-side
     cursor; consume it inside the caller's transaction.
     """
     check_period(period)
-    c, j = CHARGES.c, JOBS.c
-    stmt = (
-        select(c.cluster, j.job_id, c.job_id_raw, c.submit_time, j.user_name, j.partition,
-               j.start_time, j.end_time, c.usage_period, c.resource, c.quantity, c.unit,
-               c.rate, c.amount, c.currency, c.kind)
-        .select_from(LINES_WITH_JOBS)
-        .where(c.posted_period == period, j.account.is_not_distinct_from(account))
-        .order_by(c.submit_time, c.job_id_raw, c.cluster, c.resource, c.usage_period,
-                  c.kind, c.id)
-    )
+    stmt = (select(*_BILLED_COLUMNS).select_from(_BILLED_FROM)
+            .where(CHARGES.c.posted_period == period,
+                   JOBS.c.account.is_not_distinct_from(account))
+            .order_by(*_STATEMENT_ORDER))
     if cluster is not None:
-        stmt = stmt.where(c.cluster == cluster)
-    result = session.execute(stmt.execution_options(yield_per=yield_per))
-    try:
-        for r in result:
-            yield StatementLine(
-                cluster=r.cluster, job_id=r.job_id, job_id_raw=r.job_id_raw,
-                submit=r.submit_time.astimezone(UTC), user=r.user_name,
-                partition=r.partition, start=_utc(r.start_time), end=_utc(r.end_time),
-                usage_period=r.usage_period, resource=r.resource, quantity=r.quantity,
-                unit=r.unit, rate=r.rate, amount=r.amount, currency=r.currency,
-                kind=r.kind)
-    finally:
-        result.close()
+        stmt = stmt.where(CHARGES.c.cluster == cluster)
+    return _billed(_stream(session, stmt, yield_per))
 
+
+def period_billed_lines(session: Session, *, period: str, cluster: str | None = None,
+                        yield_per: int = 5_000) -> Iterator[BilledLine]:
+    """``billed_lines`` of every account (the GL journal's and FOCUS's lines), in the
+    same order; they add up to the report's total of the period."""
+    check_period(period)
+    stmt = (select(*_BILLED_COLUMNS).select_from(_BILLED_FROM)
+            .where(CHARGES.c.posted_period == period).order_by(*_STATEMENT_ORDER))
+    if cluster is not None:
+        stmt = stmt.where(CHARGES.c.cluster == cluster)
+    return _billed(_stream(session, stmt, yield_per))
+
+
+def period_lines(session: Session, period: str, *,
+                 yield_per: int = 10_000) -> Iterator[ChargeLine]:
+    """Every line POSTED in ``period``, all clusters and accounts, in no order: what a
+    closed period's digest (``billing.audit.period_digest``) covers."""
+    check_period(period)
+    stmt = (select(*_BILLED_COLUMNS[:15])
+            .select_from(CHARGES.join(_CARDS, _CARDS.c.id == CHARGES.c.rate_card_id))
+            .where(CHARGES.c.posted_period == period))
+    return (_charge_line(row) for row in _stream(session, stmt, yield_per))
+
+
+def period_card_versions(session: Session, period: str,
+                         cluster: str | None = None) -> set[str]:
+    """The rate-card versions that priced the lines posted in ``period``."""
+    check_period(period)
+    cond = [CHARGES.c.rate_card_id == _CARDS.c.id, CHARGES.c.posted_period == period]
+    if cluster is not None:
+        cond.append(CHARGES.c.cluster == cluster)
+    return set(session.execute(select(_CARDS.c.version).where(exists().where(*cond)))
+               .scalars())
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -77,7 +77,8 @@ def backfill(runtime: Runtime, since: datetime, until: datetime | None,
         pricer = None
         if card is not None:
             pricer = make_pricer(database.sessions, card.card, card.text, source=card.path,
-                                 as_of=datetime.now(UTC).replace(microsecond=0))
+                                 as_of=datetime.now(UTC).replace(microsecond=0),
+                                 trail=runtime.audit)
         try:
             result = pipeline.collect(database.sessions, source, cluster=settings.cluster,
                                       window=window, kind="backfill", stream=stream,

@@ -1,9 +1,11 @@
-"""Budgets: set an account's budget for a period, list budgets with what is used."""
+"""Budgets: set an account's budget for a period (recorded in the audit trail), list
+budgets with what is used."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
+from billing.audit import BUDGET_SET
 from collector.runtime import Runtime
 from collector.store import budgets as store_budgets
 from collector.store.budgets import BudgetInfo
@@ -19,6 +21,9 @@ def set_budget(runtime: Runtime, account: str, period: str, amount: Decimal,
         currency = card.card.currency if card is not None else DEFAULT_CURRENCY
     with runtime.database.sessions() as session:
         store_budgets.set_budget(session, account, period, amount, currency)
+        runtime.audit.record(session, BUDGET_SET, f"{account} {period}", {
+            "account": account, "period": period, "amount": str(amount),
+            "currency": currency})
         session.commit()
     return currency
 

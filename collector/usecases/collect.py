@@ -32,7 +32,7 @@ def collect_once(runtime: Runtime) -> RunResult:
     while True:
         now = datetime.now(UTC)
         try:
-            result = poll_once(database.sessions, settings, card, now=now)
+            result = poll_once(database.sessions, settings, card, now=now, trail=runtime.audit)
         except CollectError as exc:
             log.error("%s", exc.result.summary())
             raise

@@ -10,8 +10,10 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from billing.audit import REPRICE
 from billing.records import JobRecord, Window
 from collector.pricer import make_pricer
+from collector.render import iso
 from collector.runtime import Runtime
 from collector.settings import SettingsError
 from collector.store import jobs as store_jobs
@@ -41,8 +43,9 @@ def reprice(runtime: Runtime, since: datetime, until: datetime | None) -> Repric
         raise SettingsError(["--until must be after --since"])
     window = Window(since, until)
     database = runtime.database
+    trail = runtime.audit
     pricer = make_pricer(database.sessions, card.card, card.text, source=card.path,
-                         as_of=datetime.now(UTC).replace(microsecond=0))
+                         as_of=datetime.now(UTC).replace(microsecond=0), trail=trail)
     with database.sessions() as session:
         run_id = store_runs.start_run(session, cluster=settings.cluster, source="reprice",
                                       kind="reprice", window=window)
@@ -66,6 +69,14 @@ def reprice(runtime: Runtime, since: datetime, until: datetime | None) -> Repric
                                   jobs_priced=pricer.jobs_priced,
                                   charge_lines=pricer.lines_written,
                                   rate_card_id=pricer.rate_card_id)
+            # The trail records the reprice, and the corrections it posted, with its lines.
+            corrections = len(pricer.new_corrections)
+            pricer.record(session, run_id=run_id, kind="reprice")
+            trail.record(session, REPRICE, f"run {run_id}", {
+                "run_id": run_id, "since": iso(since), "until": iso(until),
+                "cluster": settings.cluster, "rate_card": card.version,
+                "jobs": pricer.jobs_priced, "lines_deleted": pricer.lines_deleted,
+                "lines_written": pricer.lines_written, "new_corrections": corrections})
             session.commit()
     except Exception as exc:
         with database.sessions() as session:

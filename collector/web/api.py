@@ -21,6 +21,7 @@ from flask import json as flask_json
 
 from billing.records import ChargeLine, JobRecord
 from collector import render
+from collector.explaining import explain_records
 from collector.store import budgets as store_budgets
 from collector.store import charges as store_charges
 from collector.store import db as store_db
@@ -396,6 +397,27 @@ def job(cluster: str, job_id_raw: int) -> Response:
             item["charges"] = [charge_line_to_dict(line) for line in lines]
             out.append(item)
     return _ok({"records": out})
+
+
+@bp.get("/jobs/<cluster>/<int:job_id_raw>/explain")
+def job_explain(cluster: str, job_id_raw: int) -> Response:
+    """Why each record of the job cost what it did (``hpc-billing explain``'s JSON)."""
+    q = Query(())
+    if not cluster or len(cluster) > MAX_TEXT or _CONTROL.search(cluster):
+        q.fail("cluster", "must be a cluster name without control characters")
+    if job_id_raw > MAX_BIGINT:
+        q.fail("job_id_raw", f"must be at most {MAX_BIGINT}")
+    q.check()
+    with read() as session:
+        records: list[JobRecord] = store_jobs.jobs_by_raw_id(session, cluster, job_id_raw)
+        if not records:
+            raise ApiError(404, f"no job {job_id_raw} of cluster {cluster!r} is stored",
+                           type_=NOT_FOUND)
+        visible = [r for r in records if scope().allows(r.account)]
+        if not visible:
+            scope().require_account(records[0].account or "", name="job")
+        docs = explain_records(session, visible)
+    return _ok({"records": docs})
 
 
 # ---------------------------------------------------------------- /rate-cards

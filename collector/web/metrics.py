@@ -21,6 +21,7 @@ from billing.rates import RateCardError, load_rate_card
 from collector.health import Health
 from collector.run_result import OUTCOMES, RunResult
 from collector.settings import Settings
+from collector.store import audit as store_audit
 from collector.store import budgets as store_budgets
 from collector.store import nodes as store_nodes
 from collector.store import reports as store_reports
@@ -181,10 +182,13 @@ class _Families:
         self.snapshot = g("hpcb_node_snapshot_timestamp_seconds",
                           "When the cluster's newest node snapshot was taken (epoch).",
                           labels=["cluster"])
+        self.audit = g("hpcb_audit_entries",
+                       "The newest audit trail entry's seq (0: empty). It only grows: a drop "
+                       "means entries were removed (alert HpcBillingAuditTrailShrank).")
 
     def all(self) -> list[Metric]:
         return [self.lag, self.open_jobs, self.charges, self.budget, self.quarantine,
-                self.cpus, self.gpus, self.memory, self.snapshot]
+                self.cpus, self.gpus, self.memory, self.snapshot, self.audit]
 
 
 class _DatabaseCollector(Collector):
@@ -246,8 +250,13 @@ class _DatabaseCollector(Collector):
                     fam.budget.add_metric([budget.account, budget.period],
                                           float(budget.used_fraction))
 
+        def audit(session: Any) -> None:
+            head = store_audit.head(session)
+            fam.audit.add_metric([], head.seq if head is not None else 0)
+
         return [("lag", lag), ("open jobs", open_jobs), ("quarantine", quarantine),
-                ("node capacity", capacity), ("charges and budgets", money)]
+                ("audit trail", audit), ("node capacity", capacity),
+                ("charges and budgets", money)]
 
     def _zone(self, session: Any) -> tzinfo:
         if self._period_tz is not None:

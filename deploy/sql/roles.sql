@@ -61,3 +61,17 @@ BEGIN
     END IF;
 END
 $grants$;
+
+-- The audit trail (migration 0010) is append-only for the collector: it may read and add
+-- entries, never change or remove one. The migration revokes UPDATE, DELETE and TRUNCATE
+-- from the role that ran it; this repeats it for a schema migrated by another role
+-- (and grants what the collector needs there). An owner can grant them back to itself:
+-- the hash chain (`hpc-billing audit verify`) is what shows an edit made anyway.
+DO $audit$
+BEGIN
+    IF to_regclass('public.audit_log') IS NOT NULL THEN
+        GRANT SELECT, INSERT ON public.audit_log TO hpc_billing;
+        REVOKE UPDATE, DELETE, TRUNCATE ON public.audit_log FROM hpc_billing;
+    END IF;
+END
+$audit$;

@@ -17,7 +17,7 @@ PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 REQUIRED_ALERTS = {
     "HpcBillingCollectorDown", "HpcBillingNotReady", "HpcBillingPollsFailing",
     "HpcBillingDataStale", "HpcBillingRecordsQuarantined", "HpcBillingBudgetAbove80Percent",
-    "HpcBillingBudgetExceeded", "HpcBillingLeaderMissing",
+    "HpcBillingBudgetExceeded", "HpcBillingLeaderMissing", "HpcBillingAuditTrailShrank",
 }
 
 

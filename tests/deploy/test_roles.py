@@ -181,3 +181,29 @@ def _execute(db: ReportingDb, url: str, sql: str) -> None:
             cur.execute(sql)
     finally:
         conn.close()
+
+
+def test_the_collector_may_only_read_and_append_the_audit_trail(reporting_db):
+    rows = _one(reporting_db, reporting_db.admin_url, f"""
+        SELECT privilege, has_table_privilege('{APP_ROLE}', 'public.audit_log', privilege)
+        FROM unnest(string_to_array('{ALL_PRIVILEGES}', ',')) AS privilege ORDER BY 1""")
+    allowed = {name for name, granted in rows if granted}
+    assert {"SELECT", "INSERT"} <= allowed
+    assert allowed.isdisjoint({"UPDATE", "DELETE", "TRUNCATE"})
+    conn = reporting_db.connect(reporting_db.app_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in ("TRUNCATE audit_log", "DELETE FROM audit_log",
+                              "UPDATE audit_log SET actor = 'x'"):
+                with pytest.raises(errors.InsufficientPrivilege):
+                    cur.execute(statement)
+            cur.execute("SELECT count(*) FROM audit_log")
+    finally:
+        conn.close()
+    # roles.sql, run again, keeps it so (and the Grafana role still reads no table).
+    apply_roles(reporting_db.admin_url, reporting_db.admin_url)
+    rows = _one(reporting_db, reporting_db.admin_url, f"""
+        SELECT has_table_privilege('{APP_ROLE}', 'public.audit_log', 'UPDATE,DELETE,TRUNCATE'),
+               has_table_privilege('{GRAFANA_ROLE}', 'public.audit_log', 'SELECT')""")
+    assert rows == [(False, False)]

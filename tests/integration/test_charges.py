@@ -35,7 +35,7 @@ from collector.store.job_writer import JobWriter
 from collector.store.jobs import list_jobs
 from collector.store.periods import close_period, closed_periods, list_periods
 from collector.store.rate_cards import ensure_rate_card, list_rate_cards
-from collector.store.reports import ResourceTotal, charge_report, statement_lines
+from collector.store.reports import ResourceTotal, billed_lines, charge_report
 from collector.store.models import Base
 
 UTC = timezone.utc
@@ -489,19 +489,23 @@ def test_statement_total_equals_report_total(session, card_id):
     report = charge_report(session, period="2026-11", group_by=["account"], cluster=None)
     assert len(report) == 3
     for row in report:
-        stmt = list(statement_lines(session, period="2026-11", account=row["account"]))
+        stmt = [b.line for b in billed_lines(session, period="2026-11",
+                                             account=row["account"])]
         assert sum((s.amount for s in stmt), Decimal(0)) == row.amount
         assert len({(s.cluster, s.job_id_raw, s.submit) for s in stmt}) == row.jobs
         order = [(s.submit, s.job_id_raw, s.cluster, s.resource) for s in stmt]
         assert order == sorted(order)
-    physics = list(statement_lines(session, period="2026-11", account="physics",
-                                   cluster="beta"))
-    assert len(physics) == 4 and {s.cluster for s in physics} == {"beta"}
+    physics = list(billed_lines(session, period="2026-11", account="physics",
+                                cluster="beta"))
+    assert len(physics) == 4 and {b.line.cluster for b in physics} == {"beta"}
     first = physics[0]
     assert first.job_id == "5" and first.user == "alice" and first.partition == "gpu"
+    assert (first.account, first.qos) == ("physics", "normal")
+    assert first.end is not None and first.line.rate_card == physics[-1].line.rate_card
     assert first.start is not None and first.start.utcoffset() == timedelta(0)
-    assert {s.kind for s in physics} == {"charge", "correction"}
-    assert {s.usage_period for s in physics if s.kind == "correction"} == {"2026-10"}
+    assert {b.line.kind for b in physics} == {"charge", "correction"}
+    assert {b.line.usage_period for b in physics if b.line.kind == "correction"} == {
+        "2026-10"}
 
 
 def test_group_by_is_validated_against_the_whitelist(session, card_id):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import executable_wrapper, run_cli
+from tests.helpers import audit_key_env, executable_wrapper, run_cli
 from collector.store import charges as store_charges
 from collector.store import db as store_db
 from collector.store import runs as store_runs
@@ -110,7 +110,8 @@ def test_statement_total_equals_the_report(db_url, capsys, tmp_path):
 def test_closed_period_gets_corrections_in_the_next_open_one(db_url, sessions, capsys, tmp_path):
     assert collect(db_url) == 0
     before = report(db_url, capsys)
-    assert run_cli("period", "close", "2026-11", "--database-url", db_url) == 0
+    assert run_cli("period", "close", "2026-11", "--database-url", db_url,
+                   env=audit_key_env(tmp_path)) == 0
 
     # A late change from Slurm: job 13 ran 8 s, not 4 (its End moved).
     lines = WIDE.read_text().splitlines()

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from bench.gen_sacct import generate
-from tests.helpers import run_cli
+from tests.helpers import audit_key_env, run_cli
 from collector.store import reports as store_reports
 from collector.store import rollups as store_rollups
 
@@ -87,7 +87,8 @@ def test_rollups_equal_the_raw_report_through_every_kind_of_write(db_url, sessio
     # A reprice with another card, after closing the earliest period: new lines in open
     # periods, corrections posted into the first open one.
     first = scalar(sessions, "SELECT min(posted_period) FROM charge_lines")
-    assert run_cli("period", "close", first, "--database-url", db_url) == 0
+    assert run_cli("period", "close", first, "--database-url", db_url,
+                   env=audit_key_env(tmp_path)) == 0
     doubled = tmp_path / "doubled.toml"
     doubled.write_text(DEMO_CARD.read_text().replace('cpu_hour = "36"', 'cpu_hour = "72"'))
     assert run_cli("reprice", "--since", "2026-01-01", "--until", "2027-01-01", "--rates",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from decimal import Decimal as D
 import logging
 import re
 import time
@@ -212,6 +213,8 @@ def test_every_endpoint_answers_as_the_contract_says(client, tokens, openapi, po
         ("/api/v1/budgets", a), (f"/api/v1/budgets?period={PERIOD}", a),
         ("/api/v1/nodes/utilisation?since=2026-11-01&until=2026-12-01", a),
         ("/api/v1/jobs/lab/999999", a),
+        ("/api/v1/jobs/lab/16/explain", a), ("/api/v1/jobs/lab/21/explain", a),
+        ("/api/v1/jobs/lab/999999/explain", a),
         ("/api/v1/jobs", {}),
         ("/api/v1/runs", _auth(tokens.physics)),
         ("/api/v1/report?period=2026-13", a),
@@ -224,10 +227,58 @@ def test_every_endpoint_answers_as_the_contract_says(client, tokens, openapi, po
         statuses.setdefault(path, []).append(response.status_code)
         assert response.headers.get("X-Request-ID")
     assert statuses["/api/v1/jobs/lab/999999"] == [404]
+    assert statuses["/api/v1/jobs/lab/999999/explain"] == [404]
+    assert statuses["/api/v1/jobs/lab/16/explain"] == [200]
     assert statuses["/api/v1/jobs"] == [200, 401]
     assert statuses["/api/v1/runs"] == [200, 403]
     assert statuses["/api/v1/report?period=2026-13"] == [400]
     assert statuses["/healthz"] == statuses["/readyz"] == statuses["/metrics"] == [200]
+
+
+def test_explain_in_the_api_is_the_commands_and_keeps_to_the_scope(client, tokens, openapi,
+                                                                  populated, capsys):
+    """Every stored record: the API's explanation is `hpc-billing explain`'s JSON, its
+    lines are the statement's lines of that job, and an account's token sees its own jobs
+    only."""
+    jobs = client.get("/api/v1/jobs?limit=1000", headers=_auth(tokens.all)).get_json()["items"]
+    assert len(jobs) > 10
+    statement: dict[tuple[str, str], list[tuple]] = {}
+    for account in {j["account"] for j in jobs if j["account"]}:
+        capsys.readouterr()
+        code = run_cli("statement", "--period", PERIOD, "--account", account, "--format",
+                       "json", "--database-url", populated)
+        if code == 1:
+            continue          # an account without charges in the period
+        for x in json.loads(capsys.readouterr().out)["lines"]:
+            statement.setdefault((str(x["job_id_raw"]), x["submit"]), []).append(
+                (x["resource"], x["quantity"], x["amount"]))
+    checked = 0
+    for raw in sorted({j["job_id_raw"] for j in jobs}):
+        response = _validated(openapi, client.get(f"/api/v1/jobs/lab/{raw}/explain",
+                                                  headers=_auth(tokens.all)))
+        assert response.status_code == 200
+        records = response.get_json()["records"]
+        capsys.readouterr()
+        assert run_cli("explain", "--job", str(raw), "--cluster", "lab", "--format", "json",
+                       "--database-url", populated) == 0
+        cli_records = json.loads(capsys.readouterr().out)["records"]
+        assert records == [r for r in cli_records if r["job"]["job_id_raw"] == raw]
+        for doc in records:
+            lines = [(x["resource"], x["quantity"], x["amount"]) for x in doc["lines"]
+                     if x["posted_period"] == PERIOD]
+            stmt = statement.get((str(raw), doc["job"]["submit"]), [])
+            assert [(r, D(q), D(a)) for r, q, a in lines] == [
+                (r, D(q), D(a)) for r, q, a in stmt], raw
+            checked += bool(lines)
+        physics = client.get(f"/api/v1/jobs/lab/{raw}/explain",
+                             headers=_auth(tokens.physics))
+        mine = [r for r in records if r["job"]["account"] == "physics"]
+        if mine:
+            assert physics.status_code == 200
+            assert physics.get_json()["records"] == mine
+        else:
+            assert physics.status_code == 403
+    assert checked > 10
 
 
 def test_node_utilisation_follows_the_contract(client, tokens, openapi, engine):

@@ -41,9 +41,13 @@ def invoice(account: str, site: InvoiceSite = SITE, closed: bool = True, lines=N
 
 def test_the_invoice_value_by_hand():
     inv = invoice("chemistry")
+    # The correction of 2026-10 is a row of its own: every row checks as quantity x rate.
     assert [(r.resource, r.label, r.quantity, r.rate, r.amount) for r in inv.resources] == [
-        ("cpu", "CPU core-hours", D("19.000000"), D("0.04"), D("0.76")),
+        ("cpu", "CPU core-hours", D("20.000000"), D("0.04"), D("0.80")),
+        ("cpu", "CPU core-hours, correction of 2026-10", D("-1.000000"), D("0.04"),
+         D("-0.04")),
         ("gpu", "GPU-hours, untyped", D("1.000000"), D("0.9"), D("0.90"))]
+    assert [r.corrects for r in inv.resources] == [None, "2026-10", None]
     assert [(u.user, u.jobs, u.amount) for u in inv.users] == [("carol", 2, D("1.66"))]
     assert (inv.subtotal, inv.tax, inv.total) == (D("1.66"), D("0.32"), D("1.98"))
     assert [(j.job_id, j.amount, j.corrections) for j in inv.jobs] == [
@@ -115,7 +119,8 @@ def test_the_pdf_reads_back_with_its_numbers(tmp_path):
     for expected in ("Example HPC Centre", "Computing Building, Room 101", "INVOICE",
                      f"Invoice number {inv.number} Account chemistry",
                      "Issued 2026-12-05 Period 2026-11 (2026-11-01 to 2026-11-30)",
-                     "CPU core-hours 19.00 core-h 0.04 0.76",
+                     "CPU core-hours 20.00 core-h 0.04 0.80",
+                     "CPU core-hours, correction of 2026-10 -1.00 core-h 0.04 -0.04",
                      "GPU-hours, untyped 1.00 GPU-h 0.90 0.90",
                      "Subtotal 1.66", "VAT 19 % 0.32", "Total (EUR) 1.98",
                      "carol 2 1.66", "Payable within 30 days.",

@@ -528,6 +528,19 @@ def test_bad_values_are_quarantined_with_field_and_value():
     assert isinstance(good, JobRecord) and good.cpus == 1
 
 
+def test_counts_the_store_cannot_hold_are_quarantined():
+    # Found by tests/integration/test_fuzz_runs.py: node=2^31 failed the whole COPY.
+    text = ("JobID|JobIDRaw|Cluster|State|Submit|AllocTRES|NNodes|ElapsedRaw\n"
+            "1|1|lab|COMPLETED|2026-11-22T12:45:42|cpu=1,node=2147483648|1|5\n"
+            "2|2|lab|COMPLETED|2026-11-22T12:45:42|cpu=2147483648|1|5\n"
+            "3|3|lab|COMPLETED|2026-11-22T12:45:42|cpu=1,gres/gpu=2147483648|1|5\n"
+            "4|4|lab|COMPLETED|2026-11-22T12:45:42|cpu=2147483647,node=2147483647|1|5")
+    *bad, good = parse_text(text)
+    assert [q.job_id for q in bad] == ["1", "2", "3"]
+    assert all("above 2147483647" in q.reason and "AllocTRES" in q.reason for q in bad)
+    assert isinstance(good, JobRecord) and good.cpus == good.nodes == 2**31 - 1
+
+
 def test_no_cluster_anywhere_is_quarantined_and_default_cluster_applies():
     text = "JobID|JobIDRaw|State|Submit\n1|1|COMPLETED|2026-11-22T12:45:42"
     (q,) = parse_text(text)
