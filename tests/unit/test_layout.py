@@ -21,7 +21,8 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                      "logging.config")),
     "collector.slurm": (("billing.records", "pyslurm"),
                         ("collector.store", "collector.web", "collector.pipeline", "sqlalchemy")),
-    "collector.store": (("billing.records", "sqlalchemy", "alembic", "psycopg2", "psycopg"),
+    "collector.store": (("billing.records", "sqlalchemy", "alembic", "psycopg2", "psycopg",
+                         "polars", "pyarrow", "numpy"),
                         ("collector.slurm", "collector.web", "collector.pipeline")),
     # What a run did: a value the pipeline makes and health and metrics read.
     "collector.run_result": (("billing.records",),
