@@ -49,6 +49,7 @@ from collector.usecases import (
     reconcile,
     reports,
     reprice,
+    retention,
     rollups,
     runs,
     serve,
@@ -205,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
         q = rollup_sub.add_parser(action, parents=[settings], help=text)
         q.add_argument("--period", type=_period_arg, default=None,
                        help="one posted period (default: all)")
+
+    sub.add_parser("prune", parents=[settings],
+                   help="delete node snapshots and runs older than their retention "
+                        "(HPC_BILLING_NODE_RETENTION, HPC_BILLING_RUN_RETENTION) and create "
+                        "the coming months' partitions (the daemon does this daily)")
 
     p = sub.add_parser("report", parents=[settings], help="charges of a period, grouped")
     p.add_argument("--period", type=_period_arg, required=True)
@@ -510,6 +516,13 @@ def cmd_rollup(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prune(rt: Runtime, args: argparse.Namespace) -> int:
+    done = retention.prune(rt)
+    print(f"pruned {done.node_snapshots} node snapshot rows and {done.runs} runs; "
+          f"created {done.partitions_created} partitions ahead")
+    return EXIT_OK
+
+
 def cmd_report(rt: Runtime, args: argparse.Namespace) -> int:
     group_by = reports.parse_group_by(args.group_by)
     rows = reports.report(rt, args.period, group_by)
@@ -631,7 +644,8 @@ def cmd_token(rt: Runtime, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Runtime, argparse.Namespace], int]] = {
     "migrate": cmd_migrate, "collect": cmd_collect, "backfill": cmd_backfill, "jobs": cmd_jobs,
     "runs": cmd_runs, "quarantine": cmd_quarantine, "demo": cmd_demo, "rates": cmd_rates,
-    "reprice": cmd_reprice, "period": cmd_period, "report": cmd_report, "rollup": cmd_rollup,
+    "reprice": cmd_reprice, "period": cmd_period, "report": cmd_report,
+    "rollup": cmd_rollup, "prune": cmd_prune,
     "statement": cmd_statement, "reconcile": cmd_reconcile, "budget": cmd_budget,
     "run": cmd_run, "token": cmd_token, "export": cmd_export, "explain": cmd_explain,
     "audit": cmd_audit,

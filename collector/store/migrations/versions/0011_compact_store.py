@@ -413,7 +413,7 @@ def upgrade() -> None:
         differing = sorted(set(old.items()) ^ set(new.items()), key=str)[:10]
         raise RuntimeError(
             "0011: the converted tables do not match the old ones (counts or sums differ;"
-            f" nothing was changed): {differing}")
+            " nothing was changed): " + repr(differing))
     for statement in BUILD_ROLLUPS:
         op.execute(statement)
     op.execute(RESTORE_VIEWS)
