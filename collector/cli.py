@@ -69,7 +69,8 @@ def _settings_parent() -> argparse.ArgumentParser:
     group = parent.add_argument_group("settings (each overrides its environment variable)")
     for spec in SPECS:
         group.add_argument(spec.flag, dest=f"setting_{spec.field}", metavar=spec.env,
-                           default=None, help=spec.help)
+                           default=None,
+                           help=spec.help.replace("%", "%%"))  # argparse %-formats help
     return parent
 
 
