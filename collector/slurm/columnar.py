@@ -75,7 +75,7 @@ JOB_SCHEMA = pl.Schema({
     "elapsed_s": pl.Int64(), "timelimit_min": pl.Int64(), "nodes": pl.Int64(), "cpus": pl.Int64(),
     "mem_bytes": pl.Int64(), "billing": pl.Int64(), "gpus": pl.String(), "node_list": pl.String(),
     "cpu_time_alloc_s": pl.Int64(), "cpu_used_ms": pl.Int64(), "max_rss_bytes": pl.Int64(),
-    "mem_used_byte_s": pl.Int128(), "energy_j": pl.Int64(), "db_index": pl.Int64(),
+    "mem_used_byte_s": pl.Int128(), "energy_j": pl.Int64(), "db_index": pl.UInt64(),
     "final": pl.Boolean(), "raw_digest": pl.Binary(),
 })
 # What a chunk's frame adds: input order, and whether the job was emitted before (§8).
@@ -250,28 +250,10 @@ class ColumnarReader:
         read), as chunks of jobs."""
         items = self.parser.parse_lines(lines, first_line_no=first_line_no,
                                         unchanged=unchanged)
-        jobs: list[JobRecord] = []
-        quarantined: list[QuarantinedRecord] = []
-        order = 0
-        for item in rollup_steps(items, source=self.source):
-            if isinstance(item, JobRecord):
-                jobs.append(item)
-            else:
-                quarantined.append(item)
-            if len(jobs) >= self.chunk_lines // 4:
-                yield self._records_chunk(jobs, quarantined, order)
-                order += len(jobs)
-                jobs, quarantined = [], []
-        if jobs or quarantined:
-            yield self._records_chunk(jobs, quarantined, order)
-
-    def _records_chunk(self, jobs: list[JobRecord], quarantined: list[QuarantinedRecord],
-                       order: int) -> Chunk:
-        self.fallback_jobs += len(jobs)
-        frame = records_frame(jobs).with_columns(
-            (pl.int_range(pl.len(), dtype=pl.Int64) + order).alias("order"),
-            pl.lit(False).alias("reemitted"))
-        return Chunk(jobs=frame, quarantined=quarantined, fallback_jobs=len(jobs))
+        for chunk in chunks_from_items(items, source=self.source,
+                                       jobs_per_chunk=self.chunk_lines // 4):
+            self.fallback_jobs += chunk.fallback_jobs
+            yield chunk
 
     def _chunk(self, batch: list[str], first_line_no: int, eof: bool
                ) -> tuple[Chunk | None, int]:
@@ -795,7 +777,25 @@ def records_frame(records: list[JobRecord]) -> pl.DataFrame:
                      _cpu_ms(r.cpu_used_s), r.max_rss_bytes, r.mem_used_byte_s, r.energy_j,
                      r.db_index, r.final,
                      bytes.fromhex(r.raw_digest) if r.raw_digest else None))
-    return pl.DataFrame(rows, schema=JOB_SCHEMA, orient="row")
+    try:
+        return pl.DataFrame(rows, schema=JOB_SCHEMA, orient="row")
+    except Exception as exc:
+        raise ValueError(_out_of_range(rows) or str(exc)) from exc
+
+
+_BOUNDS: dict[pl.DataType, tuple[int, int]] = {pl.Int64(): (-(2 ** 63), 2 ** 63 - 1), pl.UInt64(): (0, 2 ** 64 - 1)}
+
+
+def _out_of_range(rows: list[tuple[Any, ...]]) -> str | None:
+    """Which value of a record does not fit its bigint column (the store's too: the
+    poll fails, as PostgreSQL would have refused the row)."""
+    names = list(JOB_SCHEMA)
+    for row in rows:
+        for name, value in zip(names, row, strict=True):
+            bounds = _BOUNDS.get(JOB_SCHEMA[name])
+            if type(value) is int and bounds is not None and not bounds[0] <= value <= bounds[1]:
+                return f"{name} {value} of job {row[1]} is out of range for type bigint"
+    return None
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -816,7 +816,7 @@ def frame_records(df: pl.DataFrame) -> list[JobRecord]:
          cpu_time_alloc_s, cpu_ms, max_rss_bytes, mem_used, energy_j, db_index, final,
          digest) = row
         out.append(JobRecord(
-            cluster, job_id, job_id_raw, _utc(submit), state, state_raw, array_job_id,
+            cluster, job_id, job_id_raw, submit.replace(tzinfo=UTC), state, state_raw, array_job_id,
             array_task_id, het_job_id, het_job_offset, name, user, uid, group, account,
             partition, qos, wckey, reservation, exit_code, derived_exit_code, _utc(eligible),
             _utc(start), _utc(end), elapsed_s, timelimit_min, nodes, cpus, mem_bytes, billing,
@@ -825,3 +825,32 @@ def frame_records(df: pl.DataFrame) -> list[JobRecord]:
             None if mem_used is None else int(mem_used), energy_j, db_index, final,
             None if digest is None else digest.hex()))
     return out
+
+
+def chunks_from_items(items: Iterable[Item], *, source: str,
+                      jobs_per_chunk: int = CHUNK_LINES // 4) -> Iterator[Chunk]:
+    """The records->frame builder: a per-record source's items (JSON, slurmrestd,
+    pyslurm; unrolled, as ``Source.fetch`` yields them) rolled up (``rollup_steps``) and
+    framed in chunks, for the same pricer and writer as the text sources."""
+    jobs: list[JobRecord] = []
+    quarantined: list[QuarantinedRecord] = []
+    order = 0
+
+    def chunk() -> Chunk:
+        frame = records_frame(jobs).with_columns(
+            (pl.int_range(pl.len(), dtype=pl.Int64) + order).alias("order"),
+            pl.lit(False).alias("reemitted"))
+        return Chunk(jobs=frame, quarantined=list(quarantined), fallback_jobs=len(jobs))
+
+    for item in rollup_steps(items, source=source):
+        if isinstance(item, JobRecord):
+            jobs.append(item)
+        else:
+            quarantined.append(item)
+        if len(jobs) >= jobs_per_chunk:
+            yield chunk()
+            order += len(jobs)
+            jobs.clear()
+            quarantined.clear()
+    if jobs or quarantined:
+        yield chunk()
