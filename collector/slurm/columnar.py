@@ -783,7 +783,8 @@ def records_frame(records: list[JobRecord]) -> pl.DataFrame:
         raise ValueError(_out_of_range(rows) or str(exc)) from exc
 
 
-_BOUNDS: dict[pl.DataType, tuple[int, int]] = {pl.Int64(): (-(2 ** 63), 2 ** 63 - 1), pl.UInt64(): (0, 2 ** 64 - 1)}
+_BOUNDS: dict[pl.DataType, tuple[int, int]] = {pl.Int64(): (-(2 ** 63), 2 ** 63 - 1),
+                                               pl.UInt64(): (0, 2 ** 64 - 1)}
 
 
 def _out_of_range(rows: list[tuple[Any, ...]]) -> str | None:
