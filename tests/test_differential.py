@@ -1,0 +1,217 @@
+"""Differential tests: the production import against the per-record oracle (issue 19).
+
+Each case imports one sacct export with the PRODUCTION path (``poll_once`` with the file
+source and a rate card: what ``hpc-billing collect --once --source file`` runs) into a
+fresh PostgreSQL database, reads back what it stored through the stable relations
+(``jobs``, ``charge_lines``, ``quarantine``, ``collector_runs``), and compares it with what
+the per-record path of ``tests/oracle`` says the store must hold:
+
+- the same job rows, every column (raw digest included);
+- the same charge lines, every column, money compared as Decimal to the last stored
+  digit (and the totals per currency, to the cent);
+- the same quarantined records (source, line, job id, reason, raw text);
+- the same run outcome; a file that cannot be read fails in both, storing nothing.
+
+Then the same file is imported again: nothing may change (the unchanged-row skip), and
+the second run quarantines the same records again.
+
+Inputs: every captured shape (tests/fixtures, tests/corpus/sacct, tests/corpus/json, the
+shared Slurm samples), hypothesis-drawn exports with hostile values (tests/strategies_sacct),
+and ``bench.gen_sacct`` exports (plain, and month-crossing in Europe/Berlin with 2 % of
+hazards), large enough to span several of the engine's chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+
+from billing.rates import load_rate_card
+from tests.oracle import CHARGE_COLUMNS, JOB_COLUMNS, OracleResult, ingest
+from tests.oracle.production import ScratchDatabases, Stored, production_import, read_stored
+from tests.strategies_sacct import BERLIN_CARD, DEMO_CARD, Export, hazard_copy, hostile_exports
+
+ROOT = Path(__file__).resolve().parents[1]
+# The pricing's as-of (running jobs accrue up to it with the Berlin card): after every
+# generated time, fixed so both paths price alike.
+NOW = datetime(2027, 3, 1, tzinfo=UTC)
+SHARED_SAMPLES = Path("/work/shared/slurm/samples")
+
+CONFIGS = {
+    "utc-demo": ("UTC", DEMO_CARD, None),
+    "berlin-card": ("Europe/Berlin", BERLIN_CARD, "fallback"),
+}
+
+
+def _captured() -> list[Path]:
+    """Every captured or hand-made export shape, each content once."""
+    found: dict[str, Path] = {}
+    dirs = [ROOT / "tests" / "fixtures", ROOT / "tests" / "corpus" / "sacct",
+            ROOT / "tests" / "corpus" / "json", SHARED_SAMPLES]
+    for base in dirs:
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            if (not path.is_file() or path.suffix in (".md", ".gz", ".py")
+                    or path.name == "expected.json"):
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found.setdefault(digest, path)
+    return sorted(found.values())
+
+
+CAPTURED = _captured()
+
+
+@pytest.fixture(scope="module")
+def scratch(pg_admin_url: str):
+    dbs = ScratchDatabases(pg_admin_url, tag="hpcb_eng_bench_diff")
+    try:
+        yield dbs
+    finally:
+        dbs.close()
+
+
+# ------------------------------------------------------------------------- comparing
+
+def _first_differences(name: str, columns: tuple[str, ...], want: list[tuple[Any, ...]],
+                       got: list[tuple[Any, ...]], limit: int = 3) -> str:
+    want_set, got_set = set(map(_hashable, want)), set(map(_hashable, got))
+    missing = [row for row in want if _hashable(row) not in got_set][:limit]
+    extra = [row for row in got if _hashable(row) not in want_set][:limit]
+    out = [f"{name}: oracle {len(want)}, production {len(got)}"]
+    for row in missing:
+        out.append(f"  only in the oracle:     {dict(zip(columns, row, strict=False))}")
+    for row in extra:
+        out.append(f"  only in production: {dict(zip(columns, row, strict=False))}")
+    return "\n".join(out)
+
+
+def _hashable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in row)
+
+
+def _totals(lines: list[tuple[Any, ...]]) -> dict[str, Decimal]:
+    amount, currency = CHARGE_COLUMNS.index("amount"), CHARGE_COLUMNS.index("currency")
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    for line in lines:
+        out[line[currency]] += line[amount]
+    return dict(out)
+
+
+QUARANTINE_COLUMNS = ("source", "line_no", "job_id", "reason", "raw")
+
+
+def assert_same(expected: OracleResult, got: Stored, outcome: str, run: int = 1) -> None:
+    """The run ``run`` of ``got`` stored exactly what the oracle says (jobs and lines are
+    the store's state after it)."""
+    if expected.error is not None:
+        assert outcome == "failed", f"the oracle fails ({expected.error}), production: {outcome}"
+        assert not got.jobs and not got.lines and not got.quarantine_of(run)
+        error = got.runs[run - 1][2] or ""
+        if expected.error.startswith("file:"):
+            assert expected.error in error, (expected.error, error)
+        return
+    assert outcome == expected.outcome, (outcome, expected.outcome, got.runs[run - 1])
+    problems = []
+    want_jobs = expected.job_rows()
+    if got.jobs != want_jobs:
+        problems.append(_first_differences("jobs", JOB_COLUMNS, want_jobs, got.jobs))
+    if got.lines != expected.lines:
+        problems.append(_first_differences("charge lines", CHARGE_COLUMNS, expected.lines,
+                                           got.lines))
+    if _totals(got.lines) != _totals(expected.lines):
+        problems.append(f"totals: oracle {_totals(expected.lines)}, "
+                        f"production {_totals(got.lines)}")
+    if got.quarantine_of(run) != expected.quarantine:
+        problems.append(_first_differences("quarantine", QUARANTINE_COLUMNS,
+                                           expected.quarantine, got.quarantine_of(run)))
+    assert not problems, "\n".join(problems)
+
+
+def check_file(scratch: ScratchDatabases, path: Path, *, timezone: str, card: Path,
+               cluster: str | None, again: bool = True) -> OracleResult:
+    """Import ``path`` with production (twice: the second finds it unchanged) and compare
+    each time with the oracle."""
+    expected = ingest(path, tz=ZoneInfo(timezone), cluster=cluster,
+                      card=load_rate_card(card.read_text(encoding="utf-8")), as_of=NOW)
+    with scratch.database() as url:
+        outcome = production_import(url, path, now=NOW, timezone=timezone, cluster=cluster,
+                                    rates=card)
+        assert_same(expected, read_stored(url), outcome)
+        if again:
+            outcome = production_import(url, path, now=NOW, timezone=timezone,
+                                        cluster=cluster, rates=card)
+            assert_same(expected, read_stored(url), outcome, run=2)
+    return expected
+
+
+# ------------------------------------------------------------------------- the cases
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("path", CAPTURED, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_captured_shapes(scratch, path: Path, config: str) -> None:
+    timezone, card, cluster = CONFIGS[config]
+    check_file(scratch, path, timezone=timezone, card=card, cluster=cluster)
+
+
+def test_captured_shapes_are_there() -> None:
+    # The parametrisation above must not silently shrink (a moved corpus would pass it).
+    names = {p.name for p in CAPTURED}
+    assert len(CAPTURED) >= 30
+    assert {"sacct-typed-gpus.psv", "slurm-26.05-local-times-berlin.psv",
+            "sacct-all.json"} <= names
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(export=hostile_exports())
+def test_hostile_generated_exports(scratch, tmp_path_factory, export: Export) -> None:
+    note(repr(export))
+    path = tmp_path_factory.mktemp("hostile") / "hostile.psv"
+    path.write_text(export.text, encoding="utf-8", errors="surrogatepass", newline="")
+    check_file(scratch, path, timezone=export.timezone, card=export.card,
+               cluster=export.cluster)
+
+
+def _generated(tmp_path: Path, lines: int, seed: int, start: datetime | None = None) -> str:
+    import io
+
+    from bench.gen_sacct import generate
+
+    buf = io.StringIO()
+    generate(lines, buf, seed=seed, start=start)
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_gen_sacct_export_spanning_chunks(scratch, tmp_path: Path) -> None:
+    """30,000 lines (several of the engine's 2 MiB chunks), demo card, UTC."""
+    path = tmp_path / "gen.psv"
+    path.write_text(_generated(tmp_path, 30_000, seed=7), encoding="utf-8")
+    expected = check_file(scratch, path, timezone="UTC", card=DEMO_CARD, cluster=None)
+    assert len(expected.jobs) > 7_000 and expected.lines
+
+
+@pytest.mark.slow
+def test_gen_sacct_month_crossing_berlin_with_hazards(scratch, tmp_path: Path) -> None:
+    """20,000 lines from 2026-06-24 read as Europe/Berlin local times (crossing into July
+    and the card's rule change on 07-10), 2 % of the lines broken and some steps moved
+    below the next job line."""
+    text = hazard_copy(_generated(tmp_path, 20_000, seed=11,
+                                  start=datetime(2026, 6, 24, tzinfo=UTC)), 0.02, seed=5)
+    path = tmp_path / "gen-berlin-hazards.psv"
+    path.write_text(text, encoding="utf-8")
+    expected = check_file(scratch, path, timezone="Europe/Berlin", card=BERLIN_CARD,
+                          cluster=None)
+    assert expected.quarantine and expected.lines
+    periods = {line[CHARGE_COLUMNS.index("usage_period")] for line in expected.lines}
+    assert {"2026-06", "2026-07"} <= periods
