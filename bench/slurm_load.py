@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load benchmark on the real Slurm lab: sacct alone vs. a full ``collect --once``.
 
-    bash deploy/lab/up.sh && python -m bench.slurm_load [--rows 100000] [--hours 28]
+    bash deploy/lab/up.sh && python -m bench.slurm_load [--rows 10000] [--hours 28]
 
 Needs the lab (deploy/lab; root, for ``mysql`` over MariaDB's socket) and a PostgreSQL
 (HPC_BILLING_TEST_DATABASE_URL, default postgres@127.0.0.1:5432) for a scratch database.
@@ -279,7 +279,8 @@ def _median(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=10_000,
+                        help="accounting rows to clone (the issue's lab figure: 10,000)")
     parser.add_argument("--hours", type=float, default=28, help="spread of the cloned submits")
     parser.add_argument("--repeat", type=int, default=2,
                         help="timed (sacct alone, collect) pairs after the warm-up sacct")
