@@ -66,7 +66,7 @@ def _parse_bind(text: str) -> tuple[str, int]:
 
 def _parse_database_url(text: str) -> str:
     url = text.strip()
-    if not re.match(r"^postgresql(\+psycopg2)?://", url):
+    if not re.match(r"^postgresql(\+psycopg2?)?://", url):
         raise ValueError("must be a PostgreSQL URL such as postgresql+psycopg2://user:pw@host:5432/db")
     return url
 

@@ -173,6 +173,9 @@ class ParsableParser:
         # Jobs skipped as unchanged whose very lines were met (and skipped) earlier in
         # the same input: the same job twice (the pipeline counts converted ones).
         self.duplicates_skipped = 0
+        # Hashes of the digests skipped so far in this input (one input per parser; the
+        # columnar reader's skip stage adds to the same set).
+        self.skipped_digests: set[int] = set()
 
         self._free = tuple(name.strip().lower() in _FREE_LOWER for name in self.columns)
         free_names = [name for name, free in zip(self.columns, self._free, strict=True) if free]
@@ -404,7 +407,7 @@ class ParsableParser:
         # group: [cluster, head, skippable, items, digest]
         groups: list[list[Any]] = []
         current: list[Any] | None = None
-        skipped_before: set[int] = set()     # hashes of the digests skipped so far
+        skipped_before = self.skipped_digests  # hashes of the digests skipped so far
 
         # The digest is blake2b(salt + "\n" + raw line + "\n" + raw line ...), hashed in
         # one call per group.

@@ -36,7 +36,7 @@ from collector.store.copytext import (
     AMOUNT,
     QUANTITY,
     RATE,
-    LinesReader,
+    copy_lines,
     copy_text,
     decimal_text,
 )
@@ -408,19 +408,19 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     with raw_cursor(session, "the charge store") as cur:
         if new_jobs:
             run_text = "\\N" if run_id is None else str(run_id)
-            cur.copy_expert(_SQL_COPY_NEW,
-                            LinesReader(f"{line[:-1]}\t{run_text}\n" for line in encoded),
-                            size=LinesReader.BULK_CHUNK)
-            inserted = cur.rowcount
+            inserted = copy_lines(cur, _SQL_COPY_NEW,
+                                  (f"{line[:-1]}\t{run_text}\n" for line in encoded))
             changed = len(with_lines)
             deleted, total = 0, len(prefixes)
         else:
             cur.execute(_SQL_CREATE_STAGES)
-            cur.copy_expert(_SQL_COPY_KEYS, LinesReader(key_lines), size=LinesReader.CHUNK)
-            cur.copy_expert(_SQL_COPY_LINES, LinesReader(encoded), size=LinesReader.BULK_CHUNK)
+            copy_lines(cur, _SQL_COPY_KEYS, key_lines)
+            copy_lines(cur, _SQL_COPY_LINES, encoded)
             cur.execute(_SQL_ANALYZE)
             cur.execute(_SQL_REPLACE, {"run_id": run_id})
-            changed, deleted, inserted, total = cur.fetchone()
+            row = cur.fetchone()
+            assert row is not None   # the statement always returns its one row of counts
+            changed, deleted, inserted, total = row
     return ChargeCounts(deleted=int(deleted), inserted=int(inserted),
                         unchanged_jobs=int(total) - int(changed))
 

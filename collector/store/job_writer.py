@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from billing.records import JobRecord
-from collector.store.copytext import LinesReader
+from collector.store.copytext import copy_lines
 from collector.store.db import raw_cursor
 from collector.store.jobs import KEY_COLUMNS, STAGE_COLUMNS, _as_stored, _aware, stage_row
 
@@ -160,8 +160,7 @@ class JobWriter:
         with raw_cursor(self._session, "JobWriter") as cur:
             cur.execute(_SQL_CREATE_STAGE)
             cur.execute(_SQL_TRUNCATE_STAGE)
-            cur.copy_expert(_SQL_COPY, LinesReader(line for line, _ in batch.values()),
-                            size=LinesReader.BULK_CHUNK)
+            copy_lines(cur, _SQL_COPY, (line for line, _ in batch.values()))
             cur.execute(_SQL_ENSURE_CLUSTERS, (sorted(clusters),))
             cur.execute(_SQL_CHANGED)
             changed = cur.fetchall()

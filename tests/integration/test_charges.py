@@ -115,8 +115,9 @@ def test_migration_0002_up_down_and_matches_models(fresh_database_url: str):
         with Session(engine) as session:
             # A row as revision 0001 stored it (the writer always targets the head schema).
             j = job(1)
+            # (two statements: psycopg 3 binds parameters server-side, one statement each)
+            session.execute(text("INSERT INTO clusters (name) VALUES (:c)"), {"c": j.cluster})
             session.execute(text(
-                "INSERT INTO clusters (name) VALUES (:c);"
                 "INSERT INTO jobs (cluster, job_id_raw, submit_time, job_id, state, state_raw,"
                 " elapsed_s, nodes, cpus, mem_bytes, final, content_hash)"
                 " VALUES (:c, :raw, :submit, :id, :state, :state, 3600, 1, 8, :mem, true, 'x')"),
