@@ -137,12 +137,27 @@ def assert_same(expected: OracleResult, got: Stored, outcome: str, run: int = 1)
     assert not problems, "\n".join(problems)
 
 
+def open_reimport_bugs(expected: OracleResult) -> list[str]:
+    """The known, open re-import disagreements this input can trigger (each pinned by an
+    xfail(strict) test below and filed in /work/coord/REQUESTS.md); empty: none."""
+    bugs = []
+    if expected.records > len(expected.jobs):
+        bugs.append("a repeated job key (test_reimport_keeps_the_last_of_a_repeated_job)")
+    if any(q[3] == "step line without its job line" for q in expected.quarantine):
+        bugs.append("an unattached step (test_reimport_quarantines_unattached_steps_again)")
+    return bugs
+
+
 def check_file(scratch: ScratchDatabases, path: Path, *, timezone: str, card: Path,
-               cluster: str | None, again: bool = True) -> OracleResult:
+               cluster: str | None, again: bool = True,
+               skip_open_bugs: bool = False) -> OracleResult:
     """Import ``path`` with production (twice: the second finds it unchanged) and compare
-    each time with the oracle."""
+    each time with the oracle. ``skip_open_bugs``: no re-import comparison for an input
+    that triggers a known open re-import bug (the drawn inputs; the named tests pin them)."""
     expected = ingest(path, tz=ZoneInfo(timezone), cluster=cluster,
                       card=load_rate_card(card.read_text(encoding="utf-8")), as_of=NOW)
+    if skip_open_bugs and open_reimport_bugs(expected):
+        again = False
     with scratch.database() as url:
         outcome = production_import(url, path, now=NOW, timezone=timezone, cluster=cluster,
                                     rates=card)
@@ -179,7 +194,7 @@ def test_hostile_generated_exports(scratch, tmp_path_factory, export: Export) ->
     path = tmp_path_factory.mktemp("hostile") / "hostile.psv"
     path.write_text(export.text, encoding="utf-8", errors="surrogatepass", newline="")
     check_file(scratch, path, timezone=export.timezone, card=export.card,
-               cluster=export.cluster)
+               cluster=export.cluster, skip_open_bugs=True)
 
 
 def _generated(tmp_path: Path, lines: int, seed: int, start: datetime | None = None) -> str:
@@ -215,3 +230,66 @@ def test_gen_sacct_month_crossing_berlin_with_hazards(scratch, tmp_path: Path) -
     assert expected.quarantine and expected.lines
     periods = {line[CHARGE_COLUMNS.index("usage_period")] for line in expected.lines}
     assert {"2026-06", "2026-07"} <= periods
+
+
+# ------------------------------------------------------------- found by these tests
+
+def _repeated_job_export() -> str:
+    """A job printed twice: first with a step that is quarantined (so the first copy has
+    no raw digest and is never skipped), then again, whole, with another Reservation."""
+    import io
+
+    from bench.gen_sacct import generate
+
+    buf = io.StringIO()
+    generate(12, buf, seed=3)
+    header, *rows = buf.getvalue().rstrip("\n").split("\n")
+    cols = {name: i for i, name in enumerate(header.split("|"))}
+    head = next(i for i, row in enumerate(rows)
+                if "." not in row.split("|", 1)[0] and i + 1 < len(rows)
+                and rows[i + 1].split("|", 1)[0].endswith(".batch"))
+    group = [rows[head]]
+    for row in rows[head + 1:]:
+        if "." not in row.split("|", 1)[0]:
+            break
+        group.append(row)
+    first = [row.split("|") for row in group]
+    first[1][cols["ElapsedRaw"]] = "+12"            # the batch step: quarantined
+    later = [row.split("|") for row in group]
+    later[0][cols["Reservation"]] = "late"
+    return "\n".join([header, *("|".join(f) for f in first + later)]) + "\n"
+
+
+@pytest.mark.xfail(strict=True, reason="REQUESTS.md 10:45 (B -> R): on re-import the later "
+                   "copy is skipped as unchanged and the earlier one overwrites it; on main too")
+def test_reimport_keeps_the_last_of_a_repeated_job(scratch, tmp_path: Path) -> None:
+    path = tmp_path / "repeated.psv"
+    path.write_text(_repeated_job_export(), encoding="utf-8")
+    expected = check_file(scratch, path, timezone="UTC", card=DEMO_CARD, cluster=None)
+    reservations = {row["reservation"] for row in expected.jobs.values()}
+    assert "late" in reservations and len(expected.quarantine) == 1
+
+
+def _unattached_steps_export() -> str:
+    """A job line whose Cluster is not its steps' cluster: the steps cannot attach."""
+    import io
+
+    from bench.gen_sacct import generate
+
+    buf = io.StringIO()
+    generate(4, buf, seed=3)
+    header, *rows = buf.getvalue().rstrip("\n").split("\n")
+    cols = {name: i for i, name in enumerate(header.split("|"))}
+    job = rows[0].split("|")
+    job[cols["Cluster"]] = "other"
+    return "\n".join([header, "|".join(job), *rows[1:]]) + "\n"
+
+
+@pytest.mark.xfail(strict=True, reason="REQUESTS.md 10:50 (B -> R): the job is stored with "
+                   "a raw digest although its steps were quarantined, so a re-import skips the "
+                   "group and the quarantined steps vanish (run 'ok'); on main too")
+def test_reimport_quarantines_unattached_steps_again(scratch, tmp_path: Path) -> None:
+    path = tmp_path / "unattached.psv"
+    path.write_text(_unattached_steps_export(), encoding="utf-8")
+    expected = check_file(scratch, path, timezone="UTC", card=DEMO_CARD, cluster=None)
+    assert [q[3] for q in expected.quarantine] == ["step line without its job line"] * 3
