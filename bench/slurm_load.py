@@ -68,7 +68,9 @@ def read_env(path: str) -> dict[str, str]:
         words = shlex.split(line, comments=True)
         if len(words) == 2 and words[0] == "export" and "=" in words[1]:
             name, _, value = words[1].partition("=")
-            env[name] = value
+            # The lab's env file says PATH=<lab bin>:$PATH: expand against what we have.
+            env[name] = os.path.expandvars(value) if name != "PATH" else value.replace(
+                "$PATH", os.environ.get("PATH", "/usr/bin:/bin"))
     return env
 
 
