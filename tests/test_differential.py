@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 from billing.rates import load_rate_card
+from tests.helpers import audit_key_env, run_cli
 from tests.oracle import CHARGE_COLUMNS, JOB_COLUMNS, OracleResult, ingest
 from tests.oracle.production import ScratchDatabases, Stored, production_import, read_stored
 from tests.strategies_sacct import BERLIN_CARD, DEMO_CARD, Export, hazard_copy, hostile_exports
@@ -309,3 +310,58 @@ def test_gen_sacct_with_hazards_twice_over(scratch, tmp_path: Path) -> None:
     path.write_text(header + "\n" + body + body, encoding="utf-8")
     expected = check_file(scratch, path, timezone="UTC", card=DEMO_CARD, cluster=None)
     assert expected.records > len(expected.jobs) > 2_000
+
+
+def _changed_copy(text: str, seed: int) -> str:
+    """``text`` with about a third of its jobs changed the ways a later poll sees them:
+    running jobs ended (State, End), jobs moved to another account (another rule of the
+    Berlin card prices them), longer elapsed times."""
+    import random
+
+    rng = random.Random(seed)
+    header, *rows = text.rstrip("\n").split("\n")
+    cols = {name: i for i, name in enumerate(header.split("|"))}
+    out = [header]
+    for row in rows:
+        f = row.split("|")
+        if "." not in f[0] and rng.random() < 0.35:
+            if f[cols["State"]] == "RUNNING":
+                start = datetime.fromisoformat(f[cols["Start"]])
+                f[cols["State"]] = "COMPLETED"
+                f[cols["End"]] = (start + timedelta(seconds=int(f[cols["ElapsedRaw"]]))
+                                  ).strftime("%Y-%m-%dT%H:%M:%S")
+            elif f[cols["Account"]] == "physics":
+                f[cols["Account"]] = "chemistry"
+            elif f[cols["ElapsedRaw"]].isdigit() and f[cols["End"]] not in ("Unknown", ""):
+                f[cols["ElapsedRaw"]] = str(int(f[cols["ElapsedRaw"]]) + 3600)
+        out.append("|".join(f))
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.slow
+def test_changed_jobs_after_a_closed_period(scratch, tmp_path: Path) -> None:
+    """Import 6,000 lines from 2026-06-24 (Europe/Berlin, the Berlin card: running jobs
+    accrue, a rule change on 07-10), close 2026-06, import a copy in which a third of the
+    jobs changed: jobs and lines must be what the per-record path plans (June untouched,
+    corrections posted in July), money to the cent."""
+    first = tmp_path / "first.psv"
+    text = _generated(tmp_path, 6_000, seed=31, start=datetime(2026, 6, 24, tzinfo=UTC))
+    first.write_text(text, encoding="utf-8")
+    second = tmp_path / "second.psv"
+    second.write_text(_changed_copy(text, seed=4), encoding="utf-8")
+    card_text = BERLIN_CARD.read_text(encoding="utf-8")
+    tz = ZoneInfo("Europe/Berlin")
+    before = ingest(first, tz=tz, cluster=None, card=load_rate_card(card_text), as_of=NOW)
+    expected = ingest(second, tz=tz, cluster=None, card=load_rate_card(card_text), as_of=NOW,
+                      before=before, closed=frozenset({"2026-06"}))
+    kinds = {line[CHARGE_COLUMNS.index("kind")] for line in expected.lines}
+    assert "correction" in kinds and expected.error is None
+    with scratch.database() as url:
+        outcome = production_import(url, first, now=NOW, timezone="Europe/Berlin",
+                                    rates=BERLIN_CARD)
+        assert_same(before, read_stored(url), outcome)
+        env = audit_key_env(tmp_path)
+        assert run_cli("period", "close", "2026-06", "--database-url", url, env=env) == 0
+        outcome = production_import(url, second, now=NOW, timezone="Europe/Berlin",
+                                    rates=BERLIN_CARD)
+        assert_same(expected, read_stored(url), outcome, run=2)

@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from billing.price import price_job_outcome
+from billing.price import plan_lines, price_job_outcome
 from billing.rates import RateCard
 from billing.records import JobRecord, QuarantinedRecord, StepUsage
 from billing.rollup import rollup_steps
@@ -73,6 +73,8 @@ class OracleResult:
     error: str | None = None          # set: nothing is stored (the run fails)
     records: int = 0                  # job records read (duplicates included)
     outcomes: Counter[str] = field(default_factory=Counter)
+    # The stored lines per job as billing ChargeLines (for a later import's planning).
+    charge_lines: dict[tuple[str, int, datetime], list[Any]] = field(default_factory=dict)
 
     @property
     def outcome(self) -> str:
@@ -260,13 +262,42 @@ def quarantine_row(item: QuarantinedRecord) -> tuple[Any, ...]:
             stored_text(item.reason), stored_text(item.raw))
 
 
+def _next_period(period: str) -> str:
+    year, month = int(period[:4]), int(period[5:7])
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
+
+
+def _content(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A job row without its raw digest (what decides "changed": the digest is not part
+    of the record's value)."""
+    return tuple(repr(row[c]) for c in JOB_COLUMNS if c != "raw_digest")
+
+
 def ingest(path: str | os.PathLike[str], *, tz: tzinfo, cluster: str | None,
-           card: RateCard | None, as_of: datetime) -> OracleResult:
-    """What importing ``path`` once into an empty store leaves there (no closed periods)."""
+           card: RateCard | None, as_of: datetime, before: OracleResult | None = None,
+           closed: frozenset[str] = frozenset()) -> OracleResult:
+    """What importing ``path`` leaves in the store: into an empty store, or (``before``)
+    into the store a previous import left, with the periods ``closed`` closed since.
+
+    Into a stored state, the per-record path keeps jobs whose record is unchanged (and
+    their lines) as they are; a new or changed job gets its lines priced again, lines
+    posted in closed periods stay, the rest are planned (``billing.price.plan_lines``:
+    corrections posted in the first open period after a closed one). Quarantine is the
+    records of this import."""
     name = f"file:{Path(path).name}"
     result = OracleResult()
+    if before is not None:
+        result.jobs = dict(before.jobs)
+        result.charge_lines = {k: list(v) for k, v in before.charge_lines.items()}
     records: dict[tuple[str, int, datetime], JobRecord] = {}
     quarantined: list[QuarantinedRecord] = []
+
+    def first_open_after(period: str) -> str:
+        candidate = _next_period(period)
+        while candidate in closed:
+            candidate = _next_period(candidate)
+        return candidate
+
     try:
         for item in rollup_steps(read_items(path, tz=tz, cluster=cluster, name=name),
                                  source=name):
@@ -277,13 +308,23 @@ def ingest(path: str | os.PathLike[str], *, tz: tzinfo, cluster: str | None,
                 quarantined.append(item)
         for key, rec in records.items():
             stored = as_stored(rec)
-            result.jobs[key] = job_row(stored)
-            if card is not None:
-                outcome, lines = price_job_outcome(card, stored, as_of=as_of)
-                result.outcomes[outcome] += 1
-                result.lines.extend(charge_row(line) for line in lines)
-    except OracleError as exc:
+            row = job_row(stored)
+            old = result.jobs.get(key)
+            if old is not None and _content(old) == _content(row):
+                continue                              # unchanged: not priced again
+            result.jobs[key] = row
+            if card is None:
+                continue
+            outcome, desired = price_job_outcome(card, stored, as_of=as_of)
+            result.outcomes[outcome] += 1
+            kept = [line for line in result.charge_lines.get(key, [])
+                    if line.posted_period in closed]
+            planned = (plan_lines(desired, kept, closed=closed, first_open_after=first_open_after)
+                       if closed else list(desired))
+            result.charge_lines[key] = kept + planned
+    except (OracleError, ValueError) as exc:
         return OracleResult(error=str(exc))
-    result.lines.sort(key=_sort_key)
+    result.lines = sorted((charge_row(line) for lines in result.charge_lines.values()
+                           for line in lines), key=_sort_key)
     result.quarantine = sorted((quarantine_row(q) for q in quarantined), key=_sort_key)
     return result
