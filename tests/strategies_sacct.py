@@ -69,12 +69,18 @@ BY_COLUMN = {
 }
 
 
-def _hazard(line: str, cols: dict[str, int], rng: random.Random) -> list[str]:
+# The hazard kinds that keep a line whole (its column count, one line) and its times
+# readable: the fake sacct can still replay the file.
+WHOLE_LINE_HAZARDS = (2, 3, 5, 6, 7, 8, 10)
+
+
+def _hazard(line: str, cols: dict[str, int], rng: random.Random,
+            kinds: tuple[int, ...] | None = None) -> list[str]:
     """One of the money check's hazard kinds (bench/engine_proto/hazards.py) on a line."""
     f = line.rstrip("\n").split("|")
     if len(f) != len(cols):
         return [line]
-    kind = rng.randrange(12)
+    kind = rng.randrange(12) if kinds is None else rng.choice(kinds)
     if kind == 0:
         f[cols["JobName"]] += "|x"
     elif kind == 1:
@@ -102,9 +108,11 @@ def _hazard(line: str, cols: dict[str, int], rng: random.Random) -> list[str]:
     return ["|".join(f) + "\n"]
 
 
-def hazard_copy(src: str, rate: float, seed: int) -> str:
-    """A copy of export text ``src`` with ``rate`` of its lines given a hazard and about
-    ``rate``/10 of its steps moved below the next job line (hazards.py's file edit)."""
+def hazard_copy(src: str, rate: float, seed: int, *, kinds: tuple[int, ...] | None = None,
+                move_steps: bool = True) -> str:
+    """A copy of export text ``src`` with ``rate`` of its lines given a hazard (of
+    ``kinds``, default all) and about ``rate``/10 of its steps moved below the next job
+    line (hazards.py's file edit; not with ``move_steps`` False)."""
     rng = random.Random(seed)
     header, *lines = src.splitlines(keepends=True)
     cols = {name: i for i, name in enumerate(header.rstrip("\n").split("|"))}
@@ -116,10 +124,10 @@ def hazard_copy(src: str, rate: float, seed: int) -> str:
             out += [line, held]
             held = None
             continue
-        if is_step and rng.random() < rate / 10:
+        if move_steps and is_step and rng.random() < rate / 10:
             held = line
             continue
-        out += _hazard(line, cols, rng) if rng.random() < rate else [line]
+        out += _hazard(line, cols, rng, kinds) if rng.random() < rate else [line]
     if held is not None:
         out.append(held)
     return "".join(out)

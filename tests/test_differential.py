@@ -39,7 +39,14 @@ from billing.rates import load_rate_card
 from tests.helpers import audit_key_env, run_cli
 from tests.oracle import CHARGE_COLUMNS, JOB_COLUMNS, OracleResult, ingest
 from tests.oracle.production import ScratchDatabases, Stored, production_import, read_stored
-from tests.strategies_sacct import BERLIN_CARD, DEMO_CARD, Export, hazard_copy, hostile_exports
+from tests.strategies_sacct import (
+    BERLIN_CARD,
+    DEMO_CARD,
+    WHOLE_LINE_HAZARDS,
+    Export,
+    hazard_copy,
+    hostile_exports,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The pricing's as-of (running jobs accrue up to it with the Berlin card): after every
@@ -365,3 +372,40 @@ def test_changed_jobs_after_a_closed_period(scratch, tmp_path: Path) -> None:
         outcome = production_import(url, second, now=NOW, timezone="Europe/Berlin",
                                     rates=BERLIN_CARD)
         assert_same(expected, read_stored(url), outcome, run=2)
+
+
+# --------------------------------------------------------------- the sacct source
+
+def test_sacct_poll_through_a_fake_sacct(scratch, tmp_path: Path) -> None:
+    """A windowed poll of the sacct source (epoch times, ``\\x1f``, no header, the
+    collector's own argv) against the oracle reading the very output sacct gave: the fake
+    sacct (tests/fakes, the process boundary) replays 3,000 generated lines with 3 % of
+    the hazards it can still read (values, not line structure)."""
+    import subprocess
+
+    from collector.slurm.sacct import SACCT_ENV, SACCT_FIELDS, sacct_argv
+    from billing.records import Window
+    from tests.helpers import executable_wrapper
+    from tests.oracle.path import SACCT_FIELDS as ORACLE_FIELDS
+    from tests.oracle.production import production_poll
+
+    assert ORACLE_FIELDS == SACCT_FIELDS
+    data = tmp_path / "accounting.psv"
+    data.write_text(hazard_copy(_generated(tmp_path, 3_000, seed=41), 0.03, seed=6,
+                                kinds=WHOLE_LINE_HAZARDS, move_steps=False), encoding="utf-8")
+    sacct = executable_wrapper(tmp_path / "bin", "sacct", ROOT / "tests" / "fakes" / "fake_sacct.py")
+    now = datetime(2026, 8, 1, tzinfo=UTC)
+    lookback_s = 92 * 86_400
+    env = {"FAKE_SACCT_DATA": str(data)}
+    window = Window(now - timedelta(seconds=lookback_s), now)
+    out = subprocess.run(sacct_argv(str(sacct), window, "bench"), capture_output=True, check=True,
+                         env={**os.environ, "TZ": "UTC", **SACCT_ENV, **env}).stdout
+    assert out.count(b"\n") > 2_000, out[:500]
+    expected = ingest(None, tz=UTC, cluster="bench",
+                      card=load_rate_card(DEMO_CARD.read_text(encoding="utf-8")), as_of=now,
+                      sacct_stdout=out)
+    assert expected.lines and expected.quarantine
+    with scratch.database() as url:
+        outcome = production_poll(url, sacct=sacct, cluster="bench", now=now,
+                                  lookback_s=lookback_s, rates=DEMO_CARD, env=env)
+        assert_same(expected, read_stored(url), outcome)

@@ -19,7 +19,7 @@ from billing.records import JobRecord, QuarantinedRecord, StepUsage
 from billing.rollup import rollup_steps
 from collector.slurm.fields import REQUIRED_FIELDS
 from collector.slurm.jsonparse import check_jobs_document, parse_sacct_json
-from collector.slurm.parse import ParsableParser
+from collector.slurm.parse import SACCT_DELIMITER, ParsableParser
 from collector.slurm.source import SourceError
 
 # What ``jobs`` holds per job (today's columns, readable through the ``jobs`` relation
@@ -53,6 +53,16 @@ _INT8_COLUMNS = frozenset({"job_id_raw", "array_job_id", "het_job_id", "uid", "e
 _Q3 = Decimal("0.001")
 _Q6 = Decimal("0.000001")
 _Q9 = Decimal("0.000000001")
+
+# The columns the sacct source asks for (collector.slurm.sacct.SACCT_FIELDS, copied: that
+# module now carries the engine's reader; the differential test checks they are equal).
+SACCT_FIELDS: tuple[str, ...] = (
+    "JobID", "JobIDRaw", "Cluster", "Partition", "Account", "User", "UID", "Group",
+    "QOS", "WCKey", "Reservation", "State", "ExitCode", "DerivedExitCode",
+    "Submit", "Eligible", "Start", "End", "ElapsedRaw", "TimelimitRaw",
+    "NNodes", "NCPUS", "AllocTRES", "TRESUsageInTot", "CPUTimeRAW", "TotalCPU",
+    "MaxRSS", "ConsumedEnergyRaw", "NodeList", "DBIndex", "JobName",
+)
 
 _KNOWN_HEADER_HINT = frozenset(name.lower() for name in REQUIRED_FIELDS)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
@@ -273,9 +283,23 @@ def _content(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(repr(row[c]) for c in JOB_COLUMNS if c != "raw_digest")
 
 
-def ingest(path: str | os.PathLike[str], *, tz: tzinfo, cluster: str | None,
+def sacct_items(stdout: bytes, *, cluster: str | None
+                ) -> Iterator[JobRecord | StepUsage | QuarantinedRecord]:
+    """The items of one ``sacct`` run's output as the per-record sacct source reads it
+    (collector.slurm.sacct: SACCT_FIELDS, no header, ``\x1f``, epoch times in UTC,
+    source "sacct"); lines end only at ``\n`` and are decoded with replacement."""
+    if stdout and not stdout.endswith(b"\n"):
+        raise OracleError("sacct's output ended in the middle of a line")
+    lines = [raw.decode("utf-8", errors="replace") for raw in stdout.split(b"\n")[:-1]]
+    parser = ParsableParser(SACCT_FIELDS, delimiter=SACCT_DELIMITER, source="sacct", tz=UTC,
+                            default_cluster=cluster)
+    yield from parser.parse_lines(lines, unchanged=_NothingStored())
+
+
+def ingest(path: str | os.PathLike[str] | None, *, tz: tzinfo, cluster: str | None,
            card: RateCard | None, as_of: datetime, before: OracleResult | None = None,
-           closed: frozenset[str] = frozenset()) -> OracleResult:
+           closed: frozenset[str] = frozenset(), sacct_stdout: bytes | None = None
+           ) -> OracleResult:
     """What importing ``path`` leaves in the store: into an empty store, or (``before``)
     into the store a previous import left, with the periods ``closed`` closed since.
 
@@ -283,8 +307,9 @@ def ingest(path: str | os.PathLike[str], *, tz: tzinfo, cluster: str | None,
     their lines) as they are; a new or changed job gets its lines priced again, lines
     posted in closed periods stay, the rest are planned (``billing.price.plan_lines``:
     corrections posted in the first open period after a closed one). Quarantine is the
-    records of this import."""
-    name = f"file:{Path(path).name}"
+    records of this import. ``sacct_stdout`` (with ``path`` None): one sacct run's output
+    read as the sacct source reads it, instead of a file."""
+    name = "sacct" if path is None else f"file:{Path(path).name}"
     result = OracleResult()
     if before is not None:
         result.jobs = dict(before.jobs)
@@ -299,8 +324,9 @@ def ingest(path: str | os.PathLike[str], *, tz: tzinfo, cluster: str | None,
         return candidate
 
     try:
-        for item in rollup_steps(read_items(path, tz=tz, cluster=cluster, name=name),
-                                 source=name):
+        items = (sacct_items(sacct_stdout or b"", cluster=cluster) if path is None
+                 else read_items(path, tz=tz, cluster=cluster, name=name))
+        for item in rollup_steps(items, source=name):
             if isinstance(item, JobRecord):
                 result.records += 1
                 records[(item.cluster, item.job_id_raw, item.submit)] = item   # last wins

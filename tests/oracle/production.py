@@ -119,6 +119,35 @@ def production_import(url: str, path: Path, *, now: datetime, timezone: str = "U
         runtime.close()
 
 
+def production_poll(url: str, *, sacct: Path, cluster: str, now: datetime, lookback_s: int,
+                    rates: Path, env: dict[str, str] | None = None) -> str:
+    """One ``collect --once`` poll of the sacct source (``sacct`` is the executable: a fake
+    at the process boundary in the tests) over [now - lookback, now). Returns the outcome."""
+    import os
+
+    from collector.polling import poll_once
+    from collector.run_result import CollectError
+    from collector.runtime import Runtime, load_settings
+
+    overrides = {"database_url": url, "source": "sacct", "sacct": str(sacct),
+                 "cluster": cluster, "lookback_s": str(lookback_s),
+                 "rates": str(rates)}
+    saved = dict(os.environ)
+    os.environ.update(env or {})          # for the fake sacct (a child process)
+    runtime = Runtime(load_settings(overrides, env={}))
+    try:
+        try:
+            result = poll_once(runtime.database.sessions, runtime.settings,
+                               runtime.pricing_card(), now=now)
+        except CollectError as exc:
+            return exc.result.outcome
+        return result.outcome
+    finally:
+        runtime.close()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _hex(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
