@@ -333,6 +333,7 @@ class ColumnarReader:
             hexd = _digest(salt, texts[g]).hex()
             digest_of[g] = hexd
             asks.append((cl, int(raw), hexd))
+        self._pre_digests = {g: bytes.fromhex(h) for g, h in digest_of.items()}
         stored = lookup.stored(asks)
         if not stored:
             return df, 0
@@ -364,6 +365,7 @@ class ColumnarReader:
         """One chunk of whole job groups -> Chunk (the lookup was set by ``chunks``)."""
         lookup = self._lookup
         skipped = 0
+        self._pre_digests = {}
         if lookup is not None:
             df, skipped = self._preskip(df, lookup)
         c = pl.col
@@ -378,6 +380,7 @@ class ColumnarReader:
         return chunk
 
     _lookup: UnchangedLookup | None = None
+    _pre_digests: dict[int, bytes] = {}    # noqa: RUF012 - replaced per chunk, never mutated
 
     # ------------------------------------------------------------------ per record
 
@@ -658,10 +661,14 @@ class ColumnarReader:
             c("line").str.join("\n").alias("text"))
         salt = self.salt_nl
         with_digest = self._lookup is not None
+        pre = self._pre_digests          # the skip stage's, for the same lines
+        self._pre_digests = {}
         dig = pl.DataFrame({"grp": grp_lines["grp"],
-                            "raw_digest": pl.Series([_digest(salt, t) if with_digest else None
-                                                     for t in grp_lines["text"].to_list()],
-                                                    dtype=pl.Binary)})
+                            "raw_digest": pl.Series([
+                                (pre.get(g) or _digest(salt, t)) if with_digest else None
+                                for g, t in zip(grp_lines["grp"].to_list(),
+                                                grp_lines["text"].to_list(), strict=True)],
+                                dtype=pl.Binary)})
         jobs_df = jobs_df.join(dig, on="grp", how="left")
 
         # ---- roll the steps up (steps sit right after their job line)
