@@ -17,14 +17,18 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from typing import cast
+
+import polars as pl
 
 from billing.price import NO_RULE, PARTLY_PRICED
 from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
-from billing.rollup import rollup_steps
 from collector.pricer import Pricer
+from collector.pricing.frame import VectorPricer
 from collector.run_result import CollectError, RunResult
-from collector.slurm.source import Source
+from collector.slurm.columnar import Chunk, chunks_from_items, frame_records
+from collector.slurm.source import Source, UnchangedLookup
 from collector.store import job_writer as store_job_writer
 from collector.store import jobs as store_jobs
 from collector.store import rollups as store_rollups
@@ -75,10 +79,9 @@ def bulk_gc() -> Iterator[None]:
                 gc.unfreeze()
 
 
-# Jobs and quarantined records handed to the writing thread at a time, and chunks that
-# may wait for it (bounded memory: at most WRITE_DEPTH x WRITE_CHUNK records ahead).
-WRITE_CHUNK = 500
-WRITE_DEPTH = 16
+# Chunks (one reader chunk each: about 8,000 lines) that may wait for the writing thread
+# (bounded memory: engine.md §2's queue of depth 2).
+WRITE_DEPTH = 2
 _STOP: list[_Entry] = []        # the end of the chunks (compared by identity)
 
 
@@ -179,6 +182,32 @@ class _WriteBehind:
         finally:
             if pricer is not None:
                 pricer.forget_prepared()
+
+
+def source_chunks(source: Source, window: Window | None,
+                  unchanged: UnchangedLookup | None) -> Iterator[Chunk]:
+    """The source's window as chunks: its own ``fetch_chunks`` (sacct text, files),
+    else its records (slurmrestd, pyslurm) through the records->frame builder."""
+    fetch_chunks = getattr(source, "fetch_chunks", None)
+    if fetch_chunks is not None:
+        return cast(Iterator[Chunk], fetch_chunks(window, unchanged=unchanged))
+    return chunks_from_items(source.fetch(window, unchanged=unchanged), source=source.name)
+
+
+def _priced(vector: VectorPricer, jobs: pl.DataFrame
+            ) -> dict[tuple[str, int, datetime], tuple[str, list[ChargeLine]]]:
+    """A chunk priced by the vector pricer: each job's (outcome, lines), for the Pricer
+    to write (closed periods planned there). Of a key met twice in the chunk, the last
+    row is priced (the one the writer stores)."""
+    last = jobs.unique(subset=["cluster", "job_id_raw", "submit"], keep="last",
+                       maintain_order=True)
+    got = vector.price(last)
+    out: dict[tuple[str, int, datetime], tuple[str, list[ChargeLine]]] = {}
+    for cluster, raw, submit, outcome in got.outcomes.iter_rows():
+        out[(cluster, raw, submit.replace(tzinfo=UTC))] = (outcome, [])
+    for line in vector.charge_lines(got.lines):
+        out[line.job_key][1].append(line)
+    return out
 
 
 def _iterable(value: object) -> Iterable[object]:
@@ -295,11 +324,13 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
                     # finds the second copy unchanged.
                     lookup_session = cleanup.enter_context(session_factory())
                     unchanged = store_job_writer.UnchangedJobs(lookup_session)
-                items = source.fetch(window, unchanged=unchanged)
-                # Price in this thread only where most jobs read are new or changed (the
-                # skip path drops the unchanged ones before parsing); elsewhere the
-                # writer prices just the jobs it finds changed.
-                prepare = pricer.prepare if pricer is not None and unchanged is not None else None
+                # The engine's path for every source: chunks of rolled-up jobs (the
+                # columnar reader for sacct text, the records->frame builder for the
+                # others), priced per chunk by the vector pricer in this thread; the
+                # writing thread gets finished batches.
+                chunks = source_chunks(source, window, unchanged)
+                vector = (VectorPricer(pricer.card, pricer.as_of) if pricer is not None
+                          else None)
                 stage_row = store_jobs.stage_row
                 # Job keys met in this run (as hashes: a collision only miscounts a
                 # duplicate, it never drops a record; the writer keys on the real key).
@@ -307,33 +338,41 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
                 seen_add = seen.add
                 behind = _WriteBehind(writer, pricer, session, run_id, cluster)
                 try:
-                    chunk: list[_Entry] = []
-                    for item in rollup_steps(items, source=source.name):
-                        if isinstance(item, JobRecord):
-                            key = hash((item.cluster, item.job_id_raw, item.submit))
-                            if key in seen:
-                                duplicates += 1
-                                if len(examples) < 5:
-                                    examples.append(f"{item.cluster}/{item.job_id}")
-                            else:
-                                seen_add(key)
-                            chunk.append((item, stage_row(item),
-                                          prepare(item) if prepare is not None else None))
-                            records += 1
-                            if item.cluster not in clusters:
-                                clusters.add(item.cluster)
-                        else:
-                            if accepted_raw and store_runs.raw_digest(item.raw) in accepted_raw:
+                    for chunk in chunks:
+                        entries: list[_Entry] = []
+                        for bad in chunk.quarantined:
+                            if accepted_raw and store_runs.raw_digest(bad.raw) in accepted_raw:
                                 accepted += 1          # the operator accepted its loss
                                 continue
-                            if len(first_bad) < FIRST_BAD and isinstance(item, QuarantinedRecord):
-                                first_bad.append(describe_quarantined(item))
-                            chunk.append(item)
-                        if len(chunk) >= WRITE_CHUNK:
-                            behind.put(chunk)
-                            chunk = []
-                    if chunk:
-                        behind.put(chunk)
+                            if len(first_bad) < FIRST_BAD:
+                                first_bad.append(describe_quarantined(bad))
+                            entries.append(bad)
+                        jobs = chunk.jobs
+                        if jobs.height:
+                            recs = frame_records(jobs)
+                            again = jobs["reemitted"].to_list()
+                            priced = (_priced(vector, jobs) if vector is not None else {})
+                            last = {(r.cluster, r.job_id_raw, r.submit): i
+                                    for i, r in enumerate(recs)}
+                            for i, (item, reemitted) in enumerate(zip(recs, again,
+                                                                      strict=True)):
+                                key_t = (item.cluster, item.job_id_raw, item.submit)
+                                if not reemitted:
+                                    key = hash(key_t)
+                                    if key in seen:
+                                        duplicates += 1
+                                        if len(examples) < 5:
+                                            examples.append(f"{item.cluster}/{item.job_id}")
+                                    else:
+                                        seen_add(key)
+                                    records += 1
+                                entries.append((item, stage_row(item),
+                                                priced.get(key_t) if last[key_t] == i
+                                                else None))
+                                if item.cluster not in clusters:
+                                    clusters.add(item.cluster)
+                        if entries:
+                            behind.put(entries)
                     behind.finish()
                 except BaseException:
                     behind.abort()
