@@ -149,11 +149,8 @@ def assert_same(expected: OracleResult, got: Stored, outcome: str, run: int = 1)
 def open_reimport_bugs(expected: OracleResult) -> list[str]:
     """The known, open re-import disagreements this input can trigger (each pinned by an
     xfail(strict) test below and filed in /work/coord/REQUESTS.md); empty: none."""
-    bugs = []
-    if expected.records > len(expected.jobs):
-        bugs.append("a repeated job key (test_reimport_keeps_the_last_of_a_repeated_job)")
-    if any(q[3] == "step line without its job line" for q in expected.quarantine):
-        bugs.append("an unattached step (test_reimport_quarantines_unattached_steps_again)")
+    bugs: list[str] = []
+    # 10:45 (a repeated job key) and 10:50 (an unattached step): fixed on eng-read.
     if any("cannot continue on the next line" in q[3] for q in expected.quarantine):
         bugs.append("a broken line before a skipped group "
                     "(test_reimport_words_a_broken_line_as_the_first_import)")
@@ -274,8 +271,6 @@ def _repeated_job_export() -> str:
     return "\n".join([header, *("|".join(f) for f in first + later)]) + "\n"
 
 
-@pytest.mark.xfail(strict=True, reason="REQUESTS.md 10:45 (B -> R): on re-import the later "
-                   "copy is skipped as unchanged and the earlier one overwrites it; on main too")
 def test_reimport_keeps_the_last_of_a_repeated_job(scratch, tmp_path: Path) -> None:
     path = tmp_path / "repeated.psv"
     path.write_text(_repeated_job_export(), encoding="utf-8")
@@ -299,9 +294,6 @@ def _unattached_steps_export() -> str:
     return "\n".join([header, "|".join(job), *rows[1:]]) + "\n"
 
 
-@pytest.mark.xfail(strict=True, reason="REQUESTS.md 10:50 (B -> R): the job is stored with "
-                   "a raw digest although its steps were quarantined, so a re-import skips the "
-                   "group and the quarantined steps vanish (run 'ok'); on main too")
 def test_reimport_quarantines_unattached_steps_again(scratch, tmp_path: Path) -> None:
     path = tmp_path / "unattached.psv"
     path.write_text(_unattached_steps_export(), encoding="utf-8")

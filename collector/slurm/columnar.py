@@ -296,51 +296,65 @@ class ColumnarReader:
     # ------------------------------------------------------------------ skip stage
 
     def _preskip(self, df: pl.DataFrame, lookup: UnchangedLookup) -> tuple[pl.DataFrame, int]:
-        """Drop the groups stored from exactly these lines (today's digest and rules)."""
+        """Drop the groups stored from exactly these lines (today's digest and rules:
+        ``ParsableParser._parse_skipping``)."""
         c = pl.col
         head = c("p_raw").str.split_exact(".", 1).struct.field("field_0")
-        jl = df.filter(c("is_job")).select("grp", c("p_raw").alias("g_rawtxt"))
-        x = df.join(jl, on="grp", how="left")
+        dc = self.default_cluster or ""
+        jl = df.filter(c("is_job")).select(
+            "grp", c("p_raw").alias("g_rawtxt"),
+            pl.when(c("p_cluster") == "").then(pl.lit(dc)).otherwise(c("p_cluster"))
+            .alias("g_cl"))
+        x = df.join(jl, on="grp", how="left").with_columns(
+            pl.when(c("p_cluster") == "").then(pl.lit(dc)).otherwise(c("p_cluster"))
+            .alias("l_cl"))
         # heads of steps that are not in their job's group ("loose"): their jobs are
-        # parsed in full, so the steps find them (as _parse_skipping does)
+        # parsed in full, so the steps find them
         loose = x.filter(c("is_step") & (head != c("g_rawtxt")).fill_null(True)).select(
             head.alias("g_rawtxt")).unique()
-        cand = x.group_by("grp").agg(
-            (c("blank") | (c("ok") & (~c("is_step") | (head == c("g_rawtxt"))))).all()
-            .alias("cand"),
-            c("g_rawtxt").first().str.contains(r"^[0-9]{1,18}$").alias("digits"),
-            c("g_rawtxt").first().alias("g_rawtxt"))
-        cand = cand.filter(c("cand") & c("digits") & (c("grp") > 0)).join(
-            loose, on="g_rawtxt", how="anti").select("grp")
-        good = df.join(cand, on="grp", how="semi").filter(~c("blank"))
+        groups = x.filter(c("grp") > 0).group_by("grp", maintain_order=True).agg(
+            (c("blank") | (c("ok") & (~c("is_step") | ((head == c("g_rawtxt"))
+                                                       & (c("l_cl") == c("g_cl"))))))
+            .all().alias("cand"),
+            c("g_rawtxt").first().alias("raw"), c("g_cl").first().alias("cl"))
+        groups = groups.with_columns(
+            (c("cand") & c("raw").str.contains(r"^[0-9]{1,18}$")
+             & ~c("raw").is_in(loose["g_rawtxt"].implode())).alias("cand"))
+        good = df.join(groups.filter(c("cand")).select("grp"), on="grp",
+                       how="semi").filter(~c("blank"))
         if not good.height:
             return df, 0
-        grp_lines = good.group_by("grp", maintain_order=True).agg(
-            c("line").str.join("\n").alias("text"),
-            c("p_raw").first().alias("raw"), c("p_cluster").first().alias("cl"))
+        texts = dict(good.group_by("grp").agg(c("line").str.join("\n").alias("text"))
+                     .iter_rows())
         salt = self.salt_nl
-        dc = self.default_cluster or ""
         asks: list[tuple[str, int, str]] = []
-        digests: list[str] = []
-        for text, raw, cl in zip(grp_lines["text"].to_list(), grp_lines["raw"].to_list(),
-                                 grp_lines["cl"].to_list(), strict=True):
-            hexd = _digest(salt, text).hex()
-            digests.append(hexd)
-            asks.append((cl or dc, int(raw), hexd))
+        digest_of: dict[int, str] = {}
+        for g, raw, cl in groups.filter(c("cand")).select("grp", "raw", "cl").iter_rows():
+            hexd = _digest(salt, texts[g]).hex()
+            digest_of[g] = hexd
+            asks.append((cl, int(raw), hexd))
+        self._pre_digests = {g: bytes.fromhex(h) for g, h in digest_of.items()}
         stored = lookup.stored(asks)
         if not stored:
             return df, 0
         skip: list[int] = []
         marks = self.parser.skipped_digests
-        for g, (cl, _raw, hexd) in zip(grp_lines["grp"].to_list(), asks, strict=True):
-            if hexd in stored:
+        emitted = self.parser.emitted_keys
+        here: set[int] = set()            # keys of this chunk's groups that are not skipped
+        for g, raw, cl in groups.select("grp", "raw", "cl").iter_rows():
+            key = hash((cl, raw))
+            found = digest_of.get(g)
+            if (found is not None and found in stored and key not in emitted
+                    and key not in here):
                 skip.append(g)
                 lookup.skipped(cl)
-                mark = hash(hexd)
+                mark = hash(found)
                 if mark in marks:
                     self.parser.duplicates_skipped += 1
                 else:
                     marks.add(mark)
+            elif raw is not None:
+                here.add(key)
         if skip:
             df = df.filter(~c("grp").is_in(skip))
         return df, len(skip)
@@ -351,6 +365,7 @@ class ColumnarReader:
         """One chunk of whole job groups -> Chunk (the lookup was set by ``chunks``)."""
         lookup = self._lookup
         skipped = 0
+        self._pre_digests = {}
         if lookup is not None:
             df, skipped = self._preskip(df, lookup)
         c = pl.col
@@ -365,6 +380,7 @@ class ColumnarReader:
         return chunk
 
     _lookup: UnchangedLookup | None = None
+    _pre_digests: dict[int, bytes] = {}    # noqa: RUF012 - replaced per chunk, never mutated
 
     # ------------------------------------------------------------------ per record
 
@@ -377,8 +393,21 @@ class ColumnarReader:
         parser = self.parser
         lookup = self._lookup if skip else None
         src = lines + ([peek] if peek is not None else [])
+        peek_key: tuple[str, str] | None = None
+        was_emitted = True
+        if peek is not None and lookup is not None:
+            # The look-ahead line is the next unit's: the skip path must neither skip
+            # it here (nor count it) nor remember it as met.
+            f = peek.split(self.delimiter)
+            pos = self.field_names.index
+            peek_key = ((f[pos("Cluster")] or self.default_cluster or ""),
+                        f[pos("JobIDRaw")])
+            was_emitted = hash(peek_key) in parser.emitted_keys
+            lookup = _NotThe(lookup, (peek_key[0], peek_key[1]))
         items: list[Item] = list(parser.parse_lines(src, first_line_no=first_line_no,
                                                     unchanged=lookup))
+        if peek_key is not None and not was_emitted:
+            parser.emitted_keys.discard(hash(peek_key))
         if peek is not None and items:
             # the peek's own record is the next unit's: drop it (a job line's record,
             # or its quarantine when it does not convert)
@@ -574,6 +603,14 @@ class ColumnarReader:
                 (c("grp_bad") | c("grp").is_in(list(units))).alias("grp_bad"))
         df = df.join(grp_bad, on="grp", how="left")
 
+        if self._lookup is not None:
+            # the vector groups are met (not skipped): a later copy of one of them is
+            # never skipped (ParsableParser.emitted_keys)
+            emitted = self.parser.emitted_keys
+            for cl, raw in df.filter(c("is_job") & ~c("grp_bad")).select(
+                    "v_cluster", "JobIDRaw").iter_rows():
+                emitted.add(hash((cl, raw)))
+
         # ---- the per-record path, unit by unit, in input order
         quarantined: list[QuarantinedRecord] = []
         fb_frames: list[pl.DataFrame] = []
@@ -624,10 +661,14 @@ class ColumnarReader:
             c("line").str.join("\n").alias("text"))
         salt = self.salt_nl
         with_digest = self._lookup is not None
+        pre = self._pre_digests          # the skip stage's, for the same lines
+        self._pre_digests = {}
         dig = pl.DataFrame({"grp": grp_lines["grp"],
-                            "raw_digest": pl.Series([_digest(salt, t) if with_digest else None
-                                                     for t in grp_lines["text"].to_list()],
-                                                    dtype=pl.Binary)})
+                            "raw_digest": pl.Series([
+                                (pre.get(g) or _digest(salt, t)) if with_digest else None
+                                for g, t in zip(grp_lines["grp"].to_list(),
+                                                grp_lines["text"].to_list(), strict=True)],
+                                dtype=pl.Binary)})
         jobs_df = jobs_df.join(dig, on="grp", how="left")
 
         # ---- roll the steps up (steps sit right after their job line)
@@ -741,6 +782,23 @@ def _looks_like_job() -> pl.Expr:
     return (c("JobIDRaw").is_not_null() & (c("JobIDRaw") != "")
             & ~c("JobIDRaw").str.contains(".", literal=True)
             & ~c("JobID").fill_null("").str.contains(".", literal=True))
+
+
+class _NotThe:
+    """An UnchangedLookup that never finds the jobs of one (cluster, JobIDRaw): the
+    look-ahead line's, which a fallback unit's parser sees but does not own."""
+
+    def __init__(self, lookup: UnchangedLookup, key: tuple[str, str]) -> None:
+        self.lookup = lookup
+        self.cluster = key[0]
+        self.raw = int(key[1]) if key[1].isdigit() and key[1].isascii() else None
+
+    def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
+        asks = [k for k in keys if (k[0], k[1]) != (self.cluster, self.raw)]
+        return self.lookup.stored(asks) if asks else set()
+
+    def skipped(self, cluster: str) -> None:
+        self.lookup.skipped(cluster)
 
 
 def _renumber(q: QuarantinedRecord, line_nos: list[int]) -> QuarantinedRecord:
