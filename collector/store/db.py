@@ -108,6 +108,24 @@ def make_engine(url: str | URL, **engine_kwargs: object) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
+def raw_connect(url: str | URL, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A plain psycopg 3 connection to ``url`` with the engine's session settings (UTC,
+    UTF-8, application name): the reading thread's second connection, for the skip
+    lookups and partition DDL outside the poll's transaction (engine.md §5)."""
+    parsed = _parse_url(url)
+    conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    options = parsed.query.get("options")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    tz_option = "-c TimeZone=UTC"
+    kwargs: dict[str, Any] = {"options": f"{options} {tz_option}" if options else tz_option}
+    if "application_name" not in parsed.query:
+        kwargs["application_name"] = APPLICATION_NAME
+    if "client_encoding" not in parsed.query:
+        kwargs["client_encoding"] = "utf8"
+    return psycopg.connect(conninfo, autocommit=autocommit, **kwargs)
+
+
 def session_factory(engine: Engine) -> Sessions:
     """A sessionmaker for ``engine``.
 

@@ -100,7 +100,7 @@ WRITE_REFUSED = (errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege,
     "CREATE TABLE public.intruder (x int)",
     "CREATE TABLE reporting.intruder (x int)",
     "CREATE TEMP TABLE intruder (x int)",
-    "TRUNCATE public.jobs",
+    "TRUNCATE public.job_rows",
 ])
 def test_a_write_as_the_reader_fails_even_in_a_read_write_transaction(reporting_db, statement):
     conn = reporting_db.connect(reporting_db.grafana_url)
