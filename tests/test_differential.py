@@ -151,9 +151,6 @@ def open_reimport_bugs(expected: OracleResult) -> list[str]:
     xfail(strict) test below and filed in /work/coord/REQUESTS.md); empty: none."""
     bugs: list[str] = []
     # 10:45 (a repeated job key) and 10:50 (an unattached step): fixed on eng-read.
-    if any("cannot continue on the next line" in q[3] for q in expected.quarantine):
-        bugs.append("a broken line before a skipped group "
-                    "(test_reimport_words_a_broken_line_as_the_first_import)")
     return bugs
 
 
@@ -428,10 +425,6 @@ def _split_last_step_export() -> str:
     return "\n".join([header, *group[:-1], last[:cut], last[cut:], after[0]]) + "\n"
 
 
-@pytest.mark.xfail(strict=True, reason="REQUESTS.md 11:00 (B -> R): on re-import the engine's "
-                   "fallback unit loses its look-ahead when the next group is skipped, and words "
-                   "the quarantine reason 'truncated record at the end of the output'; main agrees "
-                   "with the oracle")
 def test_reimport_words_a_broken_line_as_the_first_import(scratch, tmp_path: Path) -> None:
     path = tmp_path / "split.psv"
     path.write_text(_split_last_step_export(), encoding="utf-8")
