@@ -69,8 +69,9 @@ def _settings_parent() -> argparse.ArgumentParser:
     group = parent.add_argument_group("settings (each overrides its environment variable)")
     for spec in SPECS:
         group.add_argument(spec.flag, dest=f"setting_{spec.field}", metavar=spec.env,
-                           default=None,
-                           help=spec.help.replace("%", "%%"))  # argparse %-formats help
+                           # argparse %-formats help texts: a setting's help may say
+                           # '19%' (tax rate), so its % signs are escaped here.
+                           default=None, help=spec.help.replace("%", "%%"))
     return parent
 
 

@@ -47,14 +47,15 @@ if ! command -v docker-compose >/dev/null || ! command -v systemd-analyze >/dev/
         echo "tests: docker-compose or systemd-analyze is missing; their tests will be skipped" >&2
     fi
 fi
-if ! command -v pdftoppm >/dev/null || ! command -v pdftotext >/dev/null; then
-    # The PDF invoice tests render pages to PNG and read the text back (Debian poppler-utils).
+if ! command -v pdftoppm >/dev/null || ! command -v pdftotext >/dev/null || ! command -v tesseract >/dev/null; then
+    # The PDF invoice tests render pages to PNG and read the text back, from the PDF
+    # (Debian poppler-utils) and from the picture by OCR (tesseract-ocr, English data).
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "tests: installing pdftoppm and pdftotext (Debian package poppler-utils)" >&2
+        echo "tests: installing poppler-utils and tesseract-ocr for the PDF invoice tests" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils tesseract-ocr tesseract-ocr-eng >/dev/null
     else
-        echo "tests: pdftoppm/pdftotext are missing (apt-get install poppler-utils); the PDF tests will be skipped" >&2
+        echo "tests: pdftoppm/pdftotext/tesseract missing (apt-get install poppler-utils tesseract-ocr); the PDF tests will be skipped" >&2
     fi
 fi
 if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ]; then

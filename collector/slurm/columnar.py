@@ -366,6 +366,9 @@ class ColumnarReader:
         lookup = self._lookup
         skipped = 0
         self._pre_digests = {}
+        # Job lines before the skip stage: a fallback unit's look-ahead is the line that
+        # follows it in the input, also when that line's group is skipped.
+        self._job_lines = df.filter(pl.col("is_job")).select("line_no", "line")
         if lookup is not None:
             df, skipped = self._preskip(df, lookup)
         c = pl.col
@@ -381,6 +384,7 @@ class ColumnarReader:
 
     _lookup: UnchangedLookup | None = None
     _pre_digests: dict[int, bytes] = {}    # noqa: RUF012 - replaced per chunk, never mutated
+    _job_lines: pl.DataFrame = pl.DataFrame()
 
     # ------------------------------------------------------------------ per record
 
@@ -621,7 +625,7 @@ class ColumnarReader:
             unit = (c("grp").replace_strict(units, default=c("grp"), return_dtype=pl.Int64)
                     if units else c("grp"))
             fb = fb.with_columns(unit.alias("unit"))
-            nxt = df.filter(c("is_job")).select("line_no", "line")
+            nxt = self._job_lines
             for (u,), part in fb.group_by(["unit"], maintain_order=True):
                 nfb_groups += 1
                 after = nxt.filter(c("line_no") > part["line_no"].max()).head(1)

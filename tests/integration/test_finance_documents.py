@@ -1,6 +1,7 @@
 """The finance builders on lines stored in the real database (issue 20's "done when"):
 the GL journal balances to the report's total, FOCUS BilledCost sums to it, the PDF
-invoice read back shows the report's total, explain agrees with the statement for every
+invoice read back (its text layer, and its first page rendered to a picture and read by
+OCR) shows the report's total, explain agrees with the statement for every
 job, and a period digest recorded at close catches an UPDATE of a closed period's line.
 
 The lines come from `collect` of tests/fixtures/sacct-typed-gpus.psv priced by the card
@@ -102,6 +103,32 @@ def test_the_pdf_invoice_shows_the_reports_total(collected, sessions, capsys, tm
     assert "GPU-hours, h100 9.00 GPU-h 2.00 18.00" in lines
     assert any("Account physics" in x for x in lines)
     assert any("Period 2026-11" in x for x in lines)
+
+
+@pytest.mark.skipif(not (shutil.which("pdftoppm") and shutil.which("tesseract")),
+                    reason="poppler-utils or tesseract-ocr missing; tests/run.sh installs them")
+def test_the_pdf_invoice_as_a_picture_reads_back_with_the_reports_total(
+        collected, sessions, capsys, tmp_path):
+    """The first page rendered to a PNG (pdftoppm, 200 dpi) and read back by OCR
+    (tesseract): what a person sees, not the PDF's text layer."""
+    report = _report(collected, capsys)
+    physics = [b for b in _billed(sessions) if b.account == "physics"]
+    (inv,) = build_invoices(physics, account="physics", period=PERIOD,
+                            site=InvoiceSite(name="Example HPC Centre"), issued=date(2026, 12, 5),
+                            period_closed=False, scale=2, tz=UTC)
+    path = tmp_path / "invoice.pdf"
+    path.write_bytes(render_invoice_pdf(inv))
+    subprocess.run(["pdftoppm", "-r", "200", "-f", "1", "-l", "1", "-png", str(path),
+                    str(tmp_path / "page")], check=True, timeout=60)
+    (png,) = sorted(tmp_path.glob("page-*.png"))
+    seen = subprocess.run(["tesseract", str(png), "-", "--psm", "6"], check=True,
+                          capture_output=True, text=True, timeout=120).stdout
+    lines = [" ".join(x.split()) for x in seen.splitlines()]
+    assert f"Total (EUR) {report['physics']:.2f}" in lines, seen          # 35.00
+    assert "GPU-hours, a100 7.00 GPU-h 2.00 14.00" in lines, seen
+    assert "GPU-hours, h100 9.00 GPU-h 2.00 18.00" in lines, seen
+    assert any(x.endswith("Account physics") for x in lines), seen
+    assert any(x.startswith("Issued 2026-12-05 Period 2026-11") for x in lines), seen
 
 
 def test_explain_agrees_with_the_statement_for_every_job(collected, sessions, tmp_path):
