@@ -133,8 +133,10 @@ class PgCpu:
 
 
 def store_bytes(url: str) -> dict:
-    """Bytes of every table of the store (heap, TOAST, indexes; partitions counted once,
-    rollups and dimensions included) and the number of stored jobs."""
+    """Bytes of every table of the store (heap, TOAST, indexes; the month partitions in
+    schema ``partitions`` counted once, rollups and dimensions included; ``jobs`` and
+    ``charge_lines`` are views over them; a migrated database's ``pre_engine`` copies are
+    not the store) and the number of stored jobs."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -144,7 +146,7 @@ def store_bytes(url: str) -> dict:
                 "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace"
                 " WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog',"
-                " 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+                " 'information_schema', 'pre_engine') AND n.nspname NOT LIKE 'pg_toast%'"
                 " ORDER BY 2 DESC")).all()
             jobs = conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
     finally:
@@ -300,9 +302,21 @@ def phase_report(url: str) -> dict:
             lambda s: reports.charge_report_raw(s, period=period, group_by=["account"]))
         if from_rollup != from_raw:
             raise SystemExit("the report from the rollups differs from the raw aggregate")
-    engine.dispose()
+    verified = None
+    try:
+        from collector.store import rollups as store_rollups
+
+        if hasattr(store_rollups, "verify"):
+            with sessions() as s:
+                check = store_rollups.verify(s)
+                s.rollback()
+            verified = {"ok": check.ok, "resource_differing": check.resource_differing,
+                        "jobs_differing": check.jobs_differing}
+    finally:
+        engine.dispose()
     return {"period": period, "charge_lines": lines, "jobs": jobs, "groups": len(from_rollup),
-            "rollup_seconds": rollup_s, "raw_seconds": raw_s, "seconds": rollup_s}
+            "rollup_seconds": rollup_s, "raw_seconds": raw_s, "seconds": rollup_s,
+            "rollup_verify": verified}
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -553,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
          "", f"{r['report']['charge_lines']:,} lines of {r['report']['jobs']:,} jobs"
          + (f"; raw aggregate {figures['report_raw_s'] * 1000:.1f} ms" if figures["report_raw_s"] else "")),
     ]
+    verified = r["report"].get("rollup_verify")
+    if verified is not None:
+        checks["rollup_verify"] = verified["ok"]
+        rows.append(("rollup verify after both ingests", "0 differ" if verified["ok"] else "DIFFER",
+                     "", f"{verified['resource_differing']} resource, "
+                         f"{verified['jobs_differing']} job buckets differ"))
     if slurm:
         ratio = slurm["ratio_collect_to_sacct"]
         again = slurm["collect"]["again"]["seconds"] / slurm["sacct"]["seconds"]

@@ -38,7 +38,13 @@ from hypothesis import HealthCheck, given, note, settings
 from billing.rates import load_rate_card
 from tests.helpers import audit_key_env, run_cli
 from tests.oracle import CHARGE_COLUMNS, JOB_COLUMNS, OracleResult, ingest
-from tests.oracle.production import ScratchDatabases, Stored, production_import, read_stored
+from tests.oracle.production import (
+    ScratchDatabases,
+    Stored,
+    production_import,
+    read_stored,
+    verify_rollups,
+)
 from tests.strategies_sacct import (
     BERLIN_CARD,
     DEMO_CARD,
@@ -146,6 +152,12 @@ def assert_same(expected: OracleResult, got: Stored, outcome: str, run: int = 1)
     assert not problems, "\n".join(problems)
 
 
+def assert_rollups(url: str) -> None:
+    """The rollups the writes maintained equal the aggregate of the stored lines."""
+    check = verify_rollups(url)
+    assert check.ok, check
+
+
 def open_reimport_bugs(expected: OracleResult) -> list[str]:
     """The known, open re-import disagreements this input can trigger (each pinned by an
     xfail(strict) test below and filed in /work/coord/REQUESTS.md); empty: none."""
@@ -168,10 +180,12 @@ def check_file(scratch: ScratchDatabases, path: Path, *, timezone: str, card: Pa
         outcome = production_import(url, path, now=NOW, timezone=timezone, cluster=cluster,
                                     rates=card)
         assert_same(expected, read_stored(url), outcome)
+        assert_rollups(url)
         if again:
             outcome = production_import(url, path, now=NOW, timezone=timezone,
                                         cluster=cluster, rates=card)
             assert_same(expected, read_stored(url), outcome, run=2)
+            assert_rollups(url)
     return expected
 
 
@@ -364,6 +378,7 @@ def test_changed_jobs_after_a_closed_period(scratch, tmp_path: Path) -> None:
         outcome = production_import(url, second, now=NOW, timezone="Europe/Berlin",
                                     rates=BERLIN_CARD)
         assert_same(expected, read_stored(url), outcome, run=2)
+        assert_rollups(url)
 
 
 # --------------------------------------------------------------- the sacct source
@@ -401,6 +416,7 @@ def test_sacct_poll_through_a_fake_sacct(scratch, tmp_path: Path) -> None:
         outcome = production_poll(url, sacct=sacct, cluster="bench", now=now,
                                   lookback_s=lookback_s, rates=DEMO_CARD, env=env)
         assert_same(expected, read_stored(url), outcome)
+        assert_rollups(url)
 
 
 def _split_last_step_export() -> str:

@@ -148,6 +148,19 @@ def production_poll(url: str, *, sacct: Path, cluster: str, now: datetime, lookb
         os.environ.update(saved)
 
 
+def verify_rollups(url: str) -> Any:
+    """``hpc-billing rollup verify`` (all periods): the rollups recomputed from the lines
+    and compared (a ``RollupCheck``; ``.ok`` when no bucket differs)."""
+    from collector.runtime import Runtime, load_settings
+    from collector.usecases.rollups import verify
+
+    runtime = Runtime(load_settings({"database_url": url}, env={}))
+    try:
+        return verify(runtime)
+    finally:
+        runtime.close()
+
+
 def _hex(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
