@@ -214,6 +214,11 @@ class Store:
         self._inserted = self._updated = self._unchanged = self._lines = 0
         self._closed = closed_periods(session, lock=True)
 
+    @property
+    def closed(self) -> frozenset[str]:
+        """The closed billing periods (``YYYY-MM``) read when the writer was made."""
+        return frozenset(self._closed)
+
     # ------------------------------------------------------------- dimensions
     def _ids(self, kind: str, keys: list[tuple[Any, ...]], insert: str, select: str,
              columns: Callable[[list[tuple[Any, ...]]], list[list[Any]]]) -> list[int]:
@@ -521,3 +526,55 @@ def frames_from_records(records: Iterable[JobRecord], lines: Iterable[ChargeLine
 def month_of(value: date) -> int:
     """A date's month as the frames' month index (months since 2000-01)."""
     return (value.year - 2000) * 12 + value.month - 1
+
+
+# ------------------------------------------------------------ existing keys
+
+_SQL_CREATE_KEYS = ("CREATE TEMP TABLE IF NOT EXISTS hpcb_keys (cluster text, job_id_raw bigint,"
+                    " submit_time timestamptz, i int) ON COMMIT DELETE ROWS")
+_SQL_TRUNCATE_KEYS = "TRUNCATE hpcb_keys"
+_COPY_KEYS = copy_statement("hpcb_keys", ["cluster", "job_id_raw", "submit_time", "i"])
+_KEYS_COLUMNS: list[Column] = [("cluster", "text"), ("job_id_raw", "int8"), ("submit", "ts"),
+                               ("i", "int4")]
+# One primary-key probe per key, in the one partition of its submit month (run-time
+# pruning of the LATERAL subquery; OFFSET 0 keeps it from being flattened into a join).
+_SQL_EXISTING = (
+    "SELECT k.i FROM hpcb_keys k JOIN clusters cl ON cl.name = k.cluster"
+    " CROSS JOIN LATERAL (SELECT 1 FROM job_rows j WHERE j.cluster_id = cl.id"
+    " AND j.job_id_raw = k.job_id_raw AND j.submit_time = k.submit_time OFFSET 0) j")
+
+
+def existing(conn: psycopg.Connection[Any], jobs: pl.DataFrame) -> pl.Series:
+    """Whether each row's key (cluster, job_id_raw, submit) is stored, as seen by
+    ``conn``'s transaction: on the poll's connection that includes what this poll wrote.
+    Keys go in by binary COPY into a temporary table (emptied first)."""
+    n = jobs.height
+    mask = np.zeros(n, dtype=bool)
+    if n:
+        frame = jobs.select("cluster", "job_id_raw", "submit").with_columns(
+            pl.int_range(n, dtype=pl.Int32).alias("i"))
+        with conn.cursor() as cur:
+            cur.execute(_SQL_CREATE_KEYS)
+            cur.execute(_SQL_TRUNCATE_KEYS)
+            copy_frame(cur, _COPY_KEYS, frame, _KEYS_COLUMNS)
+            cur.execute(_SQL_EXISTING)
+            found = [int(i) for (i,) in cur.fetchall()]
+        if found:
+            mask[np.asarray(found, dtype=np.int64)] = True
+    return pl.Series("exists", mask, dtype=pl.Boolean)
+
+
+def ensure_partitions_in(conn: psycopg.Connection[Any], jobs: pl.DataFrame,
+                         lines: pl.DataFrame, done: set[tuple[str, date]]) -> None:
+    """The months' partitions, in ``conn``'s transaction (as the JobWriter creates
+    them); ``done``: those already ensured in this poll (updated)."""
+    months = jobs.select(pl.col("submit").dt.truncate("1mo").dt.date().unique())
+    usage = lines.select(_month_date(pl.col("usage_month")).unique())
+    wanted = ([("job_rows", m) for (m,) in months.iter_rows()]
+              + [("charge_rows", m) for (m,) in usage.iter_rows()])
+    missing = [w for w in wanted if w not in done]
+    if missing:
+        with conn.cursor() as cur:
+            for parent, month in missing:
+                cur.execute(_SQL_PARTITION, (parent, month))
+        done.update(missing)
