@@ -210,7 +210,6 @@ class Store:
         # 4 MiB whatever the poll's size, engine.md §9). A false positive only sends a new
         # job through the stage + MERGE path, never the other way round.
         self._bloom = np.zeros(_BLOOM_BITS >> 3, dtype=np.uint8)
-        self._fine: list[pl.DataFrame] = []
         self._inserted = self._updated = self._unchanged = self._lines = 0
         self._closed = closed_periods(session, lock=True)
 
@@ -356,13 +355,19 @@ class Store:
                 copy_frame(cur, _COPY_JOBS, direct, JOB_COLUMNS)
                 dl = lrows.join(direct.select(*_KEY3, "assoc_id"), on=_KEY3)
                 copy_frame(cur, _COPY_LINES, dl, LINE_COLUMNS)
-                self._fine.append(dl.select("posted_month", "cluster_id", "assoc_id", "price_id",
-                                            "job_id_raw", "submit_time", "quantity_micro",
-                                            "amount_micro"))
+                # The chunk's rollup deltas are folded now (into the transaction's pending
+                # sums, applied once at the end): memory stays a chunk's, not the poll's.
+                cur.execute(SQL_CREATE_DELTA)
+                copy_frame(cur, _COPY_DELTA, dl.select(
+                    "posted_month", "cluster_id", "assoc_id", "price_id", "job_id_raw",
+                    "submit_time", "quantity_micro", "amount_micro",
+                    pl.lit(1, pl.Int16).alias("sign")), _DELTA_COLUMNS)
                 self._inserted += direct.height
                 self._lines += dl.height
             if staged.height:
                 self._staged(cur, staged, lrows.join(staged.select(*_KEY3), on=_KEY3))
+        if direct.height:
+            record_deltas(self._session)
 
     def _staged(self, cur: psycopg.Cursor[Any], jobs: pl.DataFrame, lines: pl.DataFrame) -> None:
         cur.execute(_SQL_CREATE_ROWS)
@@ -391,15 +396,8 @@ class Store:
         record_deltas(self._session)
 
     def finish(self) -> WriteCounts:
-        """Apply the new jobs' summed rollup deltas (once per poll) and return the
-        counts; the caller then commits."""
-        if self._fine:
-            frame = pl.concat(self._fine).with_columns(pl.lit(1, pl.Int16).alias("sign"))
-            with self._conn.cursor() as cur:
-                cur.execute(SQL_CREATE_DELTA)
-                copy_frame(cur, _COPY_DELTA, frame, _DELTA_COLUMNS)
-            record_deltas(self._session)
-            self._fine = []
+        """Note the writes (the pending rollup deltas are applied once, before the
+        commit: collector.store.rollups) and return the counts; the caller then commits."""
         mark_written(self._session)
         return WriteCounts(self._inserted, self._updated, self._unchanged, self._lines)
 
