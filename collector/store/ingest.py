@@ -43,6 +43,7 @@ from datetime import UTC, date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import numpy as np
 import polars as pl
 import psycopg
 from sqlalchemy.orm import Session
@@ -63,6 +64,7 @@ from collector.store.periods import closed_periods
 from collector.store.rollups import SQL_CREATE_DELTA, mark_written, record_deltas
 
 MICRO = 1_000_000
+_BLOOM_BITS = 1 << 25
 
 JOB_KINDS: dict[str, Kind] = {
     "job_id_raw": "int8", "submit_time": "ts", "eligible_time": "ts", "start_time": "ts",
@@ -204,7 +206,10 @@ class Store:
         self._currencies = dict(currencies)
         self._dims: dict[str, dict[tuple[Any, ...], int]] = {
             k: {} for k in ("clusters", "assocs", "outcomes", "gpus", "prices")}
-        self._seen: list[pl.Series] = []
+        # "Written earlier in this poll": a one-hash Bloom filter of the keys (2^25 bits,
+        # 4 MiB whatever the poll's size, engine.md §9). A false positive only sends a new
+        # job through the stage + MERGE path, never the other way round.
+        self._bloom = np.zeros(_BLOOM_BITS >> 3, dtype=np.uint8)
         self._fine: list[pl.DataFrame] = []
         self._inserted = self._updated = self._unchanged = self._lines = 0
         self._closed = closed_periods(session, lock=True)
@@ -324,17 +329,21 @@ class Store:
         """One chunk: ``jobs`` (deduplicated by key, last wins) and their lines."""
         if not jobs.height:
             return
+        # The last record of a key wins (the contract asks callers to dedupe; this keeps a
+        # caller that did not from failing the COPY on the primary key).
+        jobs = jobs.unique(subset=["cluster", "job_id_raw", "submit"], keep="last",
+                           maintain_order=True)
         rows = self._job_rows(jobs)
         cluster_ids = rows.select("cluster", "cluster_id").unique()
         lrows = self._line_rows(lines, cluster_ids)
-        key_hash = pl.struct(*_KEY3).hash(7)
-        rows = rows.with_columns(key_hash.alias("key_hash"))
-        seen = (rows["key_hash"].is_in(pl.concat(self._seen)) if self._seen
-                else pl.Series([False] * rows.height))
+        slot = (rows.select(pl.struct(*_KEY3).hash(7) % _BLOOM_BITS).to_series()
+                .to_numpy().astype(np.int64))
+        byte, bit = slot >> 3, (slot & 7).astype(np.uint8)
+        seen = pl.Series(((self._bloom[byte] >> bit) & 1).astype(bool))
+        np.bitwise_or.at(self._bloom, byte, (np.uint8(1) << bit).astype(np.uint8))
         stored = (rows["exists"].fill_null(True) if "exists" in rows.columns
                   else pl.Series([True] * rows.height))
         direct_mask = ~stored & ~seen
-        self._seen.append(rows["key_hash"])
         direct = rows.filter(direct_mask)
         staged = rows.filter(~direct_mask)
         with self._conn.cursor() as cur:

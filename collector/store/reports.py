@@ -140,12 +140,16 @@ def report_range(session: Session, *, periods: Sequence[str], group_by: Sequence
     Amounts and quantities are summed across the periods and ``jobs`` counts distinct
     jobs across them (a job with lines in two periods counts once). ``accounts``
     restricts the underlying lines to jobs of those accounts whatever ``group_by`` is
-    (an empty collection matches nothing). For one period and no restriction it returns
-    what ``charge_report`` returns.
+    (an empty collection matches nothing). For one period it returns what
+    ``charge_report`` returns, read from the rollups (the API's month query); several
+    periods are read from the lines (distinct jobs across months do not add up).
     """
     if isinstance(periods, str) or not periods:
         raise ValueError("periods must be a non-empty list of 'YYYY-MM'")
     wanted = sorted({check_period(p) for p in periods})
+    if len(wanted) == 1:
+        return charge_report_rollup(session, period=wanted[0], group_by=group_by,
+                                    cluster=cluster, accounts=_accounts(accounts))
     return _report_from_lines(session, periods=wanted, group_by=group_by, cluster=cluster,
                               accounts=_accounts(accounts))
 
@@ -215,12 +219,14 @@ def _money(column: Any) -> ColumnElement[Any]:
 
 
 def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[str],
-                         cluster: str | None = None) -> list[ReportRow]:
+                         cluster: str | None = None,
+                         accounts: list[str] | None = None) -> list[ReportRow]:
     """``charge_report`` from the monthly rollups (migration 0011): per-resource sums
     from ``rollup_resource``; group totals (distinct jobs, amount) from ``rollup_jobs``,
     or, when grouping by resource, from the resource rows. A job is in one assoc, so
-    its distinct counts add up across assocs within a month. The transaction's pending
-    deltas are applied first (a writer's report sees its own writes)."""
+    its distinct counts add up across assocs within a month. ``accounts`` keeps the jobs
+    of those accounts only (``report_range``). The transaction's pending deltas are
+    applied first (a writer's report sees its own writes)."""
     check_period(period)
     refresh_rollups(session)
     month = date(int(period[:4]), int(period[5:7]), 1)
@@ -235,6 +241,8 @@ def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[st
         stmt = (stmt.join_from(table, _ASSOCS, _ASSOCS.c.id == table.c.assoc_id)
                 .join(_CLUSTERS, _CLUSTERS.c.id == table.c.cluster_id)
                 .where(table.c.posted_month == month))
+        if accounts is not None:
+            stmt = stmt.where(_ASSOCS.c.account.in_(accounts))
         return stmt.where(_CLUSTERS.c.name == cluster) if cluster is not None else stmt
 
     t = totals_table.c

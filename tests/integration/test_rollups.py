@@ -113,6 +113,9 @@ def test_verify_finds_a_change_behind_the_writers_back_and_rebuild_repairs_it(
         assert store_reports.charge_report_rollup(s, period=period, group_by=["account"]) != raw
         check = store_rollups.verify(s, period)
         assert not check.ok and check.resource_differing > 0 and check.jobs_differing > 0
+        # The API's one-month query reads the rollups too (stale here, by construction).
+        assert store_reports.report_range(s, periods=[period], group_by=["account"]) == \
+            store_reports.charge_report_rollup(s, period=period, group_by=["account"])
     assert run_cli("rollup", "verify", "--period", period, "--database-url", db_url) == 1
     assert run_cli("rollup", "rebuild", "--period", period, "--database-url", db_url) == 0
     assert run_cli("rollup", "verify", "--database-url", db_url) == 0
