@@ -1,26 +1,28 @@
-"""The performance benchmark: one command, the issue's table, one JSON document.
+"""The performance benchmark of the PRODUCTION ingest path (issue 19): one command, the
+issue's table, one JSON document.
 
     python -m bench [--lines 1000000] [--small 100000] [--slurm] [--json PATH]
 
 For a generated export of ``--lines`` sacct lines (bench/gen_sacct.py, seeded) it prints:
 
-1. parse only: the file source's parse + step roll-up, lines/s;
-2. the ceiling, measured in the same run: the raw read + split of the same file, plus a
-   COPY (same driver, psycopg2) of the same job rows into a scratch table shaped like
-   ``jobs`` with its primary key; their times add up to the ceiling's lines/s;
-3. end to end: parse, roll up, price (the demo rate card), upsert jobs and charge lines,
-   commit, as ``hpc-billing import`` does, lines/s and the ratio to the ceiling; and the
-   CPU it used, the collector's (all its threads) and the rest of the machine's busy
-   time over the phase (PostgreSQL's, on an otherwise idle machine), with the rates
-   those CPU seconds allow on this machine's cores even if all of it ran in parallel;
-4. a re-ingest of the same file, nothing changed, and its speed-up over the first;
-5. peak RSS of the end-to-end run at ``--small`` and at ``--lines`` lines;
-6. the monthly report (``hpc-billing report``, grouped by account) for the busiest
-   month, from the rollup table, and the same aggregate from the raw charge lines, with
-   their ratio (both are checked to give the same rows).
+1. the ceiling, measured in the same run: the raw read + split of the same file, plus a
+   psycopg2 text COPY of the same job rows (today's ``jobs`` columns) into a scratch
+   table with today's primary key; their times add up to the ceiling's lines/s;
+2. end to end: ``collect --once`` of the file with the demo card, as production runs it
+   (``collector.polling.poll_once``: the engine), wall time, lines/s and the ratio to
+   the ceiling; the CPU-seconds of the collector (all its threads, rusage) and of the
+   PostgreSQL backends serving the scratch database (/proc, sampled by this parent
+   process); the store's bytes per job (every table, index, rollup and dimension);
+3. a re-ingest of the same file, nothing changed, and its speed-up over the first;
+4. peak RSS of the end-to-end run at ``--small`` and at ``--lines`` lines, and the ratio;
+5. the monthly report (``hpc-billing report``'s store code, by account) for the busiest
+   month;
+6. each target of the issue with met / NOT met; the CPU budgets scaled by
+   505,000 / this run's ceiling (the ceiling the issue's figures were set at).
 
-With ``--slurm`` (the lab must be up, as root) it also runs ``bench.slurm_load``: 100,000
-real accounting rows, sacct alone against a full collect over the same window.
+With ``--slurm`` (the lab must be up, as root) it also runs ``bench.slurm_load`` (10,000
+real accounting rows by default: sacct alone against a full poll of the same window).
+The 10M-job scale (report and API latency) is ``python -m bench.scale``.
 
 Each measured phase runs in a fresh process (its own peak RSS) against a scratch
 database ``hpcb_bench`` created and dropped on ``--admin-url``. Figures are printed and
@@ -45,15 +47,112 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Issue 19's targets for the 1M-line export. The CPU budgets were set where the same-run
+# ceiling ran at CEILING_REF lines/s; they are scaled by CEILING_REF / this run's ceiling
+# (a slower machine gets proportionally more CPU-seconds), and per 1M lines.
 TARGETS = {
-    "end_to_end_vs_ceiling": 0.50,
-    "end_to_end_vs_seed_lines_per_s": 3 * 47_000,
+    "end_to_end_vs_ceiling": 0.15,
+    "collector_cpu_s_per_1m": 12.0,
+    "total_cpu_s_per_1m": 25.0,
+    "bytes_per_job": 1000.0,
     "reingest_speedup": 3.0,
     "rss_growth": 1.5,
     "rss_max_mib": 300,
     "slurm_collect_vs_sacct": 1.25,
     "report_speedup": 20.0,
 }
+CEILING_REF = 505_000
+# Today's ``jobs`` columns (they stay readable through ``jobs`` after the engine's
+# migration): what the ceiling COPYs, the same bytes whatever the store's own layout.
+CEILING_COLUMNS = ", ".join((
+    "cluster", "job_id_raw", "submit_time", "job_id", "state", "state_raw", "array_job_id",
+    "array_task_id", "het_job_id", "het_job_offset", "name", "user_name", "uid", "group_name",
+    "account", "partition", "qos", "wckey", "reservation", "exit_code", "derived_exit_code",
+    "eligible_time", "start_time", "end_time", "elapsed_s", "timelimit_min", "nodes", "cpus",
+    "mem_bytes", "billing_units", "gpus", "gpu_count", "node_list", "cpu_time_alloc_s",
+    "cpu_used_s", "max_rss_bytes", "mem_used_byte_s", "energy_j", "db_index", "final"))
+
+
+class PgCpu:
+    """CPU seconds (user + system) of the PostgreSQL backends serving one database, from
+    /proc: a thread samples every backend whose process title names the database (``postgres:
+    [CLUSTER:] USER DBNAME HOST(PORT) ...``) every 0.1 s and keeps each one's last reading, so a
+    backend that exits during the phase counts up to its last sample (at most 0.1 s
+    short). Runs in the benchmark's parent process, so it costs the measured collector
+    nothing."""
+
+    def __init__(self, dbname: str) -> None:
+        import threading
+
+        self.dbname = dbname.encode()
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._base: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _scan(self) -> dict[int, float]:
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    title = fh.read(200)
+                if not title.startswith(b"postgres: "):
+                    continue
+                # "postgres: [CLUSTER_NAME:] USER DBNAME HOST(PORT) activity"
+                words = title.split(b"\0", 1)[0].split()
+                if self.dbname not in words[2:4]:
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    stat = fh.read().rsplit(b")", 1)[1].split()
+                found[int(entry)] = (int(stat[11]) + int(stat[12])) / self._tick
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._last.update(self._scan())
+
+    def __enter__(self) -> "PgCpu":
+        self._base = self._scan()
+        self._last = dict(self._base)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._scan())
+
+    @property
+    def seconds(self) -> float:
+        return sum(v - self._base.get(pid, 0.0) for pid, v in self._last.items())
+
+
+def store_bytes(url: str) -> dict:
+    """Bytes of every table of the store (heap, TOAST, indexes; the month partitions in
+    schema ``partitions`` counted once, rollups and dimensions included; ``jobs`` and
+    ``charge_lines`` are views over them; a migrated database's ``pre_engine`` copies are
+    not the store) and the number of stored jobs."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog',"
+                " 'information_schema', 'pre_engine') AND n.nspname NOT LIKE 'pg_toast%'"
+                " ORDER BY 2 DESC")).all()
+            jobs = conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
+    finally:
+        engine.dispose()
+    return {"total": sum(int(r[1]) for r in rows), "jobs": int(jobs),
+            "largest": {r[0]: int(r[1]) for r in rows[:8]}}
 
 
 def _peak_rss_mib() -> float:
@@ -108,50 +207,54 @@ def phase_parse(path: str) -> dict:
 
 
 def phase_ingest(path: str, url: str) -> dict:
-    """What ``hpc-billing import`` does: one file, priced, one transaction."""
-    from billing.rates import load_rate_card
-    from collector import pipeline
-    from collector.pricer import make_pricer
+    """What ``hpc-billing collect --once --source file --input PATH --rates demo`` runs:
+    the production poll (collector.polling.poll_once: the engine of issue 19 once it is
+    the pipeline), one file, priced, one transaction. The runtime (settings, database,
+    card) is opened before the clock starts, as a daemon has it open."""
+    from collector.polling import poll_once
+    from collector.runtime import Runtime, load_settings
     from collector.usecases.demo import demo_rates_path
-    from collector.slurm.filesource import FileSource
-    from collector.store import db
 
-    engine = db.make_engine(url)
-    sessions = db.session_factory(engine)
-    text = demo_rates_path().read_text(encoding="utf-8")
-    card = load_rate_card(text)
-    source = FileSource(path, tz=ZoneInfo("UTC"), cluster=None)
+    settings = load_settings({"database_url": url, "source": "file", "input": path,
+                              "timezone": "UTC", "rates": str(demo_rates_path()),
+                              "cluster": None}, env={})
+    runtime = Runtime(settings)
+    sessions = runtime.database.sessions
+    card = runtime.pricing_card()
     busy0, cpu0 = _machine_busy_s(), _own_cpu_s()
     t0 = time.perf_counter()
-    pricer = make_pricer(sessions, card, text, source="demo",
-                         as_of=datetime(2030, 1, 1, tzinfo=timezone.utc))
-    result = pipeline.collect(sessions, source, cluster=None, window=None, kind="file",
-                              stream=None, pricer=pricer)
+    result = poll_once(sessions, settings, card, now=datetime(2030, 1, 1, tzinfo=timezone.utc))
     seconds = time.perf_counter() - t0
     own_cpu = _own_cpu_s() - cpu0
     busy1 = _machine_busy_s()
-    engine.dispose()
+    runtime.close()
     return {"lines": result.lines_read, "jobs": result.records_read, "inserted": result.inserted,
             "updated": result.updated, "unchanged": result.unchanged,
             "quarantined": result.quarantined, "charge_lines": result.charge_lines,
-            "seconds": seconds, "collector_cpu_s": own_cpu,
+            "outcome": result.outcome, "seconds": seconds, "collector_cpu_s": own_cpu,
             "other_cpu_s": None if busy0 is None or busy1 is None
             else max(busy1 - busy0 - own_cpu, 0.0)}
 
 
+def _libpq(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def phase_copy(dump: str, url: str) -> dict:
-    """COPY the job rows (as dumped from ``jobs``) into a scratch table shaped like it."""
+    """COPY the job rows (today's ``jobs`` columns, as dumped) into a scratch table of
+    those columns with today's primary key: psycopg2 text COPY, as the issue measured."""
     import psycopg2
 
-    from collector.store import db
-
-    dsn = db.make_engine(url).url.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = psycopg2.connect(dsn)
+    conn = psycopg2.connect(_libpq(url))
     try:
         with conn.cursor() as cur:
             cur.execute("DROP TABLE IF EXISTS bench_copy_ceiling")
-            cur.execute("CREATE TABLE bench_copy_ceiling (LIKE jobs INCLUDING DEFAULTS "
-                        "INCLUDING CONSTRAINTS INCLUDING INDEXES)")
+            cur.execute(f"CREATE TABLE bench_copy_ceiling AS SELECT {CEILING_COLUMNS} FROM jobs "
+                        "WITH NO DATA")
+            cur.execute("ALTER TABLE bench_copy_ceiling ADD PRIMARY KEY "
+                        "(cluster, job_id_raw, submit_time)")
             conn.commit()
             rows = sum(1 for _ in open(dump, encoding="utf-8"))
             t0 = time.perf_counter()
@@ -193,13 +296,27 @@ def phase_report(url: str) -> dict:
 
     rollup_s, from_rollup = best_of(
         lambda s: reports.charge_report(s, period=period, group_by=["account"]))
-    raw_s, from_raw = best_of(
-        lambda s: reports.charge_report_raw(s, period=period, group_by=["account"]))
-    engine.dispose()
-    if from_rollup != from_raw:
-        raise SystemExit("the report from the rollups differs from the raw aggregate")
-    return {"period": period, "charge_lines": lines, "jobs": jobs, "groups": len(from_raw),
-            "rollup_seconds": rollup_s, "raw_seconds": raw_s, "seconds": rollup_s}
+    raw_s = None
+    if hasattr(reports, "charge_report_raw"):
+        raw_s, from_raw = best_of(
+            lambda s: reports.charge_report_raw(s, period=period, group_by=["account"]))
+        if from_rollup != from_raw:
+            raise SystemExit("the report from the rollups differs from the raw aggregate")
+    verified = None
+    try:
+        from collector.store import rollups as store_rollups
+
+        if hasattr(store_rollups, "verify"):
+            with sessions() as s:
+                check = store_rollups.verify(s)
+                s.rollback()
+            verified = {"ok": check.ok, "resource_differing": check.resource_differing,
+                        "jobs_differing": check.jobs_differing}
+    finally:
+        engine.dispose()
+    return {"period": period, "charge_lines": lines, "jobs": jobs, "groups": len(from_rollup),
+            "rollup_seconds": rollup_s, "raw_seconds": raw_s, "seconds": rollup_s,
+            "rollup_verify": verified}
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -221,15 +338,29 @@ def _child(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- driver (parent side)
 
 def _run_phase(phase: str, path: str | None = None, url: str | None = None) -> dict:
+    """Run one phase in a fresh process (its own peak RSS); with a database, also the CPU
+    its PostgreSQL backends used (``pg_cpu_s``, from /proc)."""
+    from sqlalchemy.engine import make_url
+
     cmd = [sys.executable, "-m", "bench.run", "--phase", phase]
     if path:
         cmd += ["--file", path]
     if url:
         cmd += ["--url", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    pg = PgCpu(make_url(url).database) if url else None
+    if pg is not None:
+        pg.__enter__()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    finally:
+        if pg is not None:
+            pg.__exit__()
     if proc.returncode != 0:
         raise SystemExit(f"phase {phase} failed:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if pg is not None:
+        out["pg_cpu_s"] = pg.seconds
+    return out
 
 
 class Scratch:
@@ -257,14 +388,14 @@ class Scratch:
             conn.execute(self._sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
 
     def dump_jobs(self, path: Path) -> int:
+        """Today's job columns of every stored job, as COPY text (the ceiling's input)."""
         import psycopg2
 
-        dsn = self._sa.engine.make_url(self.url).set(drivername="postgresql").render_as_string(
-            hide_password=False)
-        conn = psycopg2.connect(dsn)
+        conn = psycopg2.connect(_libpq(self.url))
         try:
             with conn.cursor() as cur, open(path, "w", encoding="utf-8") as fh:
-                cur.copy_expert("COPY jobs TO STDOUT (FORMAT text)", fh)
+                cur.copy_expert(f"COPY (SELECT {CEILING_COLUMNS} FROM jobs) TO STDOUT "
+                                "(FORMAT text)", fh)
                 return cur.rowcount
         finally:
             conn.close()
@@ -317,14 +448,13 @@ def main(argv: list[str] | None = None) -> int:
     big = _generate(args.lines, args.seed, work)
     small = _generate(args.small, args.seed, work)
     r: dict[str, dict] = {}
-    print("parse ...", flush=True)
-    r["parse"] = _run_phase("parse", str(big))
     r["split"] = _run_phase("split", str(big))
 
     scratch = Scratch(args.admin_url)
     try:
         print("end to end ...", flush=True)
         r["ingest"] = _run_phase("ingest", str(big), scratch.url)
+        r["size"] = store_bytes(scratch.url)
         print("re-ingest ...", flush=True)
         r["reingest"] = _run_phase("ingest", str(big), scratch.url)
         print("report ...", flush=True)
@@ -344,24 +474,28 @@ def main(argv: list[str] | None = None) -> int:
         scratch.drop()
         scratch.admin.dispose()
 
-    lines = r["parse"]["lines"]
+    lines = r["split"]["lines"]
+    per_1m = 1_000_000 / lines
     ceiling_s = r["split"]["seconds"] + r["copy"]["seconds"]
+    ceiling = _rate(lines, ceiling_s)
+    scale = CEILING_REF / ceiling
     e2e = _rate(lines, r["ingest"]["seconds"])
+    collector_cpu = r["ingest"]["collector_cpu_s"]
+    pg_cpu = r["ingest"]["pg_cpu_s"]
     figures = {
-        "parse_lines_per_s": _rate(lines, r["parse"]["seconds"]),
         "split_lines_per_s": _rate(lines, r["split"]["seconds"]),
         "copy_rows_per_s": _rate(r["copy"]["rows"], r["copy"]["seconds"]),
-        "ceiling_lines_per_s": _rate(lines, ceiling_s),
+        "ceiling_lines_per_s": ceiling,
+        "target_scale": scale,
+        "end_to_end_seconds": r["ingest"]["seconds"],
         "end_to_end_lines_per_s": e2e,
-        "end_to_end_vs_ceiling": e2e / _rate(lines, ceiling_s),
-        # The CPU the first ingest used, and the best rate it allows on this machine's
-        # cores even if all of it ran in parallel; the same for PostgreSQL's part alone
-        # (the machine's busy time minus the collector's: what storing these rows costs).
-        "end_to_end_cpu_s": r["ingest"]["collector_cpu_s"] + (r["ingest"]["other_cpu_s"] or 0),
-        "end_to_end_cpu_bound_lines_per_s": _rate(lines, (r["ingest"]["collector_cpu_s"] + (
-            r["ingest"]["other_cpu_s"] or 0)) / (os.cpu_count() or 1)),
-        "store_cpu_bound_lines_per_s": (_rate(lines, r["ingest"]["other_cpu_s"] / (os.cpu_count() or 1))
-                                        if r["ingest"]["other_cpu_s"] else None),
+        "end_to_end_vs_ceiling": e2e / ceiling,
+        "collector_cpu_s": collector_cpu,
+        "pg_cpu_s": pg_cpu,
+        "machine_other_cpu_s": r["ingest"]["other_cpu_s"],
+        "collector_cpu_s_per_1m": collector_cpu * per_1m,
+        "total_cpu_s_per_1m": (collector_cpu + pg_cpu) * per_1m,
+        "bytes_per_job": r["size"]["total"] / max(r["size"]["jobs"], 1),
         "reingest_lines_per_s": _rate(lines, r["reingest"]["seconds"]),
         "reingest_speedup": r["ingest"]["seconds"] / r["reingest"]["seconds"],
         "peak_rss_small_mib": r["ingest_small"]["peak_rss_mib"],
@@ -369,7 +503,17 @@ def main(argv: list[str] | None = None) -> int:
         "rss_growth": r["ingest"]["peak_rss_mib"] / r["ingest_small"]["peak_rss_mib"],
         "report_rollup_s": r["report"]["rollup_seconds"],
         "report_raw_s": r["report"]["raw_seconds"],
-        "report_speedup": r["report"]["raw_seconds"] / r["report"]["rollup_seconds"],
+        "report_speedup": (r["report"]["raw_seconds"] / r["report"]["rollup_seconds"]
+                           if r["report"]["raw_seconds"] else None),
+    }
+    checks = {
+        "end_to_end_vs_ceiling": figures["end_to_end_vs_ceiling"] >= TARGETS["end_to_end_vs_ceiling"],
+        "collector_cpu": figures["collector_cpu_s_per_1m"] <= TARGETS["collector_cpu_s_per_1m"] * scale,
+        "total_cpu": figures["total_cpu_s_per_1m"] <= TARGETS["total_cpu_s_per_1m"] * scale,
+        "bytes_per_job": figures["bytes_per_job"] <= TARGETS["bytes_per_job"],
+        "reingest": figures["reingest_speedup"] >= TARGETS["reingest_speedup"],
+        "rss": (figures["peak_rss_mib"] < TARGETS["rss_max_mib"]
+                and figures["rss_growth"] <= TARGETS["rss_growth"]),
     }
     slurm = None
     if args.slurm:
@@ -380,69 +524,76 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             raise SystemExit(f"bench.slurm_load failed:\n{proc.stdout}\n{proc.stderr}")
         slurm = json.loads(out.read_text())
+        checks["slurm_poll"] = slurm["ratio_collect_to_sacct"] <= TARGETS["slurm_collect_vs_sacct"]
 
     n_jobs = r["ingest"]["jobs"]
-    print(f"\nhpc-billing benchmark: {lines:,} sacct lines ({n_jobs:,} jobs, "
+    print(f"\nhpc-billing benchmark (production engine): {lines:,} sacct lines ({n_jobs:,} jobs, "
           f"{r['ingest']['charge_lines']:,} charge lines), {platform.node()}, "
-          f"{os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M}Z\n")
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}Z\n")
+    v = _verdict
     rows = [
-        ("1 parse + roll-up", f"{figures['parse_lines_per_s']:,.0f} lines/s",
-         f"{r['parse']['seconds']:.2f} s", ""),
-        ("2 ceiling: split", f"{figures['split_lines_per_s']:,.0f} lines/s",
+        ("ceiling: split", f"{figures['split_lines_per_s']:,.0f} lines/s",
          f"{r['split']['seconds']:.2f} s", ""),
-        ("2 ceiling: COPY job rows", f"{figures['copy_rows_per_s']:,.0f} rows/s",
+        ("ceiling: COPY job rows", f"{figures['copy_rows_per_s']:,.0f} rows/s",
          f"{r['copy']['seconds']:.2f} s", f"{r['copy']['rows']:,} rows"),
-        ("2 ceiling: split + COPY", f"{figures['ceiling_lines_per_s']:,.0f} lines/s",
-         f"{ceiling_s:.2f} s", ""),
-        ("3 end to end (priced, committed)", f"{e2e:,.0f} lines/s",
+        ("ceiling: split + COPY", f"{ceiling:,.0f} lines/s", f"{ceiling_s:.2f} s",
+         f"targets scaled by {CEILING_REF:,} / {ceiling:,.0f} = {scale:.2f}"),
+        ("end to end (priced, committed)", f"{e2e:,.0f} lines/s",
          f"{r['ingest']['seconds']:.2f} s",
-         f"{figures['end_to_end_vs_ceiling']:.2f} x ceiling "
-         f"({_verdict(figures['end_to_end_vs_ceiling'] >= TARGETS['end_to_end_vs_ceiling'])}: "
-         f">= 0.50); {e2e / 47_000:.2f} x seed "
-         f"({_verdict(e2e >= TARGETS['end_to_end_vs_seed_lines_per_s'])}: >= 3)"),
-        ("3 its CPU: collector + PostgreSQL",
-         f"{r['ingest']['collector_cpu_s']:.0f} + {r['ingest']['other_cpu_s'] or 0:.0f} s", "",
-         f"on {os.cpu_count()} cores at best {figures['end_to_end_cpu_bound_lines_per_s']:,.0f}"
-         f" lines/s = {figures['end_to_end_cpu_bound_lines_per_s'] / figures['ceiling_lines_per_s']:.2f}"
-         f" x ceiling; PostgreSQL's part alone allows "
-         + (f"{figures['store_cpu_bound_lines_per_s']:,.0f} lines/s = "
-            f"{figures['store_cpu_bound_lines_per_s'] / figures['ceiling_lines_per_s']:.2f} x"
-            if figures["store_cpu_bound_lines_per_s"] else "(no /proc/stat)")),
-        ("4 re-ingest, unchanged", f"{figures['reingest_lines_per_s']:,.0f} lines/s",
+         f"{figures['end_to_end_vs_ceiling']:.3f} x ceiling "
+         f"({v(checks['end_to_end_vs_ceiling'])}: >= {TARGETS['end_to_end_vs_ceiling']})"),
+        ("CPU, collector (all threads)", f"{collector_cpu:.1f} s", "",
+         f"{figures['collector_cpu_s_per_1m']:.1f} s per 1M lines "
+         f"({v(checks['collector_cpu'])}: <= {TARGETS['collector_cpu_s_per_1m']:.0f} x {scale:.2f}"
+         f" = {TARGETS['collector_cpu_s_per_1m'] * scale:.1f})"),
+        ("CPU, PostgreSQL backends (/proc)", f"{pg_cpu:.1f} s", "",
+         f"machine busy minus collector: {r['ingest']['other_cpu_s'] or 0:.1f} s"),
+        ("CPU, both", f"{collector_cpu + pg_cpu:.1f} s", "",
+         f"{figures['total_cpu_s_per_1m']:.1f} s per 1M lines "
+         f"({v(checks['total_cpu'])}: <= {TARGETS['total_cpu_s_per_1m']:.0f} x {scale:.2f}"
+         f" = {TARGETS['total_cpu_s_per_1m'] * scale:.1f})"),
+        ("bytes per stored job (all tables)", f"{figures['bytes_per_job']:,.0f} B", "",
+         f"{r['size']['total'] / 2**20:,.1f} MiB for {r['size']['jobs']:,} jobs "
+         f"({v(checks['bytes_per_job'])}: <= {TARGETS['bytes_per_job']:,.0f})"),
+        ("re-ingest, unchanged", f"{figures['reingest_lines_per_s']:,.0f} lines/s",
          f"{r['reingest']['seconds']:.2f} s",
-         f"{figures['reingest_speedup']:.1f} x faster "
-         f"({_verdict(figures['reingest_speedup'] >= TARGETS['reingest_speedup'])}: >= 3)"),
-        (f"5 peak RSS at {args.small:,} lines", f"{figures['peak_rss_small_mib']:.0f} MiB", "", ""),
-        (f"5 peak RSS at {lines:,} lines", f"{figures['peak_rss_mib']:.0f} MiB", "",
-         f"{figures['rss_growth']:.2f} x ({_verdict(figures['rss_growth'] <= TARGETS['rss_growth'] and figures['peak_rss_mib'] < TARGETS['rss_max_mib'])}: "
-         f"<= 1.5 and < 300 MiB)"),
-        (f"6 report {r['report']['period']} by account, rollups",
-         f"{figures['report_rollup_s'] * 1000:.1f} ms", "",
-         f"{r['report']['charge_lines']:,} lines of {r['report']['jobs']:,} jobs"),
-        ("6 same from raw charge lines", f"{figures['report_raw_s'] * 1000:.1f} ms", "",
-         f"{figures['report_speedup']:.0f} x "
-         f"({_verdict(figures['report_speedup'] >= TARGETS['report_speedup'])}: >= 20)"),
+         f"{figures['reingest_speedup']:.1f} x faster ({v(checks['reingest'])}: >= 3); "
+         f"CPU {r['reingest']['collector_cpu_s']:.1f} + {r['reingest']['pg_cpu_s']:.1f} s"),
+        (f"peak RSS at {args.small:,} lines", f"{figures['peak_rss_small_mib']:.0f} MiB", "", ""),
+        (f"peak RSS at {lines:,} lines", f"{figures['peak_rss_mib']:.0f} MiB", "",
+         f"{figures['rss_growth']:.2f} x ({v(checks['rss'])}: <= 1.5 and < 300 MiB)"),
+        (f"report {r['report']['period']} by account", f"{figures['report_rollup_s'] * 1000:.1f} ms",
+         "", f"{r['report']['charge_lines']:,} lines of {r['report']['jobs']:,} jobs"
+         + (f"; raw aggregate {figures['report_raw_s'] * 1000:.1f} ms" if figures["report_raw_s"] else "")),
     ]
+    verified = r["report"].get("rollup_verify")
+    if verified is not None:
+        checks["rollup_verify"] = verified["ok"]
+        rows.append(("rollup verify after both ingests", "0 differ" if verified["ok"] else "DIFFER",
+                     "", f"{verified['resource_differing']} resource, "
+                         f"{verified['jobs_differing']} job buckets differ"))
     if slurm:
         ratio = slurm["ratio_collect_to_sacct"]
         again = slurm["collect"]["again"]["seconds"] / slurm["sacct"]["seconds"]
-        rows.append(("7 real Slurm: sacct alone", f"{slurm['sacct']['seconds']:.1f} s", "",
+        rows.append(("real Slurm: sacct alone", f"{slurm['sacct']['seconds']:.1f} s", "",
                      f"{slurm['rows']:,} jobs, {slurm['sacct']['lines']:,} lines; median of "
                      f"{slurm['repeat']} after a warm-up"))
-        rows.append(("7 real Slurm: collect --once", f"{slurm['collect']['first']['seconds']:.1f} s",
-                     "", f"{ratio:.2f} x sacct "
-                         f"({_verdict(ratio <= TARGETS['slurm_collect_vs_sacct'])}: <= 1.25); "
-                         f"{slurm['collect']['first']['own_s']:.1f} s not waiting on sacct"))
-        rows.append(("7 real Slurm: same poll again", f"{slurm['collect']['again']['seconds']:.1f} s",
+        rows.append(("real Slurm: collect --once", f"{slurm['collect']['first']['seconds']:.1f} s",
+                     "", f"{ratio:.2f} x sacct ({v(checks['slurm_poll'])}: <= 1.25)"))
+        rows.append(("real Slurm: same poll again", f"{slurm['collect']['again']['seconds']:.1f} s",
                      "", f"{again:.2f} x sacct"))
     width = max(len(row[0]) for row in rows)
     for name, rate, secs, note in rows:
         print(f"{name:<{width}}  {rate:>16}  {secs:>8}  {note}")
+    if lines < 1_000_000:
+        print(f"\n(the issue's targets are for the 1,000,000-line export; this run has {lines:,})")
 
     doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "host": platform.node(), "cores": os.cpu_count(), "python": platform.python_version(),
            "lines": lines, "jobs": n_jobs, "seed": args.seed, "small_lines": args.small,
-           "targets": TARGETS, "figures": figures, "phases": r, "slurm_load": slurm}
+           "targets": TARGETS, "ceiling_ref_lines_per_s": CEILING_REF, "checks": checks,
+           "figures": figures, "phases": r, "slurm_load": slurm}
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

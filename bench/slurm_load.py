@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load benchmark on the real Slurm lab: sacct alone vs. a full ``collect --once``.
 
-    bash deploy/lab/up.sh && python -m bench.slurm_load [--rows 100000] [--hours 28]
+    bash deploy/lab/up.sh && python -m bench.slurm_load [--rows 10000] [--hours 28]
 
 Needs the lab (deploy/lab; root, for ``mysql`` over MariaDB's socket) and a PostgreSQL
 (HPC_BILLING_TEST_DATABASE_URL, default postgres@127.0.0.1:5432) for a scratch database.
@@ -68,7 +68,9 @@ def read_env(path: str) -> dict[str, str]:
         words = shlex.split(line, comments=True)
         if len(words) == 2 and words[0] == "export" and "=" in words[1]:
             name, _, value = words[1].partition("=")
-            env[name] = value
+            # The lab's env file says PATH=<lab bin>:$PATH: expand against what we have.
+            env[name] = os.path.expandvars(value) if name != "PATH" else value.replace(
+                "$PATH", os.environ.get("PATH", "/usr/bin:/bin"))
     return env
 
 
@@ -279,7 +281,8 @@ def _median(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=10_000,
+                        help="accounting rows to clone (the issue's lab figure: 10,000)")
     parser.add_argument("--hours", type=float, default=28, help="spread of the cloned submits")
     parser.add_argument("--repeat", type=int, default=2,
                         help="timed (sacct alone, collect) pairs after the warm-up sacct")

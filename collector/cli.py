@@ -49,6 +49,8 @@ from collector.usecases import (
     reconcile,
     reports,
     reprice,
+    retention,
+    rollups,
     runs,
     serve,
     statement,
@@ -196,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("period", type=_period_arg)
     q.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     period_sub.add_parser("list", parents=[settings], help="closed periods")
+
+    p = sub.add_parser("rollup", help="the monthly rollups: check them against the lines, "
+                                      "rewrite them")
+    rollup_sub = p.add_subparsers(dest="rollup_command", required=True, metavar="ACTION")
+    for action, text in (("verify", "recompute the rollups from the charge lines and compare "
+                                    "(exit 1 on a difference)"),
+                         ("rebuild", "rewrite the rollups from the charge lines")):
+        q = rollup_sub.add_parser(action, parents=[settings], help=text)
+        q.add_argument("--period", type=_period_arg, default=None,
+                       help="one posted period (default: all)")
+
+    sub.add_parser("prune", parents=[settings],
+                   help="delete node snapshots and runs older than their retention "
+                        "(HPC_BILLING_NODE_RETENTION, HPC_BILLING_RUN_RETENTION) and create "
+                        "the coming months' partitions (the daemon does this daily)")
 
     p = sub.add_parser("report", parents=[settings], help="charges of a period, grouped")
     p.add_argument("--period", type=_period_arg, required=True)
@@ -487,6 +504,27 @@ def cmd_period(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rollup(rt: Runtime, args: argparse.Namespace) -> int:
+    check = (rollups.rebuild if args.rollup_command == "rebuild" else rollups.verify)(
+        rt, args.period)
+    scope = f"period {check.period}" if check.period else "every period"
+    print(f"rollups of {scope}: {check.resource_buckets} resource buckets,"
+          f" {check.job_buckets} job buckets; {check.resource_differing} resource and"
+          f" {check.jobs_differing} job buckets differ from the charge lines")
+    if not check.ok:
+        print("hpc-billing: the rollups do not match the charge lines; "
+              "`hpc-billing rollup rebuild` rewrites them", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_prune(rt: Runtime, args: argparse.Namespace) -> int:
+    done = retention.prune(rt)
+    print(f"pruned {done.node_snapshots} node snapshot rows and {done.runs} runs; "
+          f"created {done.partitions_created} partitions ahead")
+    return EXIT_OK
+
+
 def cmd_report(rt: Runtime, args: argparse.Namespace) -> int:
     group_by = reports.parse_group_by(args.group_by)
     rows = reports.report(rt, args.period, group_by)
@@ -609,6 +647,7 @@ COMMANDS: dict[str, Callable[[Runtime, argparse.Namespace], int]] = {
     "migrate": cmd_migrate, "collect": cmd_collect, "backfill": cmd_backfill, "jobs": cmd_jobs,
     "runs": cmd_runs, "quarantine": cmd_quarantine, "demo": cmd_demo, "rates": cmd_rates,
     "reprice": cmd_reprice, "period": cmd_period, "report": cmd_report,
+    "rollup": cmd_rollup, "prune": cmd_prune,
     "statement": cmd_statement, "reconcile": cmd_reconcile, "budget": cmd_budget,
     "run": cmd_run, "token": cmd_token, "export": cmd_export, "explain": cmd_explain,
     "audit": cmd_audit,

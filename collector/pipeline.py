@@ -17,26 +17,44 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import cast
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, cast
+
+import polars as pl
 
 from billing.price import NO_RULE, PARTLY_PRICED
 from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
-from billing.rollup import rollup_steps
 from collector.pricer import Pricer
+from collector.pricing.frame import KEY, LINE_SCHEMA, OUTCOME_SCHEMA, VectorPricer, month_index
 from collector.run_result import CollectError, RunResult
-from collector.slurm.source import Source
+from collector.slurm.columnar import Chunk, chunks_from_items, frame_records
+from collector.slurm.source import Source, UnchangedLookup
+from collector.store import ingest as store_ingest
 from collector.store import job_writer as store_job_writer
 from collector.store import jobs as store_jobs
 from collector.store import rollups as store_rollups
 from collector.store import runs as store_runs
-from collector.store.db import Session, Sessions
+from collector.store.db import Session, Sessions, raw_connection
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_BATCH = 1000
-# What the reading thread hands the writing thread: a job with its stage row and its
-# prepared pricing, or a quarantined record.
-_Entry = tuple[JobRecord, str, tuple[str, list[ChargeLine]] | None] | QuarantinedRecord
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """A chunk's jobs (one row per key: the last record of a key in the chunk), their
+    charge lines (pricing.frame.LINE_SCHEMA) and each job's pricing outcome
+    (OUTCOME_SCHEMA), priced by the reading thread."""
+
+    jobs: pl.DataFrame
+    lines: pl.DataFrame
+    outcomes: pl.DataFrame
+
+
+# What the reading thread hands the writing thread: a priced chunk, or a quarantined record.
+_Entry = _Frames | QuarantinedRecord
 
 
 
@@ -75,22 +93,29 @@ def bulk_gc() -> Iterator[None]:
                 gc.unfreeze()
 
 
-# Jobs and quarantined records handed to the writing thread at a time, and chunks that
-# may wait for it (bounded memory: at most WRITE_DEPTH x WRITE_CHUNK records ahead).
-WRITE_CHUNK = 500
-WRITE_DEPTH = 16
+# Chunks (one reader chunk each: about 8,000 lines) that may wait for the writing thread
+# (bounded memory: engine.md §2's queue of depth 2).
+WRITE_DEPTH = 2
 _STOP: list[_Entry] = []        # the end of the chunks (compared by identity)
 
 
 class _WriteBehind:
     """A window's database work, in a thread of its own, behind the reading.
 
-    The caller's thread reads, parses, rolls up, prices (``Pricer.prepare``) and encodes
-    (``store_jobs.stage_row``) each job and ``put``s them in chunks; this thread adds them
-    to the JobWriter, whose flushes COPY, MERGE and write the charge lines (with the
-    prepared lines of inserted jobs), and stores quarantined records. psycopg2 releases
-    the GIL while PostgreSQL works, so the next jobs are parsed meanwhile: on 2 cores,
-    the Python work and PostgreSQL's overlap instead of taking turns.
+    The caller's thread reads, parses, rolls up and prices each chunk (columns: the
+    columnar reader and the vector pricer) and ``put``s it; this thread writes it
+    (docs/design/engine.md §2):
+
+    - jobs that are not stored yet (one primary-key probe per key in this transaction,
+      so it sees what this poll wrote) and none of whose lines fall in a closed period
+      go frame -> binary COPY into ``job_rows``/``charge_rows`` (collector.store.ingest);
+    - every other job (stored before: changed or unchanged; or touching a closed
+      period, whose lines become corrections) takes the JobWriter + Pricer path: stage,
+      MERGE, line replacement and ``plan_lines``, with the lines the vector pricer made;
+    - quarantined records are stored in batches.
+
+    psycopg releases the GIL while PostgreSQL works, so the next chunk is parsed
+    meanwhile: on 2 cores, the Python work and PostgreSQL's overlap.
 
     The session (and its transaction) is used by this thread alone until ``finish`` or
     ``abort`` returns. An exception here is raised again by the next ``put`` or by
@@ -99,11 +124,20 @@ class _WriteBehind:
     """
 
     def __init__(self, writer: store_job_writer.JobWriter, pricer: Pricer | None,
-                 session: Session,
+                 vector: VectorPricer | None, session: Session,
                  run_id: int, cluster: str | None) -> None:
         self._writer = writer
         self._pricer = pricer
+        self._vector = vector
         self._session = session
+        self._store: store_ingest.Store | None = None
+        self._conn: Any = None
+        self._closed_months: set[int] = set()
+        self._partitions: set[tuple[str, date]] = set()
+        # Keys sent down the JobWriter path in this poll: a later record of one of them
+        # goes there too (the JobWriter may still hold the earlier one unflushed).
+        self._writer_keys: set[tuple[str, int, int]] = set()
+        self.store_counts = store_ingest.WriteCounts()
         self._run_id = run_id
         self._cluster = cluster
         self._queue: queue.Queue[list[_Entry]] = queue.Queue(WRITE_DEPTH)
@@ -144,6 +178,77 @@ class _WriteBehind:
             pass
         self._thread.join()
 
+    def _frames(self, frames: _Frames) -> None:
+        """Write one priced chunk (the class docstring says which path each job takes)."""
+        jobs, lines = frames.jobs, frames.lines
+        if self._store is None:
+            pricer = self._pricer
+            ids = {pricer.card.version: pricer.rate_card_id} if pricer is not None else {}
+            currencies = ({pricer.card.version: pricer.card.currency}
+                          if pricer is not None else {})
+            self._store = store_ingest.Store(self._session, self._run_id, ids, currencies)
+            self._conn = raw_connection(self._session, "the poll's writer")
+            self._closed_months = {month_index(p) for p in self._store.closed}
+        store = self._store
+        store_ingest.ensure_partitions_in(self._conn, jobs, lines, self._partitions)
+        route = store_ingest.existing(self._conn, jobs)
+        if self._closed_months and lines.height:
+            touching = lines.filter(pl.col("usage_month").is_in(sorted(self._closed_months)))
+            if touching.height:
+                route = route | jobs.select(pl.struct(KEY).is_in(
+                    touching.select(pl.struct(KEY)).to_series().implode())).to_series()
+        if self._writer_keys:
+            seen = self._writer_keys
+            route = route | pl.Series([
+                (c, r, s) in seen for c, r, s in jobs.select(
+                    "cluster", "job_id_raw", pl.col("submit").dt.epoch("us")).iter_rows()],
+                dtype=pl.Boolean)
+        direct = jobs.filter(~route)
+        if direct.height:
+            store.write(direct.with_columns(pl.lit(False).alias("exists")),
+                        lines.join(direct.select(KEY), on=KEY, how="semi"))
+            if self._pricer is not None:
+                self._pricer.jobs_priced += direct.height
+                self._pricer.outcomes.update(dict(
+                    frames.outcomes.join(direct.select(KEY), on=KEY, how="semi")
+                    .group_by("outcome").len().iter_rows()))
+        via_writer = jobs.filter(route)
+        if via_writer.height:
+            self._through_writer(via_writer, frames)
+
+    def _through_writer(self, jobs: pl.DataFrame, frames: _Frames) -> None:
+        """Jobs stored before (or touching a closed period): the JobWriter + Pricer path,
+        with the vector pricer's lines as the prepared pricing."""
+        writer, pricer, vector = self._writer, self._pricer, self._vector
+        priced: dict[tuple[str, int, datetime], tuple[str, list[ChargeLine]]] = {}
+        if pricer is not None and vector is not None:
+            for cluster, raw, submit, outcome in frames.outcomes.join(
+                    jobs.select(KEY), on=KEY, how="semi").iter_rows():
+                priced[(cluster, raw, submit.replace(tzinfo=UTC))] = (outcome, [])
+            for line in vector.charge_lines(
+                    frames.lines.join(jobs.select(KEY), on=KEY, how="semi")):
+                priced[line.job_key][1].append(line)
+        for rec in frame_records(jobs):
+            key = (rec.cluster, rec.job_id_raw, rec.submit)
+            self._writer_keys.add((rec.cluster, rec.job_id_raw,
+                                   int(rec.submit.timestamp() * 1_000_000)))
+            hit = priced.get(key)
+            if pricer is not None and hit is not None:
+                pricer.remember(rec, hit)
+            writer.add_encoded(rec, store_jobs.stage_row(rec))
+            if pricer is not None and not writer.pending:   # it just flushed
+                pricer.forget_prepared()
+
+    def finish_store(self) -> store_ingest.WriteCounts:
+        """After ``finish``: the frames writer's rollup deltas and counts (the caller's
+        thread; the writing thread has ended)."""
+        if self._store is not None:
+            self.store_counts = self._store.finish()
+            self._store = None
+            if self._pricer is not None:
+                self._pricer.lines_written += self.store_counts.lines_written
+        return self.store_counts
+
     def _run(self) -> None:
         writer, pricer, stop = self._writer, self._pricer, self._stop
         pending_q: list[QuarantinedRecord] = []
@@ -155,13 +260,8 @@ class _WriteBehind:
                 for entry in chunk:
                     if stop.is_set():
                         return
-                    if type(entry) is tuple:          # (job, its stage row, its pricing)
-                        rec, row, priced = entry
-                        if pricer is not None and priced is not None:
-                            pricer.remember(rec, priced)
-                        writer.add_encoded(rec, row)
-                        if pricer is not None and not writer.pending:   # it just flushed
-                            pricer.forget_prepared()
+                    if type(entry) is _Frames:
+                        self._frames(entry)
                     else:
                         pending_q.append(cast(QuarantinedRecord, entry))
                         if len(pending_q) >= QUARANTINE_BATCH:
@@ -179,6 +279,26 @@ class _WriteBehind:
         finally:
             if pricer is not None:
                 pricer.forget_prepared()
+
+
+def source_chunks(source: Source, window: Window | None,
+                  unchanged: UnchangedLookup | None) -> Iterator[Chunk]:
+    """The source's window as chunks: its own ``fetch_chunks`` (sacct text, files),
+    else its records (slurmrestd, pyslurm) through the records->frame builder."""
+    fetch_chunks = getattr(source, "fetch_chunks", None)
+    if fetch_chunks is not None:
+        return cast(Iterator[Chunk], fetch_chunks(window, unchanged=unchanged))
+    return chunks_from_items(source.fetch(window, unchanged=unchanged), source=source.name)
+
+
+def _priced(vector: VectorPricer | None, jobs: pl.DataFrame) -> _Frames:
+    """A chunk for the writer: one row per key (the last record of a key in the chunk:
+    the one stored), priced by the vector pricer (no pricer: no lines)."""
+    last = jobs.unique(subset=KEY, keep="last", maintain_order=True)
+    if vector is None:
+        return _Frames(last, pl.DataFrame(schema=LINE_SCHEMA), pl.DataFrame(schema=OUTCOME_SCHEMA))
+    got = vector.price(last)
+    return _Frames(last, got.lines, got.outcomes)
 
 
 def _iterable(value: object) -> Iterable[object]:
@@ -295,51 +415,55 @@ def collect(session_factory: Sessions, source: Source, *, cluster: str | None,
                     # finds the second copy unchanged.
                     lookup_session = cleanup.enter_context(session_factory())
                     unchanged = store_job_writer.UnchangedJobs(lookup_session)
-                items = source.fetch(window, unchanged=unchanged)
-                # Price in this thread only where most jobs read are new or changed (the
-                # skip path drops the unchanged ones before parsing); elsewhere the
-                # writer prices just the jobs it finds changed.
-                prepare = pricer.prepare if pricer is not None and unchanged is not None else None
-                stage_row = store_jobs.stage_row
+                # The engine's path for every source: chunks of rolled-up jobs (the
+                # columnar reader for sacct text, the records->frame builder for the
+                # others), priced per chunk by the vector pricer in this thread; the
+                # writing thread gets finished batches.
+                chunks = source_chunks(source, window, unchanged)
+                vector = (VectorPricer(pricer.card, pricer.as_of) if pricer is not None
+                          else None)
                 # Job keys met in this run (as hashes: a collision only miscounts a
                 # duplicate, it never drops a record; the writer keys on the real key).
                 seen: set[int] = set()
                 seen_add = seen.add
-                behind = _WriteBehind(writer, pricer, session, run_id, cluster)
+                behind = _WriteBehind(writer, pricer, vector, session, run_id, cluster)
                 try:
-                    chunk: list[_Entry] = []
-                    for item in rollup_steps(items, source=source.name):
-                        if isinstance(item, JobRecord):
-                            key = hash((item.cluster, item.job_id_raw, item.submit))
-                            if key in seen:
-                                duplicates += 1
-                                if len(examples) < 5:
-                                    examples.append(f"{item.cluster}/{item.job_id}")
-                            else:
-                                seen_add(key)
-                            chunk.append((item, stage_row(item),
-                                          prepare(item) if prepare is not None else None))
-                            records += 1
-                            if item.cluster not in clusters:
-                                clusters.add(item.cluster)
-                        else:
-                            if accepted_raw and store_runs.raw_digest(item.raw) in accepted_raw:
+                    for chunk in chunks:
+                        entries: list[_Entry] = []
+                        for bad in chunk.quarantined:
+                            if accepted_raw and store_runs.raw_digest(bad.raw) in accepted_raw:
                                 accepted += 1          # the operator accepted its loss
                                 continue
-                            if len(first_bad) < FIRST_BAD and isinstance(item, QuarantinedRecord):
-                                first_bad.append(describe_quarantined(item))
-                            chunk.append(item)
-                        if len(chunk) >= WRITE_CHUNK:
-                            behind.put(chunk)
-                            chunk = []
-                    if chunk:
-                        behind.put(chunk)
+                            if len(first_bad) < FIRST_BAD:
+                                first_bad.append(describe_quarantined(bad))
+                            entries.append(bad)
+                        jobs = chunk.jobs
+                        if jobs.height:
+                            for name, raw, submit_us, reemitted, job_id in jobs.select(
+                                    "cluster", "job_id_raw", pl.col("submit").dt.epoch("us"),
+                                    "reemitted", "job_id").iter_rows():
+                                if not reemitted:
+                                    key = hash((name, raw, submit_us))
+                                    if key in seen:
+                                        duplicates += 1
+                                        if len(examples) < 5:
+                                            examples.append(f"{name}/{job_id}")
+                                    else:
+                                        seen_add(key)
+                                    records += 1
+                                if name not in clusters:
+                                    clusters.add(name)
+                            entries.append(_priced(vector, jobs))
+                        if entries:
+                            behind.put(entries)
                     behind.finish()
                 except BaseException:
                     behind.abort()
                     raise
+                written = behind.finish_store()
             quarantined += behind.quarantined
-            counts = writer.counts
+            counts = writer.counts + store_job_writer.UpsertCounts(
+                written.inserted, written.updated, written.unchanged)
             if unchanged is not None and unchanged.count:
                 records += unchanged.count
                 clusters |= unchanged.clusters

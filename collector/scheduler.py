@@ -63,6 +63,9 @@ class Daemon:
         self.scheduler.add_job(self._nodes_job, "interval", id="nodes", name="node inventory",
                                seconds=self.settings.node_interval_s,
                                next_run_time=now + timedelta(seconds=1))
+        self.scheduler.add_job(self._maintenance_job, "interval", id="maintenance",
+                               name="retention and partitions ahead", days=1,
+                               next_run_time=now + timedelta(seconds=2))
         self.health.bind_scheduler(lambda: self.scheduler.running and not self._stopping.is_set())
         self.scheduler.start()
         log.info("scheduler started: poll every %ss, node inventory every %ss (source %s, cluster %s)",
@@ -155,6 +158,22 @@ class Daemon:
                 self.health.poll_finished(RunResult(cluster=self.settings.cluster,
                                                     outcome="failed",
                                                     error=f"{type(exc).__name__}: {exc}"))
+
+    def _maintenance_job(self) -> None:
+        """Daily, on the leader: prune node snapshots and runs past their retention and
+        create the coming months' partitions (at start-up too)."""
+        if self._stopping.is_set() or not self.leader.held:
+            return
+        try:
+            from collector.store.retention import maintain
+
+            done = maintain(self.sessions, now=datetime.now(UTC),
+                            node_retention_s=self.settings.node_retention_s,
+                            run_retention_s=self.settings.run_retention_s)
+            log.info("maintenance: pruned %d node snapshot rows and %d runs, %d partitions"
+                     " created ahead", done.node_snapshots, done.runs, done.partitions_created)
+        except Exception as exc:  # noqa: BLE001 - the one catch-all: log once, keep scheduling
+            log.warning("maintenance failed: %s: %s", type(exc).__name__, exc)
 
     def _nodes_job(self) -> None:
         if self._stopping.is_set() or self.settings.source == "file":

@@ -66,7 +66,7 @@ def _parse_bind(text: str) -> tuple[str, int]:
 
 def _parse_database_url(text: str) -> str:
     url = text.strip()
-    if not re.match(r"^postgresql(\+psycopg2)?://", url):
+    if not re.match(r"^postgresql(\+psycopg2?)?://", url):
         raise ValueError("must be a PostgreSQL URL such as postgresql+psycopg2://user:pw@host:5432/db")
     return url
 
@@ -232,6 +232,12 @@ SPECS: tuple[Spec, ...] = (
          "grace period)."),
     Spec("node_interval_s", "HPC_BILLING_NODE_INTERVAL", "--node-interval", parse_duration_s, "5m",
          "Time between node inventory snapshots (scontrol show node)."),
+    Spec("node_retention_s", "HPC_BILLING_NODE_RETENTION", "--node-retention", parse_duration_s,
+         "400d", "How long node inventory snapshots are kept (pruned daily by the daemon "
+         "and by `hpc-billing prune`)."),
+    Spec("run_retention_s", "HPC_BILLING_RUN_RETENTION", "--run-retention", parse_duration_s,
+         "400d", "How long the collector run log is kept (a run with quarantined input "
+         "nobody accepted is kept; pruned daily by the daemon and by `hpc-billing prune`)."),
     Spec("overlap_s", "HPC_BILLING_OVERLAP", "--overlap", parse_duration_s, "10m",
          "How far before the watermark each poll starts again (slurmdbd writes lag)."),
     Spec("lookback_s", "HPC_BILLING_LOOKBACK", "--lookback", parse_duration_s, "1d",
@@ -315,6 +321,8 @@ class Settings:
     poll_interval_s: float
     stale_after_s: float
     node_interval_s: float
+    node_retention_s: float
+    run_retention_s: float
     overlap_s: float
     lookback_s: float
     backfill_chunk_s: float

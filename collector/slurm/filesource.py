@@ -9,11 +9,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import tzinfo
 from typing import TextIO
 
 from billing.records import FetchStats, QuarantinedRecord, Window
+from collector.slurm.columnar import Chunk, ColumnarReader, chunks_from_items
 from collector.slurm.fields import REQUIRED_FIELDS
 from collector.slurm.jsonparse import (
     check_jobs_document,
@@ -77,24 +78,59 @@ class FileSource:
 
     def fetch(self, window: Window | None = None, *,
               unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
-        """Yield every record of the file; ``window`` is ignored (windowed is False).
-        ``unchanged``: skip jobs stored from exactly the same lines (parsable text only;
-        see ParsableParser.parse_lines)."""
+        """Yield every record of the file, one at a time (the per-record path: the
+        oracle of the tests; the pipeline reads ``fetch_chunks``); ``window`` is ignored
+        (windowed is False). ``unchanged``: skip jobs stored from exactly the same lines
+        (parsable text only; see ParsableParser.parse_lines)."""
+        with self._open() as handle:
+            if self._is_json(handle):
+                yield from self._json(handle)
+            else:
+                parser, lines, first_line_no, finish = self._text_lines(handle)
+                quarantined = 0
+                try:
+                    for item in parser.parse_lines(lines, first_line_no=first_line_no,
+                                                   unchanged=unchanged):
+                        if type(item) is QuarantinedRecord:
+                            quarantined += 1
+                        yield item
+                finally:
+                    finish(quarantined)
+
+    def fetch_chunks(self, window: Window | None = None, *,
+                     unchanged: UnchangedLookup | None = None) -> Iterator[Chunk]:
+        """The file as chunks of rolled-up jobs (the engine's path): parsable text by
+        the ColumnarReader, a JSON dump by its reader through the records->frame
+        builder. ``stats`` as for ``fetch``."""
+        with self._open() as handle:
+            if self._is_json(handle):
+                yield from chunks_from_items(self._json(handle), source=self.name)
+                return
+            parser, lines, first_line_no, finish = self._text_lines(handle)
+            quarantined = 0
+            try:
+                for chunk in ColumnarReader(parser).chunks(
+                        lines, first_line_no=first_line_no, unchanged=unchanged):
+                    quarantined += len(chunk.quarantined)
+                    yield chunk
+            finally:
+                finish(quarantined)
+
+    def _is_json(self, handle: TextIO) -> bool:
+        head = handle.read(4096)
+        if not head.strip():
+            raise SourceError(f"{self.name}: the file is empty")
+        handle.seek(0)
+        return head.lstrip()[:1] == "{"
+
+    def _open(self) -> TextIO:
         try:
             # utf-8-sig: a byte-order mark (Windows tools write one) is not data.
             handle = open(self.path, encoding="utf-8-sig", errors="replace",  # noqa: SIM115
                           newline="\n")
         except OSError as exc:
             raise SourceError(f"{self.name}: cannot open {self.path!r}: {exc.strerror}") from exc
-        with handle:
-            head = handle.read(4096)
-            if not head.strip():
-                raise SourceError(f"{self.name}: the file is empty")
-            handle.seek(0)
-            if head.lstrip()[:1] == "{":
-                yield from self._json(handle)
-            else:
-                yield from self._text(handle, unchanged)
+        return handle
 
     # ------------------------------------------------------------------------- JSON
 
@@ -126,7 +162,10 @@ class FileSource:
 
     # ------------------------------------------------------------------------- text
 
-    def _text(self, handle: TextIO, unchanged: UnchangedLookup | None = None) -> Iterator[Item]:
+    def _text_lines(self, handle: TextIO) -> tuple[ParsableParser, Iterator[str], int,
+                                                   Callable[[int], None]]:
+        """The header read: (parser, the data lines without their newline, the first
+        one's number, ``finish(quarantined)`` that sets the final stats)."""
         skipped = 0              # blank lines before the header
         chars = 0
         header_line = handle.readline()
@@ -179,13 +218,8 @@ class FileSource:
                     line = line[:-1].removesuffix("\r")
                 yield line
 
-        quarantined = 0
-        try:
-            for item in parser.parse_lines(lines(), first_line_no=first_line_no,
-                                           unchanged=unchanged):
-                if type(item) is QuarantinedRecord:
-                    quarantined += 1
-                yield item
-        finally:
+        def finish(quarantined: int) -> None:
             self._stats = FetchStats(lines=counters["lines"], bytes=counters["chars"],
                                      extra=extra(quarantined=quarantined))
+
+        return parser, lines(), first_line_no, finish

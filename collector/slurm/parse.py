@@ -89,6 +89,16 @@ class _BadValue(ValueError):
     """A record-level problem that already has its full reason text."""
 
 
+def _fits(step: StepUsage, job: Item) -> bool:
+    """Whether billing.rollup attaches ``step`` to ``job`` (the job line before it)."""
+    if type(job) is not JobRecord:
+        return False
+    if step.cluster is not None and step.cluster != job.cluster:
+        return False
+    return (step.job_db_index is None or job.db_index is None
+            or step.job_db_index == job.db_index)
+
+
 def _opt(value: str) -> str | None:
     return None if value in SENTINELS else value
 
@@ -173,6 +183,12 @@ class ParsableParser:
         # Jobs skipped as unchanged whose very lines were met (and skipped) earlier in
         # the same input: the same job twice (the pipeline counts converted ones).
         self.duplicates_skipped = 0
+        # Hashes of the digests skipped so far in this input (one input per parser; the
+        # columnar reader's skip stage adds to the same set).
+        self.skipped_digests: set[int] = set()
+        # Hashes of the (cluster, JobIDRaw) of the groups met and not skipped so far in
+        # this input (the skip path; the columnar reader adds its vector groups).
+        self.emitted_keys: set[int] = set()
 
         self._free = tuple(name.strip().lower() in _FREE_LOWER for name in self.columns)
         free_names = [name for name, free in zip(self.columns, self._free, strict=True) if free]
@@ -404,7 +420,7 @@ class ParsableParser:
         # group: [cluster, head, skippable, items, digest]
         groups: list[list[Any]] = []
         current: list[Any] | None = None
-        skipped_before: set[int] = set()     # hashes of the digests skipped so far
+        skipped_before = self.skipped_digests  # hashes of the digests skipped so far
 
         # The digest is blake2b(salt + "\n" + raw line + "\n" + raw line ...), hashed in
         # one call per group.
@@ -421,9 +437,15 @@ class ParsableParser:
             # A job whose steps also appear in a group of their own (no job line before
             # them) is parsed in full, so that those steps find their job.
             loose = {g[1] for g in groups if not g[2] and g[1] is not None} if stored else ()
+            emitted = self.emitted_keys
             for g in groups:
                 digest = g[4]          # set for skippable groups only
-                if digest is not None and digest in stored and g[1] not in loose:
+                key = hash((g[0], g[1]))
+                # A job met earlier in this input and not skipped there is never skipped
+                # here: its later copy must be stored after the earlier one (the last
+                # record of a key wins, also on a re-import).
+                if (digest is not None and digest in stored and g[1] not in loose
+                        and key not in emitted):
                     unchanged.skipped(g[0])
                     mark = hash(digest)
                     if mark in skipped_before:
@@ -431,6 +453,8 @@ class ParsableParser:
                     else:
                         skipped_before.add(mark)
                     continue
+                if g[1] is not None:
+                    emitted.add(key)
                 out: list[Item] = []
                 bad = False
                 for pending in g[3]:
@@ -439,7 +463,11 @@ class ParsableParser:
                         f, raw, ln = pending
                         item = (convert(f, raw, ln, digest) if len(f) == ncols
                                 else finish(f, raw, ln))
-                    if type(item) is QuarantinedRecord:
+                    if type(item) is QuarantinedRecord or (
+                            type(item) is StepUsage and out and not _fits(item, out[0])):
+                        # A quarantined record, or a step the roll-up will not attach to
+                        # this job (another cluster or DBIndex): the job gets no digest,
+                        # so a re-import reads (and reports) the group again.
                         bad = True
                     out.append(item)
                 if bad and digest is not None and len(out) > 1:

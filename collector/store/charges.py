@@ -36,7 +36,7 @@ from collector.store.copytext import (
     AMOUNT,
     QUANTITY,
     RATE,
-    LinesReader,
+    copy_lines,
     copy_text,
     decimal_text,
 )
@@ -45,6 +45,7 @@ from collector.store.errors import ChargeValueError, ClosedPeriodError
 from collector.store.models import CHARGE_BASES, CHARGE_KINDS, BillingPeriod, Charge, Job, RateCard, table_of
 from collector.store.periods import check_period, closed_periods
 from collector.store.rate_cards import card_ids
+from collector.store.rollups import SQL_CREATE_DELTA, record_deltas
 
 JobKey = tuple[str, int, datetime]
 
@@ -78,8 +79,11 @@ _LINE_COLUMNS = (
     _CHARGES.c.currency, _CHARGES.c.rule, _CARDS.c.version, _CHARGES.c.basis,
     _CHARGES.c.kind,
 )
+# (Lines have no surrogate id since 0011: the order is by every attribute that can tell
+# two lines of one job apart.)
 _LINE_ORDER = (_CHARGES.c.usage_period, _CHARGES.c.posted_period, _CHARGES.c.resource,
-               _CHARGES.c.kind, _CHARGES.c.id)
+               _CHARGES.c.kind, _CHARGES.c.rule, _CHARGES.c.basis, _CHARGES.c.rate,
+               _CHARGES.c.amount)
 
 
 def _charge_lines(rows: Iterable[Sequence[Any]]) -> Iterator[ChargeLine]:
@@ -212,7 +216,8 @@ _STAGE_LINE_COLUMNS = (
     "basis", "kind",
     "quantity", "rate", "amount")
 
-if set(_STAGE_LINE_COLUMNS) | {"id", "run_id", "created_at"} != set(_CHARGES.columns.keys()):
+if set(_STAGE_LINE_COLUMNS) | {"run_id", "created_at", "cluster_id", "usage_month",
+                               "posted_month"} != set(_CHARGES.columns.keys()):
     raise RuntimeError("charge_lines columns and replace_charges' stage columns disagree")
 
 
@@ -254,7 +259,28 @@ def _canon(alias: str) -> str:
 
 
 _OPEN = "NOT EXISTS (SELECT 1 FROM billing_periods p WHERE p.period = {a}.posted_period)"
+_OPEN_ROW = ("NOT EXISTS (SELECT 1 FROM billing_periods p"
+             " WHERE p.period = to_char({a}.posted_month, 'YYYY-MM'))")
+_PRICE_ROW = ("ROW({t}.rate_card_id, {t}.rule, {t}.resource, {t}.unit, {t}.basis, {t}.kind,"
+              " {t}.rate, {t}.currency)::text")
+# The compact store (0011): the staged lines' prices (a dimension) and usage months (the
+# partitions of charge_rows) exist before the lines are written.
+_SQL_ENSURE_PRICES = (
+    "INSERT INTO prices (rate_card_id, rule, resource, unit, basis, kind, rate, currency)"
+    " SELECT DISTINCT s.rate_card_id, s.rule, s.resource, s.unit, s.basis, s.kind, s.rate,"
+    f" s.currency FROM {_STAGE_LINES} s WHERE NOT EXISTS (SELECT 1 FROM prices p"
+    f" WHERE {_PRICE_ROW.format(t='p')} = {_PRICE_ROW.format(t='s')}) ON CONFLICT DO NOTHING")
+_SQL_PARTITIONS = (
+    "SELECT hpcb_month_partition('charge_rows', to_date(p, 'YYYY-MM'))"
+    f" FROM (SELECT DISTINCT usage_period AS p FROM {_STAGE_LINES}) x")
+_ROW_KEY_MATCH = ("{a}.cluster_id = {b}.cluster_id AND {a}.job_id_raw = {b}.job_id_raw"
+                  " AND {a}.submit_time = {b}.submit_time")
 
+# Per job, the canonical digest of its stored open-period lines and of its staged lines;
+# the jobs whose digests differ get their open-period lines deleted and the staged ones
+# inserted. What was deleted and inserted goes into the rollup deltas with the job's
+# assoc (collector.store.rollups). A staged line whose job is not stored (no foreign key
+# any more) is counted as an orphan and refused by the caller.
 _SQL_REPLACE = (
     "WITH old AS ("
     f" SELECT c.cluster, c.job_id_raw, c.submit_time,"
@@ -268,29 +294,37 @@ _SQL_REPLACE = (
     f" FROM {_STAGE_LINES} s"
     " GROUP BY s.cluster, s.job_id_raw, s.submit_time"
     "), changed AS MATERIALIZED ("
-    " SELECT k.cluster, k.job_id_raw, k.submit_time"
-    f" FROM {_STAGE_KEYS} k"
+    " SELECT k.cluster, cl.id AS cluster_id, k.job_id_raw, k.submit_time"
+    f" FROM {_STAGE_KEYS} k JOIN clusters cl ON cl.name = k.cluster"
     f" LEFT JOIN old o ON {_key_match('o', 'k')}"
     f" LEFT JOIN new n ON {_key_match('n', 'k')}"
     " WHERE o.digest IS DISTINCT FROM n.digest"
     "), deleted AS ("
-    f" DELETE FROM charge_lines c USING changed x WHERE {_key_match('c', 'x')}"
-    f" AND {_OPEN.format(a='c')}"
-    " RETURNING 1"
+    f" DELETE FROM charge_rows l USING changed x WHERE {_ROW_KEY_MATCH.format(a='l', b='x')}"
+    f" AND {_OPEN_ROW.format(a='l')}"
+    " RETURNING l.*"
     "), inserted AS ("
-    f" INSERT INTO charge_lines ({', '.join(_STAGE_LINE_COLUMNS)}, run_id)"
-    f" SELECT {', '.join('s.' + c for c in _STAGE_LINE_COLUMNS)}, %(run_id)s"
+    " INSERT INTO charge_rows (job_id_raw, submit_time, quantity_micro, amount_micro,"
+    " usage_month, posted_month, price_id, cluster_id)"
+    " SELECT s.job_id_raw, s.submit_time, (s.quantity * 1000000)::bigint,"
+    " (s.amount * 1000000)::bigint, to_date(s.usage_period, 'YYYY-MM'),"
+    " to_date(s.posted_period, 'YYYY-MM'), p.id, x.cluster_id"
     f" FROM {_STAGE_LINES} s JOIN changed x ON {_key_match('s', 'x')}"
+    f" JOIN prices p ON {_PRICE_ROW.format(t='p')} = {_PRICE_ROW.format(t='s')}"
+    " RETURNING *"
+    "), moved AS ("
+    " SELECT d.*, -1 AS sign FROM deleted d UNION ALL SELECT i.*, 1 FROM inserted i"
+    "), delta AS ("
+    " INSERT INTO hpcb_rollup_delta SELECT m.posted_month, m.cluster_id, j.assoc_id,"
+    " m.price_id, m.job_id_raw, m.submit_time, m.quantity_micro, m.amount_micro, m.sign"
+    f" FROM moved m JOIN job_rows j ON {_ROW_KEY_MATCH.format(a='j', b='m')}"
     " RETURNING 1"
     ")"
     " SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM deleted),"
-    f" (SELECT count(*) FROM inserted), (SELECT count(*) FROM {_STAGE_KEYS})"
+    f" (SELECT count(*) FROM inserted), (SELECT count(*) FROM {_STAGE_KEYS}),"
+    " (SELECT count(*) FROM moved) - (SELECT count(*) FROM delta)"
 )
 
-# New jobs' lines go straight into charge_lines (no stage): the same columns plus run_id,
-# whose value ends every COPY line.
-_SQL_COPY_NEW = (f"COPY charge_lines ({', '.join(_STAGE_LINE_COLUMNS)}, run_id) "
-                 "FROM STDIN (FORMAT text)")
 
 _LINE_KEY = operator.attrgetter("cluster", "job_id_raw", "submit")    # ChargeLine.job_key
 # The columns that repeat across a batch's lines (a line's "combination").
@@ -337,7 +371,8 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     are; its stored lines posted in open periods are replaced by its lines in ``lines``
     (none: they are deleted), unless they are equal already, in which case nothing is
     written for that job (see the module docstring: per-job digests, computed in SQL).
-    ``run_id`` is recorded on inserted lines.
+    ``run_id`` is validated only: since 0011 a line shows the run that last wrote its job
+    (``jobs.last_run_id``).
 
     Refuses, before writing anything: a line whose job is not in ``keys`` (its old lines
     would not be replaced), a line posted in a closed period (``ClosedPeriodError``), and
@@ -349,8 +384,8 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
     number of jobs. Never commits.
 
     ``new_jobs``: the caller inserted these jobs in this transaction (``JobWriter``'s
-    ``on_inserted``), so no line of theirs can exist (lines reference their job): the
-    lines are COPYed straight into charge_lines, without a stage or digests.
+    ``on_inserted``); accepted for the interface, the lines take the same path (a new
+    job's stored digest is simply empty).
     """
     unique = _unique_keys(keys)
     if not unique:
@@ -406,21 +441,20 @@ def replace_charges(session: Session, keys: Iterable[JobKey], lines: Iterable[Ch
 
     key_lines = (prefix[:-1] + "\n" for prefix in prefixes.values())
     with raw_cursor(session, "the charge store") as cur:
-        if new_jobs:
-            run_text = "\\N" if run_id is None else str(run_id)
-            cur.copy_expert(_SQL_COPY_NEW,
-                            LinesReader(f"{line[:-1]}\t{run_text}\n" for line in encoded),
-                            size=LinesReader.BULK_CHUNK)
-            inserted = cur.rowcount
-            changed = len(with_lines)
-            deleted, total = 0, len(prefixes)
-        else:
-            cur.execute(_SQL_CREATE_STAGES)
-            cur.copy_expert(_SQL_COPY_KEYS, LinesReader(key_lines), size=LinesReader.CHUNK)
-            cur.copy_expert(_SQL_COPY_LINES, LinesReader(encoded), size=LinesReader.BULK_CHUNK)
-            cur.execute(_SQL_ANALYZE)
-            cur.execute(_SQL_REPLACE, {"run_id": run_id})
-            changed, deleted, inserted, total = cur.fetchone()
+        cur.execute(_SQL_CREATE_STAGES)
+        copy_lines(cur, _SQL_COPY_KEYS, key_lines)
+        copy_lines(cur, _SQL_COPY_LINES, encoded)
+        cur.execute(_SQL_ANALYZE)
+        cur.execute(_SQL_ENSURE_PRICES)
+        cur.execute(_SQL_PARTITIONS)
+        cur.execute(SQL_CREATE_DELTA)
+        cur.execute(_SQL_REPLACE)
+        row = cur.fetchone()
+        assert row is not None   # the statement always returns its one row of counts
+        changed, deleted, inserted, total, orphans = row
+    if orphans:
+        raise ChargeValueError(f"{orphans} charge lines of jobs that are not stored")
+    record_deltas(session)
     return ChargeCounts(deleted=int(deleted), inserted=int(inserted),
                         unchanged_jobs=int(total) - int(changed))
 

@@ -7,9 +7,11 @@ docs, COPY, "File Formats"). Text columns cannot hold NUL at all.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import Any
+
+import psycopg
 
 from collector.store.errors import ChargeValueError
 
@@ -23,40 +25,23 @@ def escape(value: str) -> str:
     return value
 
 
-class LinesReader(io.TextIOBase):
-    """A read()-able view over an iterable of lines, so COPY streams a batch in chunks
-    without first joining it into one large string."""
-
-    CHUNK = 1 << 16
-    # For the bulk writers: psycopg2 calls read() once per chunk, and each call needs
-    # the GIL back, so fewer, larger reads keep a COPY from waiting on another thread.
-    BULK_CHUNK = 1 << 20
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        super().__init__()
-        self._lines = iter(lines)
-        self._rest = ""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> str:
-        want = self.CHUNK if size is None or size < 0 else max(size, 1)
-        parts = [self._rest] if self._rest else []
-        have = len(self._rest)
-        for line in self._lines:
+def copy_lines(cur: psycopg.Cursor[Any], statement: str, lines: Iterable[str],
+               chunk_chars: int = 1 << 20) -> int:
+    """Run ``COPY ... FROM STDIN (FORMAT text)`` on a psycopg 3 cursor, streaming
+    ``lines`` in chunks of about ``chunk_chars`` (few, large writes: each one needs the
+    GIL back); returns the rows COPY reports."""
+    with cur.copy(statement) as copy:
+        parts: list[str] = []
+        have = 0
+        for line in lines:
             parts.append(line)
             have += len(line)
-            if have >= want:
-                break
-        data = "".join(parts)
-        if size is None or size < 0:
-            # read() with no size must return everything that is left.
-            rest = "".join(self._lines)
-            self._rest = ""
-            return data + rest
-        self._rest = data[want:]
-        return data[:want]
+            if have >= chunk_chars:
+                copy.write("".join(parts))
+                parts, have = [], 0
+        if parts:
+            copy.write("".join(parts))
+    return cur.rowcount
 
 
 # Column scales of charge_lines (models.Charge) and budgets: (integer digits, decimals).

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -35,7 +36,7 @@ _MIGRATE_LOCK_KEY = 0x6870_6362_6D69_67
 
 
 class DatabaseURLError(ValueError):
-    """The database URL cannot be used (bad syntax or a driver other than psycopg2)."""
+    """The database URL cannot be used (bad syntax or a driver other than psycopg)."""
 
 
 def _parse_url(url: str | URL) -> URL:
@@ -55,12 +56,15 @@ def _parse_url(url: str | URL) -> URL:
         raise DatabaseURLError(
             f"database URL {redact_url(parsed)} is not PostgreSQL "
             "(expected postgresql+psycopg2://user:pw@host:port/db)")
-    if driver not in ("", "psycopg2"):
-        # The bulk writer uses psycopg2's copy_expert; other drivers would need their own.
+    if driver not in ("", "psycopg2", "psycopg"):
+        # The bulk writers use psycopg 3's cursor.copy (binary COPY); other drivers would
+        # need their own.
         raise DatabaseURLError(
             f"database URL {redact_url(parsed)} uses driver {driver!r}; "
-            "hpc-billing needs psycopg2 (postgresql+psycopg2://...)")
-    return parsed.set(drivername="postgresql+psycopg2")
+            "hpc-billing needs psycopg (postgresql+psycopg://...)")
+    # psycopg 3 under every accepted URL (engine.md §10): the same libpq conninfo, so a
+    # ``postgresql+psycopg2://`` URL of an existing deployment keeps working unchanged.
+    return parsed.set(drivername="postgresql+psycopg")
 
 
 def _is_unix_socket(url: URL) -> bool:
@@ -76,7 +80,8 @@ def _is_unix_socket(url: URL) -> bool:
 def make_engine(url: str | URL, **engine_kwargs: object) -> Engine:
     """Create the SQLAlchemy engine for ``url``.
 
-    Accepts ``postgresql+psycopg2://user:pw@host:port/db`` and ``postgresql://...``
+    Accepts ``postgresql+psycopg://``, ``postgresql+psycopg2://`` and ``postgresql://``
+    URLs, all driven by psycopg 3
     (including ``?host=/socket/dir`` for an embedded server). Every connection runs with
     ``TimeZone=UTC`` (set as a startup option, so it survives ROLLBACK and needs no extra
     round trip), ``client_encoding=UTF8`` (COPY sends UTF-8 text), and
@@ -101,6 +106,24 @@ def make_engine(url: str | URL, **engine_kwargs: object) -> Engine:
     kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": connect_args}
     kwargs.update(engine_kwargs)
     return create_engine(parsed, **kwargs)
+
+
+def raw_connect(url: str | URL, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A plain psycopg 3 connection to ``url`` with the engine's session settings (UTC,
+    UTF-8, application name): the reading thread's second connection, for the skip
+    lookups and partition DDL outside the poll's transaction (engine.md §5)."""
+    parsed = _parse_url(url)
+    conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    options = parsed.query.get("options")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    tz_option = "-c TimeZone=UTC"
+    kwargs: dict[str, Any] = {"options": f"{options} {tz_option}" if options else tz_option}
+    if "application_name" not in parsed.query:
+        kwargs["application_name"] = APPLICATION_NAME
+    if "client_encoding" not in parsed.query:
+        kwargs["client_encoding"] = "utf8"
+    return psycopg.connect(conninfo, autocommit=autocommit, **kwargs)
 
 
 def session_factory(engine: Engine) -> Sessions:
@@ -199,15 +222,17 @@ def ping(session: Session) -> None:
     session.execute(text("SELECT 1")).scalar_one()
 
 
-def raw_cursor(session: Session, what: str) -> Any:
-    """A psycopg2 cursor on the session's connection (in its transaction), for COPY and
-    ``execute_values``; close it (it is a context manager). ``what`` names the caller in
-    the error raised for another driver."""
-    dbapi_conn = session.connection().connection.dbapi_connection
-    if dbapi_conn is None or not hasattr(dbapi_conn, "cursor"):  # pragma: no cover
-        raise RuntimeError(f"{what} needs a live psycopg2 connection")
-    cur = dbapi_conn.cursor()
-    if not hasattr(cur, "copy_expert"):
-        cur.close()
-        raise TypeError(f"{what} needs the psycopg2 driver (postgresql+psycopg2://)")
-    return cast(Any, cur)
+def raw_connection(session: Session, what: str) -> psycopg.Connection[Any]:
+    """The psycopg 3 connection under the session (in its transaction): for COPY, binary
+    COPY and statements SQLAlchemy has no form for. ``what`` names the caller in the
+    error raised for another driver."""
+    dbapi_conn = session.connection().connection.driver_connection
+    if not isinstance(dbapi_conn, psycopg.Connection):
+        raise TypeError(f"{what} needs the psycopg 3 driver (postgresql+psycopg://)")
+    return dbapi_conn
+
+
+def raw_cursor(session: Session, what: str) -> psycopg.Cursor[Any]:
+    """A psycopg 3 cursor on the session's connection (in its transaction); close it (it
+    is a context manager)."""
+    return raw_connection(session, what).cursor()

@@ -16,9 +16,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from billing.records import JobRecord
-from collector.store.copytext import LinesReader
+from collector.store.copytext import copy_lines
 from collector.store.db import raw_cursor
-from collector.store.jobs import KEY_COLUMNS, STAGE_COLUMNS, _as_stored, _aware, stage_row
+from collector.store.jobs import STAGE_COLUMNS, _as_stored, _aware, stage_row
+from collector.store.rollups import SQL_CREATE_DELTA, mark_written, record_deltas
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,27 +65,100 @@ _SQL_COPY = (f"COPY {_STAGE} ({', '.join(_quote(c) for c in STAGE_COLUMNS)}) "
              "FROM STDIN (FORMAT text)")
 _SQL_ENSURE_CLUSTERS = (
     "INSERT INTO clusters (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING")
-_KEY_MATCH = " AND ".join(f"j.{_quote(c)} = s.{_quote(c)}" for c in KEY_COLUMNS)
-# The keys the MERGE will insert (no row yet) or update (different hash). Unchanged =
+
+# --- The compact store (0011): the staged rows become job_rows rows. Dimension keys are
+# compared as record text (NULL and '' differ; unlike IS NOT DISTINCT FROM, hashable).
+_ASSOC_ROW = ("ROW({t}.account, {t}.user_name, {t}.uid, {t}.group_name, {t}.partition,"
+              " {t}.qos, {t}.wckey, {t}.reservation)::text")
+_OUTCOME_ROW = "ROW({t}.state, {t}.state_raw, {t}.exit_code, {t}.derived_exit_code)::text"
+_SQL_ENSURE_DIMENSIONS = (
+    "INSERT INTO assocs (cluster_id, account, user_name, uid, group_name, partition, qos,"
+    " wckey, reservation) SELECT DISTINCT c.id, s.account, s.user_name, s.uid, s.group_name,"
+    f" s.partition, s.qos, s.wckey, s.reservation FROM {_STAGE} s"
+    " JOIN clusters c ON c.name = s.cluster WHERE NOT EXISTS (SELECT 1 FROM assocs a"
+    f" WHERE a.cluster_id = c.id AND {_ASSOC_ROW.format(t='a')} = {_ASSOC_ROW.format(t='s')})"
+    " ON CONFLICT DO NOTHING",
+    "INSERT INTO outcomes (state, state_raw, exit_code, derived_exit_code)"
+    f" SELECT DISTINCT s.state, s.state_raw, s.exit_code, s.derived_exit_code FROM {_STAGE} s"
+    " WHERE NOT EXISTS (SELECT 1 FROM outcomes o"
+    f" WHERE {_OUTCOME_ROW.format(t='o')} = {_OUTCOME_ROW.format(t='s')})"
+    " ON CONFLICT DO NOTHING",
+    "INSERT INTO gpu_mixes (gpus, gpu_count) SELECT DISTINCT ON (s.gpus) s.gpus, s.gpu_count"
+    f" FROM {_STAGE} s WHERE NOT EXISTS (SELECT 1 FROM gpu_mixes g WHERE g.gpus = s.gpus)"
+    " ON CONFLICT DO NOTHING",
+)
+_ROWS = "hpcb_stage_job_rows"
+_ROW_COLUMNS = (
+    "job_id_raw", "submit_time", "eligible_time", "start_time", "end_time", "elapsed_s",
+    "timelimit_min", "mem_bytes", "billing_units", "cpu_time_alloc_s", "cpu_used_ms",
+    "max_rss_bytes", "energy_j", "array_job_id", "het_job_id", "first_run_id", "last_run_id",
+    "assoc_id", "outcome_id", "gpu_mix_id", "nodes", "cpus", "array_task_id",
+    "het_job_offset", "cluster_id", "final", "db_index", "mem_used_byte_s", "job_id", "name",
+    "node_list", "raw_digest")
+_ROW_KEY = ("cluster_id", "job_id_raw", "submit_time")
+# What makes a job "changed": everything but the key, the run ids and the raw digest.
+_CONTENT = tuple(c for c in _ROW_COLUMNS
+                 if c not in (*_ROW_KEY, "first_run_id", "last_run_id", "raw_digest"))
+_DERIVED_JOB_ID = (
+    "CASE WHEN s.array_task_id IS NOT NULL THEN s.array_job_id || '_' || s.array_task_id"
+    " WHEN s.het_job_id IS NOT NULL THEN s.het_job_id || '+' || s.het_job_offset"
+    " WHEN s.array_job_id IS NULL THEN s.job_id_raw::text END")
+_SQL_CREATE_ROWS = (f"CREATE TEMP TABLE IF NOT EXISTS {_ROWS} (LIKE job_rows)"
+                    " ON COMMIT DELETE ROWS")
+_SQL_TRUNCATE_ROWS = f"TRUNCATE {_ROWS}"
+_ASSOC_JOIN = f"{_ASSOC_ROW.format(t='a')} = {_ASSOC_ROW.format(t='s')}"
+_SQL_CONVERT = (
+    f"INSERT INTO {_ROWS} ({', '.join(_ROW_COLUMNS)})"
+    " SELECT s.job_id_raw, s.submit_time, s.eligible_time, s.start_time, s.end_time,"
+    " s.elapsed_s, s.timelimit_min, s.mem_bytes, s.billing_units, s.cpu_time_alloc_s,"
+    " round(s.cpu_used_s * 1000)::bigint, s.max_rss_bytes, s.energy_j, s.array_job_id,"
+    " s.het_job_id, NULL, NULL, a.id, o.id, g.id, s.nodes, s.cpus, s.array_task_id,"
+    " s.het_job_offset, c.id, s.final, s.db_index, s.mem_used_byte_s,"
+    f" CASE WHEN s.job_id = {_DERIVED_JOB_ID} THEN NULL ELSE s.job_id END, s.name,"
+    " s.node_list, decode(s.raw_digest, 'hex')"
+    f" FROM {_STAGE} s JOIN clusters c ON c.name = s.cluster"
+    f" JOIN assocs a ON a.cluster_id = c.id AND {_ASSOC_JOIN}"
+    f" JOIN outcomes o ON {_OUTCOME_ROW.format(t='o')} = {_OUTCOME_ROW.format(t='s')}"
+    " JOIN gpu_mixes g ON g.gpus = s.gpus"
+)
+_SQL_PARTITIONS = (
+    "SELECT hpcb_month_partition('job_rows', m) FROM (SELECT DISTINCT"
+    f" date_trunc('month', submit_time AT TIME ZONE 'UTC')::date AS m FROM {_ROWS}) x")
+_ROW_MATCH = " AND ".join(f"j.{c} = s.{c}" for c in _ROW_KEY)
+_CONTENT_DIFFERS = (f"({', '.join('j.' + c for c in _CONTENT)})"
+                    f" IS DISTINCT FROM ({', '.join('s.' + c for c in _CONTENT)})")
+# The keys the MERGE will insert (no row yet) or update (content differs). Unchanged =
 # batch size minus these. Returning the keys lets the caller price exactly the jobs that
 # changed, in the same transaction.
 _SQL_CHANGED = (
-    "SELECT s.cluster, s.job_id_raw, s.submit_time, j.cluster IS NULL"
-    f" FROM {_STAGE} s LEFT JOIN jobs j ON {_KEY_MATCH}"
-    " WHERE j.content_hash IS DISTINCT FROM s.content_hash"
+    "SELECT c.name, s.job_id_raw, s.submit_time, j.job_id_raw IS NULL"
+    f" FROM {_ROWS} s JOIN clusters c ON c.id = s.cluster_id"
+    f" LEFT JOIN job_rows j ON {_ROW_MATCH}"
+    f" WHERE j.job_id_raw IS NULL OR {_CONTENT_DIFFERS}"
 )
-_UPDATE_COLUMNS = tuple(c for c in STAGE_COLUMNS if c not in KEY_COLUMNS)
+# A job whose assoc changes takes all its lines (closed periods too) from its old rollup
+# buckets to its new ones: a line counts in its job's current assoc.
+_SQL_ASSOC_MOVES = (
+    "INSERT INTO hpcb_rollup_delta SELECT l.posted_month, l.cluster_id, m.assoc, l.price_id,"
+    " l.job_id_raw, l.submit_time, l.quantity_micro, l.amount_micro, m.sign"
+    " FROM (SELECT s.cluster_id, s.job_id_raw, s.submit_time, j.assoc_id AS old_assoc,"
+    f" s.assoc_id AS new_assoc FROM {_ROWS} s JOIN job_rows j ON {_ROW_MATCH}"
+    " WHERE j.assoc_id <> s.assoc_id) x"
+    " CROSS JOIN LATERAL (VALUES (x.old_assoc, -1), (x.new_assoc, 1)) AS m(assoc, sign)"
+    " JOIN charge_rows l ON l.cluster_id = x.cluster_id AND l.job_id_raw = x.job_id_raw"
+    " AND l.submit_time = x.submit_time"
+)
+_UPDATE_COLUMNS = tuple(c for c in _ROW_COLUMNS
+                        if c not in (*_ROW_KEY, "first_run_id", "last_run_id"))
 _SQL_MERGE = (
-    f"MERGE INTO jobs AS j USING {_STAGE} AS s ON {_KEY_MATCH}"
-    " WHEN MATCHED AND (j.content_hash IS DISTINCT FROM s.content_hash"
-    " OR j.raw_digest IS DISTINCT FROM s.raw_digest) THEN UPDATE SET "
-    + ", ".join(f"{_quote(c)} = s.{_quote(c)}" for c in _UPDATE_COLUMNS)
-    + ", last_run_id = %(run_id)s, updated_at = now()"
-    " WHEN NOT MATCHED THEN INSERT ("
-    + ", ".join(_quote(c) for c in STAGE_COLUMNS)
-    + ", first_run_id, last_run_id, updated_at) VALUES ("
-    + ", ".join(f"s.{_quote(c)}" for c in STAGE_COLUMNS)
-    + ", %(run_id)s, %(run_id)s, now())"
+    f"MERGE INTO job_rows AS j USING {_ROWS} AS s ON {_ROW_MATCH}"
+    f" WHEN MATCHED AND ({_CONTENT_DIFFERS} OR j.raw_digest IS DISTINCT FROM s.raw_digest)"
+    " THEN UPDATE SET " + ", ".join(f"{c} = s.{c}" for c in _UPDATE_COLUMNS)
+    + ", last_run_id = %(run_id)s"
+    " WHEN NOT MATCHED THEN INSERT (" + ", ".join(_ROW_COLUMNS) + ") VALUES ("
+    + ", ".join("%(run_id)s" if c in ("first_run_id", "last_run_id") else f"s.{c}"
+                for c in _ROW_COLUMNS)
+    + ")"
 )
 
 
@@ -160,12 +234,24 @@ class JobWriter:
         with raw_cursor(self._session, "JobWriter") as cur:
             cur.execute(_SQL_CREATE_STAGE)
             cur.execute(_SQL_TRUNCATE_STAGE)
-            cur.copy_expert(_SQL_COPY, LinesReader(line for line, _ in batch.values()),
-                            size=LinesReader.BULK_CHUNK)
+            copy_lines(cur, _SQL_COPY, (line for line, _ in batch.values()))
             cur.execute(_SQL_ENSURE_CLUSTERS, (sorted(clusters),))
+            for statement in _SQL_ENSURE_DIMENSIONS:
+                cur.execute(statement)
+            cur.execute(_SQL_CREATE_ROWS)
+            cur.execute(_SQL_TRUNCATE_ROWS)
+            cur.execute(_SQL_CONVERT)
+            cur.execute(_SQL_PARTITIONS)
             cur.execute(_SQL_CHANGED)
             changed = cur.fetchall()
+            cur.execute(SQL_CREATE_DELTA)
+            cur.execute(_SQL_ASSOC_MOVES)
+            moved = cur.rowcount
             cur.execute(_SQL_MERGE, {"run_id": self._run_id})
+        if moved:
+            record_deltas(self._session)
+        elif changed:
+            mark_written(self._session)
         inserted = sum(1 for row in changed if row[3])
         batch_counts = UpsertCounts(inserted, len(changed) - inserted, len(batch) - len(changed))
         if changed and self._on_inserted is not None:
@@ -190,9 +276,10 @@ class JobWriter:
 # batch of 1,000 keys at 50,000 jobs and growing with the table; the LATERAL subquery
 # (OFFSET 0 keeps it from being flattened into that join) takes 13 ms at any size.
 _SQL_STORED_DIGESTS = (
-    "SELECT d.raw_digest FROM unnest(%s::text[], %s::bigint[]) AS k(cluster, job_id_raw)"
-    " CROSS JOIN LATERAL (SELECT j.raw_digest FROM jobs j"
-    " WHERE j.cluster = k.cluster AND j.job_id_raw = k.job_id_raw"
+    "SELECT encode(d.raw_digest, 'hex') FROM unnest(%s::text[], %s::bigint[])"
+    " AS k(cluster, job_id_raw) JOIN clusters c ON c.name = k.cluster"
+    " CROSS JOIN LATERAL (SELECT j.raw_digest FROM job_rows j"
+    " WHERE j.cluster_id = c.id AND j.job_id_raw = k.job_id_raw"
     " AND j.raw_digest IS NOT NULL OFFSET 0) AS d"
 )
 

@@ -75,7 +75,7 @@ _COLUMNS = tuple(col for col, _ in RECORD_COLUMNS)
 KEY_COLUMNS = ("cluster", "job_id_raw", "submit_time")
 STAGE_COLUMNS = (*_COLUMNS, "content_hash", "raw_digest")
 _WRITER_COLUMNS = frozenset(("content_hash", "raw_digest", "first_run_id", "last_run_id",
-                             "updated_at"))
+                             "updated_at", "cluster_id"))
 
 # Every column of the model is either a record column or set by the writer, and the
 # other way round: a new column in models.py without a place here fails at import.

@@ -19,13 +19,14 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
-    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -60,7 +61,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def table_of(model: type[Base]) -> Table:
+class ViewBase(DeclarativeBase):
+    """Views (migration 0011: ``jobs`` and ``charge_lines`` over the compact tables): read
+    like tables, never created from these models and not compared with the schema."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: type[Base] | type[ViewBase]) -> Table:
     """A model's ``Table`` (SQLAlchemy types ``__table__`` as a FromClause)."""
     table = model.__table__
     assert isinstance(table, Table)
@@ -74,10 +82,13 @@ class Cluster(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+    # The compact tables' key (0011): 2 bytes per row instead of the name.
+    id: Mapped[int] = mapped_column(SmallInteger, Identity(), unique=True)
 
 
-class Job(Base):
-    """One job allocation, one row per (cluster, job_id_raw, submit_time).
+class Job(ViewBase):
+    """One job allocation, one row per (cluster, job_id_raw, submit_time): the view over
+    ``job_rows`` and its dimensions (0011).
 
     One column per ``billing.records.JobRecord`` field; the record's ``submit``,
     ``eligible``, ``start``, ``end``, ``user``, ``group`` and ``billing`` are stored as
@@ -87,7 +98,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
 
-    cluster: Mapped[str] = mapped_column(Text, ForeignKey("clusters.name"), primary_key=True)
+    cluster: Mapped[str] = mapped_column(Text, primary_key=True)
     job_id_raw: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     submit_time: Mapped[datetime] = mapped_column(TZ, primary_key=True)
     job_id: Mapped[str] = mapped_column(Text)
@@ -128,7 +139,8 @@ class Job(Base):
     # slurmdbd's DBIndex: unsigned 64-bit (24.11+ prints values above 2^63), so not bigint.
     db_index: Mapped[Decimal | None] = mapped_column(Numeric(20, 0))
     final: Mapped[bool] = mapped_column(Boolean)
-    content_hash: Mapped[str] = mapped_column(Text)
+    # Always NULL since 0011 (the writer compares the stored row itself).
+    content_hash: Mapped[str | None] = mapped_column(Text)
     # blake2b-128 hex of the raw sacct lines the row was parsed from (0006), NULL when
     # it came from elsewhere or not all its lines parsed: a re-read of the same lines
     # skips the job before parsing (collector.slurm.parse.ParsableParser).
@@ -138,17 +150,10 @@ class Job(Base):
     # tax the bulk MERGE path for a reference nobody joins on hot paths.
     first_run_id: Mapped[int | None] = mapped_column(BigInteger)
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
-    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
-
-    __table_args__ = (
-        CheckConstraint("jsonb_typeof(gpus) = 'object'", name="gpus_is_object"),
-        CheckConstraint(f"db_index >= 0 AND db_index <= {DB_INDEX_MAX}", name="db_index_u64"),
-        # The job listing: one cluster, ordered by submit time, bounded by
-        # submit_time < until. A later issue tunes indexes with EXPLAIN.
-        Index("ix_jobs_cluster_submit_time", "cluster", "submit_time", "job_id_raw"),
-        # "ended since" (end_time >= since) and open jobs (end_time IS NULL).
-        Index("ix_jobs_cluster_end_time", "cluster", "end_time"),
-    )
+    # When the run that last wrote the row started (0011: the run log says when).
+    updated_at: Mapped[datetime | None] = mapped_column(TZ)
+    # The compact key (0011): join and filter on it, not on the name.
+    cluster_id: Mapped[int] = mapped_column(SmallInteger)
 
 
 class CollectorRun(Base):
@@ -249,114 +254,228 @@ class RateCard(Base):
     text: Mapped[str] = mapped_column(Text)
 
 
-class Charge(Base):
-    """One ``billing.records.ChargeLine`` as stored.
+class Charge(ViewBase):
+    """One ``billing.records.ChargeLine`` as stored: the view over ``charge_rows`` and
+    ``prices`` (0011).
 
-    ``rate_card`` (the version string) is stored as ``rate_card_id``; the key of the job
-    is a foreign key to ``jobs`` with ON DELETE CASCADE, so lines never outlive their job.
-    Column scales: ``quantity`` numeric(24, 6) (a micro-unit, 3.6 ms of one core), ``rate``
+    ``rate_card`` (the version string) is stored as ``rate_card_id``. Column scales:
+    ``quantity`` numeric(24, 6) (a micro-unit, 3.6 ms of one core), ``rate``
     numeric(20, 9), ``amount`` numeric(20, 6) (money: up to 10**14 with six decimals).
     """
 
     __tablename__ = "charge_lines"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    cluster: Mapped[str] = mapped_column(Text)
-    job_id_raw: Mapped[int] = mapped_column(BigInteger)
-    submit_time: Mapped[datetime] = mapped_column(TZ)
-    usage_period: Mapped[str] = mapped_column(Text)
-    posted_period: Mapped[str] = mapped_column(Text)
-    resource: Mapped[str] = mapped_column(Text)
+    cluster: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id_raw: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    submit_time: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    usage_period: Mapped[str] = mapped_column(Text, primary_key=True)
+    posted_period: Mapped[str] = mapped_column(Text, primary_key=True)
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
     quantity: Mapped[Decimal] = mapped_column(Numeric(24, 6))
     unit: Mapped[str] = mapped_column(Text)
     rate: Mapped[Decimal] = mapped_column(Numeric(20, 9))
     amount: Mapped[Decimal] = mapped_column(Numeric(20, 6))
     currency: Mapped[str] = mapped_column(Text)
     rule: Mapped[str] = mapped_column(Text)
-    rate_card_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("rate_cards.id"))
+    rate_card_id: Mapped[int] = mapped_column(BigInteger)
     basis: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(Text)
-    # Like jobs.last_run_id, deliberately not a foreign key (the run log is pruned on its
-    # own schedule; no RI trigger per row on the bulk path).
+    # Since 0011: the run that last wrote the line's job (jobs.last_run_id), and when it
+    # started.
     run_id: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(TZ, server_default=NOW)
+    created_at: Mapped[datetime | None] = mapped_column(TZ)
+    # The compact columns (0011): join and filter on these (they reach the indexes).
+    cluster_id: Mapped[int] = mapped_column(SmallInteger)
+    usage_month: Mapped[date] = mapped_column(Date)
+    posted_month: Mapped[date] = mapped_column(Date)
+
+
+# ------------------------------------------------- the compact store (rev. 0011, issue 19)
+# docs/design/engine.md §4-§6. No foreign keys and no triggers on job_rows/charge_rows;
+# dimension ids are resolved by the writers (collector.store.dims).
+
+class Assoc(Base):
+    """An association: the rate-card match key of a job plus the rest of its identity."""
+
+    __tablename__ = "assocs"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(SmallInteger)
+    account: Mapped[str | None] = mapped_column(Text)
+    user_name: Mapped[str | None] = mapped_column(Text)
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    group_name: Mapped[str | None] = mapped_column(Text)
+    partition: Mapped[str | None] = mapped_column(Text)
+    qos: Mapped[str | None] = mapped_column(Text)
+    wckey: Mapped[str | None] = mapped_column(Text)
+    reservation: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["cluster", "job_id_raw", "submit_time"],
-            ["jobs.cluster", "jobs.job_id_raw", "jobs.submit_time"],
-            ondelete="CASCADE"),
-        CheckConstraint("kind IN ('charge', 'correction')", name="kind"),
-        CheckConstraint("basis IN ('allocated', 'used', 'max')", name="basis"),
-        CheckConstraint(f"usage_period ~ '{PERIOD_PATTERN}'", name="usage_period"),
-        CheckConstraint(f"posted_period ~ '{PERIOD_PATTERN}'", name="posted_period"),
-        # A job's lines (replace_charges, frozen_lines, job_charges; the FK cascade).
-        Index("ix_charge_lines_cluster_job_id_raw_submit_time",
-              "cluster", "job_id_raw", "submit_time"),
-        # What finance bills: one posted period, optionally one cluster.
-        Index("ix_charge_lines_posted_period_cluster", "posted_period", "cluster"),
+        UniqueConstraint("cluster_id", "account", "user_name", "uid", "group_name", "partition",
+                         "qos", "wckey", "reservation", name="uq_assocs",
+                         postgresql_nulls_not_distinct=True),
     )
 
 
-# ------------------------------------------------------------ charge rollups (rev. 0007)
+class Outcome(Base):
+    """A job's state and exit codes."""
 
-_ROLLUP_GROUP = ("posted_period", "cluster", "submit_day", "account", "user_name", "partition",
-                 "qos", "currency")
+    __tablename__ = "outcomes"
 
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    state: Mapped[str] = mapped_column(Text)
+    state_raw: Mapped[str] = mapped_column(Text)
+    exit_code: Mapped[str | None] = mapped_column(Text)
+    derived_exit_code: Mapped[str | None] = mapped_column(Text)
 
-class _RollupGroup:
-    """The grain shared by the daily rollups (see migration 0007). NULL names are ''."""
-
-    posted_period: Mapped[str] = mapped_column(Text)
-    cluster: Mapped[str] = mapped_column(Text)
-    submit_day: Mapped[date] = mapped_column(Date)
-    account: Mapped[str] = mapped_column(Text)
-    user_name: Mapped[str] = mapped_column(Text)
-    partition: Mapped[str] = mapped_column(Text)
-    qos: Mapped[str] = mapped_column(Text)
-    currency: Mapped[str] = mapped_column(Text)
+    __table_args__ = (
+        UniqueConstraint("state", "state_raw", "exit_code", "derived_exit_code",
+                         name="uq_outcomes", postgresql_nulls_not_distinct=True),
+    )
 
 
-class ChargeRollupDaily(_RollupGroup, Base):
-    """Charge lines summed per posted period, cluster, submit day (UTC), the jobs'
-    account/user/partition/QOS, currency, resource and unit; ``jobs`` is distinct jobs."""
+class GpuMix(Base):
+    """A job's GPUs by type (the JSON object of ``JobRecord.gpus``) and their count."""
 
-    __tablename__ = "charge_rollup_daily"
+    __tablename__ = "gpu_mixes"
 
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    gpus: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    gpu_count: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint("gpus", name="uq_gpu_mixes"),
+        CheckConstraint("jsonb_typeof(gpus) = 'object'", name="gpus_is_object"),
+    )
+
+
+class Price(Base):
+    """What a charge line was priced at: card, rule, resource, unit, basis, kind, rate."""
+
+    __tablename__ = "prices"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    rate_card_id: Mapped[int] = mapped_column(BigInteger)
+    rule: Mapped[str] = mapped_column(Text)
     resource: Mapped[str] = mapped_column(Text)
     unit: Mapped[str] = mapped_column(Text)
-    quantity: Mapped[Decimal] = mapped_column(Numeric(38, 6))
-    amount: Mapped[Decimal] = mapped_column(Numeric(38, 6))
+    basis: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    rate: Mapped[Decimal] = mapped_column(Numeric(20, 9))
+    currency: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("rate_card_id", "rule", "resource", "unit", "basis", "kind", "rate",
+                         "currency", name="uq_prices"),
+        CheckConstraint("kind IN ('charge', 'correction')", name="kind"),
+        CheckConstraint("basis IN ('allocated', 'used', 'max')", name="basis"),
+    )
+
+
+class JobRow(Base):
+    """A job, compact (the view ``jobs`` gives today's columns). Partitioned by the
+    month (UTC) of submit_time; columns ordered by alignment."""
+
+    __tablename__ = "job_rows"
+
+    job_id_raw: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    submit_time: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    eligible_time: Mapped[datetime | None] = mapped_column(TZ)
+    start_time: Mapped[datetime | None] = mapped_column(TZ)
+    end_time: Mapped[datetime | None] = mapped_column(TZ)
+    elapsed_s: Mapped[int] = mapped_column(BigInteger)
+    timelimit_min: Mapped[int | None] = mapped_column(BigInteger)
+    mem_bytes: Mapped[int] = mapped_column(BigInteger)
+    billing_units: Mapped[int | None] = mapped_column(BigInteger)
+    cpu_time_alloc_s: Mapped[int | None] = mapped_column(BigInteger)
+    cpu_used_ms: Mapped[int | None] = mapped_column(BigInteger)
+    max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    energy_j: Mapped[int | None] = mapped_column(BigInteger)
+    array_job_id: Mapped[int | None] = mapped_column(BigInteger)
+    het_job_id: Mapped[int | None] = mapped_column(BigInteger)
+    first_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    assoc_id: Mapped[int] = mapped_column(Integer)
+    outcome_id: Mapped[int] = mapped_column(Integer)
+    gpu_mix_id: Mapped[int] = mapped_column(Integer)
+    nodes: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[int] = mapped_column(Integer)
+    array_task_id: Mapped[int | None] = mapped_column(Integer)
+    het_job_offset: Mapped[int | None] = mapped_column(Integer)
+    cluster_id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    final: Mapped[bool] = mapped_column(Boolean)
+    db_index: Mapped[Decimal | None] = mapped_column(Numeric(20, 0))
+    mem_used_byte_s: Mapped[Decimal | None] = mapped_column(Numeric(38, 0))
+    # NULL when the array/het ids give it (6_3, 14+1, 42).
+    job_id: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(Text)
+    node_list: Mapped[str | None] = mapped_column(Text)
+    raw_digest: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("cluster_id", "job_id_raw", "submit_time"),
+        CheckConstraint(f"db_index >= 0 AND db_index <= {DB_INDEX_MAX}", name="db_index_u64"),
+        Index("ix_job_rows_open", "cluster_id", postgresql_where=text("NOT final")),
+        Index("ix_job_rows_end_time", "end_time", postgresql_using="brin"),
+        {"postgresql_partition_by": "RANGE (submit_time)"},
+    )
+
+
+class ChargeRow(Base):
+    """A charge line, compact (the view ``charge_lines`` gives today's columns): integer
+    millionths, the price by id. Partitioned by usage month."""
+
+    __tablename__ = "charge_rows"
+
+    job_id_raw: Mapped[int] = mapped_column(BigInteger)
+    submit_time: Mapped[datetime] = mapped_column(TZ)
+    quantity_micro: Mapped[int] = mapped_column(BigInteger)
+    amount_micro: Mapped[int] = mapped_column(BigInteger)
+    usage_month: Mapped[date] = mapped_column(Date)
+    posted_month: Mapped[date] = mapped_column(Date)
+    price_id: Mapped[int] = mapped_column(Integer)
+    cluster_id: Mapped[int] = mapped_column(SmallInteger)
+
+    # No primary key in the table (nothing looks a line up alone); the mapper needs one.
+    __mapper_args__ = {  # noqa: RUF012 - SQLAlchemy's declarative attribute
+        "primary_key": ["job_id_raw", "submit_time", "usage_month", "price_id", "cluster_id"]}
+
+    __table_args__ = (
+        Index("ix_charge_rows_job", "cluster_id", "job_id_raw", "submit_time"),
+        Index("ix_charge_rows_posted_month", "posted_month", postgresql_using="brin"),
+        {"postgresql_partition_by": "RANGE (usage_month)"},
+    )
+
+
+class RollupResource(Base):
+    """Charge lines summed per posted month, cluster, assoc, currency, resource and unit
+    (``jobs``: distinct jobs). Kept by the writers (collector.store.rollups)."""
+
+    __tablename__ = "rollup_resource"
+
+    posted_month: Mapped[date] = mapped_column(Date, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    assoc_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    currency: Mapped[str] = mapped_column(Text, primary_key=True)
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
+    unit: Mapped[str] = mapped_column(Text, primary_key=True)
+    quantity_micro: Mapped[Decimal] = mapped_column(Numeric(38, 0))
+    amount_micro: Mapped[Decimal] = mapped_column(Numeric(38, 0))
     lines: Mapped[int] = mapped_column(BigInteger)
     jobs: Mapped[int] = mapped_column(BigInteger)
 
-    __table_args__ = (
-        PrimaryKeyConstraint(*_ROLLUP_GROUP, "resource", "unit"),
-        Index("ix_charge_rollup_daily_cluster_submit_day", "cluster", "submit_day"),
-    )
 
+class RollupJobs(Base):
+    """Distinct jobs and amount per posted month, cluster, assoc and currency."""
 
-class ChargeRollupDailyJobs(_RollupGroup, Base):
-    """Distinct jobs and amount per rollup group, without the resource."""
+    __tablename__ = "rollup_jobs"
 
-    __tablename__ = "charge_rollup_daily_jobs"
-
-    amount: Mapped[Decimal] = mapped_column(Numeric(38, 6))
+    posted_month: Mapped[date] = mapped_column(Date, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    assoc_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    currency: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount_micro: Mapped[Decimal] = mapped_column(Numeric(38, 0))
     jobs: Mapped[int] = mapped_column(BigInteger)
-
-    __table_args__ = (
-        PrimaryKeyConstraint(*_ROLLUP_GROUP),
-        Index("ix_charge_rollup_daily_jobs_cluster_submit_day", "cluster", "submit_day"),
-    )
-
-
-class ChargeRollupDirty(Base):
-    """(cluster, submit day) buckets whose rollups are stale (set by triggers)."""
-
-    __tablename__ = "charge_rollup_dirty"
-
-    cluster: Mapped[str] = mapped_column(Text, primary_key=True)
-    submit_day: Mapped[date] = mapped_column(Date, primary_key=True)
 
 
 class BillingPeriod(Base):

@@ -1,7 +1,7 @@
 """Reports: what finance bills, read by POSTED period.
 
-``charge_report`` sums one period's charges per group and currency, from the daily
-rollups (``charge_report_rollup``) when none is stale, else from the lines themselves;
+``charge_report`` sums one period's charges per group and currency, from the monthly
+rollups (``charge_report_rollup``; ``charge_report_raw`` computes the same from the lines);
 ``report_range`` sums several periods (and can be limited to some accounts) from the
 lines. Both line-based reports are one query (``_report_from_lines``).
 ``billed_lines`` lists one account's lines of a period (its statement and invoice),
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
+    Numeric,
     and_,
     distinct,
     exists,
@@ -32,25 +33,28 @@ from sqlalchemy.orm import Session
 from billing.records import BilledLine, ChargeLine
 from collector.store.errors import ChargeStoreError
 from collector.store.models import (
+    Assoc,
     Charge,
-    ChargeRollupDaily,
-    ChargeRollupDailyJobs,
-    ChargeRollupDirty,
+    Cluster,
     Job,
     RateCard,
+    RollupJobs,
+    RollupResource,
     table_of,
 )
 from collector.store.periods import check_period
+from collector.store.rollups import refresh_rollups
 
 CHARGES = table_of(Charge)
 JOBS = table_of(Job)
 _CARDS = table_of(RateCard)
-_ROLLUP = table_of(ChargeRollupDaily)
-_ROLLUP_JOBS = table_of(ChargeRollupDailyJobs)
-_DIRTY = table_of(ChargeRollupDirty)
+_ROLLUP = table_of(RollupResource)
+_ROLLUP_JOBS = table_of(RollupJobs)
+_ASSOCS = table_of(Assoc)
+_CLUSTERS = table_of(Cluster)
 
 # Every charge line with its job (the attributes reports group by).
-LINES_WITH_JOBS = CHARGES.join(JOBS, and_(JOBS.c.cluster == CHARGES.c.cluster,
+LINES_WITH_JOBS = CHARGES.join(JOBS, and_(JOBS.c.cluster_id == CHARGES.c.cluster_id,
                                           JOBS.c.job_id_raw == CHARGES.c.job_id_raw,
                                           JOBS.c.submit_time == CHARGES.c.submit_time))
 
@@ -115,11 +119,9 @@ def charge_report(session: Session, *, period: str, group_by: Sequence[str],
     qos; validated against that whitelist) and per currency: amounts in different
     currencies are never added. Sorted by the group values (None last), then currency.
 
-    Read from the daily rollups (``charge_report_rollup``) when none is stale, else from
-    the charge lines themselves (``charge_report_raw``); both give the same rows.
+    Read from the monthly rollups (``charge_report_rollup``); ``charge_report_raw`` gives
+    the same rows from the charge lines.
     """
-    if session.execute(select(exists().select_from(_DIRTY))).scalar():
-        return charge_report_raw(session, period=period, group_by=group_by, cluster=cluster)
     return charge_report_rollup(session, period=period, group_by=group_by, cluster=cluster)
 
 
@@ -138,12 +140,16 @@ def report_range(session: Session, *, periods: Sequence[str], group_by: Sequence
     Amounts and quantities are summed across the periods and ``jobs`` counts distinct
     jobs across them (a job with lines in two periods counts once). ``accounts``
     restricts the underlying lines to jobs of those accounts whatever ``group_by`` is
-    (an empty collection matches nothing). For one period and no restriction it returns
-    what ``charge_report`` returns.
+    (an empty collection matches nothing). For one period it returns what
+    ``charge_report`` returns, read from the rollups (the API's month query); several
+    periods are read from the lines (distinct jobs across months do not add up).
     """
     if isinstance(periods, str) or not periods:
         raise ValueError("periods must be a non-empty list of 'YYYY-MM'")
     wanted = sorted({check_period(p) for p in periods})
+    if len(wanted) == 1:
+        return charge_report_rollup(session, period=wanted[0], group_by=group_by,
+                                    cluster=cluster, accounts=_accounts(accounts))
     return _report_from_lines(session, periods=wanted, group_by=group_by, cluster=cluster,
                               accounts=_accounts(accounts))
 
@@ -171,7 +177,7 @@ def _report_from_lines(session: Session, *, periods: list[str], group_by: Sequen
                .label("jobs"),
                func.sum(c.quantity).label("quantity"), func.sum(c.amount).label("amount"))
         .select_from(LINES_WITH_JOBS)
-        .where(c.posted_period.in_(periods))
+        .where(c.posted_month.in_([_month(p) for p in periods]))
         .group_by(func.grouping_sets(tuple_(*exprs, c.currency),
                                      tuple_(*exprs, c.currency, c.resource, c.unit)))
         .order_by(*(expr.asc().nulls_last() for expr in exprs), c.currency,
@@ -198,22 +204,32 @@ def _add_resource(row: ReportRow, r: Any) -> None:
         raise RuntimeError(f"resource {r.resource!r} stored in two units")
     row.resources[r.resource] = ResourceTotal(r.quantity, r.unit, r.amount)
 
-# The report's group names on the rollup tables ('' there is NULL in jobs).
-def _rollup_group_by(table: Any) -> dict[str, ColumnElement[Any]]:
-    c = table.c
-    return {"account": func.nullif(c.account, ""), "user": func.nullif(c.user_name, ""),
-            "partition": func.nullif(c.partition, ""), "qos": func.nullif(c.qos, ""),
-            "cluster": c.cluster, "resource": c.resource if "resource" in c else None}
+# The report's group names on the rollup tables (joined to assocs and clusters).
+def _rollup_group_by(table: Any) -> dict[str, Any]:
+    a = _ASSOCS.c
+    return {"account": a.account, "user": a.user_name, "partition": a.partition,
+            "qos": a.qos, "cluster": _CLUSTERS.c.name,
+            "resource": table.c.resource if "resource" in table.c else None}
+
+
+def _money(column: Any) -> ColumnElement[Any]:
+    """A sum of integer millionths as numeric with six decimals (what summing the
+    lines' numeric(20, 6) amounts gives)."""
+    return func.cast(func.sum(column) / 1_000_000, Numeric(38, 6))
 
 
 def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[str],
-                         cluster: str | None = None) -> list[ReportRow]:
-    """``charge_report`` from the daily rollups (migration 0007): per-resource sums from
-    ``charge_rollup_daily``; group totals (distinct jobs, amount) from
-    ``charge_rollup_daily_jobs``, or, when grouping by resource, from the resource rows
-    (a job is in one rollup bucket only, so its distinct counts add up). Only valid when
-    no bucket is dirty (``charge_report`` checks)."""
+                         cluster: str | None = None,
+                         accounts: list[str] | None = None) -> list[ReportRow]:
+    """``charge_report`` from the monthly rollups (migration 0011): per-resource sums
+    from ``rollup_resource``; group totals (distinct jobs, amount) from ``rollup_jobs``,
+    or, when grouping by resource, from the resource rows. A job is in one assoc, so
+    its distinct counts add up across assocs within a month. ``accounts`` keeps the jobs
+    of those accounts only (``report_range``). The transaction's pending deltas are
+    applied first (a writer's report sees its own writes)."""
     check_period(period)
+    refresh_rollups(session)
+    month = date(int(period[:4]), int(period[5:7]), 1)
     names = [name for name, _ in _group_columns(group_by)]
     by_resource = "resource" in names
     fine = _ROLLUP
@@ -222,20 +238,24 @@ def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[st
     total_exprs = [_rollup_group_by(totals_table)[n] for n in names]
 
     def scoped(stmt: Any, table: Any) -> Any:
-        stmt = stmt.where(table.c.posted_period == period)
-        return stmt.where(table.c.cluster == cluster) if cluster is not None else stmt
+        stmt = (stmt.join_from(table, _ASSOCS, _ASSOCS.c.id == table.c.assoc_id)
+                .join(_CLUSTERS, _CLUSTERS.c.id == table.c.cluster_id)
+                .where(table.c.posted_month == month))
+        if accounts is not None:
+            stmt = stmt.where(_ASSOCS.c.account.in_(accounts))
+        return stmt.where(_CLUSTERS.c.name == cluster) if cluster is not None else stmt
 
     t = totals_table.c
     totals = scoped(
         select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), t.currency,
-               func.sum(t.jobs).label("jobs"), func.sum(t.amount).label("amount"))
+               func.sum(t.jobs).label("jobs"), _money(t.amount_micro).label("amount"))
         .group_by(*total_exprs, t.currency)
         .order_by(*(e.asc().nulls_last() for e in total_exprs), t.currency), totals_table)
     f = fine.c
     per_resource = scoped(
         select(*(e.label(f"g{i}") for i, e in enumerate(fine_exprs)), f.currency, f.resource,
-               f.unit, func.sum(f.quantity).label("quantity"),
-               func.sum(f.amount).label("amount"))
+               f.unit, _money(f.quantity_micro).label("quantity"),
+               _money(f.amount_micro).label("amount"))
         .group_by(*fine_exprs, f.currency, f.resource, f.unit)
         .order_by(f.resource, f.unit), fine)
     rows: dict[tuple[Any, ...], ReportRow] = {}
@@ -261,7 +281,8 @@ _BILLED_COLUMNS = (
 _BILLED_FROM = LINES_WITH_JOBS.join(_CARDS, _CARDS.c.id == CHARGES.c.rate_card_id)
 # The statement's order: by job (submit time, id, cluster), then resource.
 _STATEMENT_ORDER = (CHARGES.c.submit_time, CHARGES.c.job_id_raw, CHARGES.c.cluster,
-                    CHARGES.c.resource, CHARGES.c.usage_period, CHARGES.c.kind, CHARGES.c.id)
+                    CHARGES.c.resource, CHARGES.c.usage_period, CHARGES.c.kind,
+                    CHARGES.c.posted_period, CHARGES.c.rule, CHARGES.c.basis, CHARGES.c.amount)
 
 
 def _stream(session: Session, stmt: Any, yield_per: int) -> Iterator[Any]:
@@ -301,7 +322,7 @@ def billed_lines(session: Session, *, period: str, account: str | None,
     """
     check_period(period)
     stmt = (select(*_BILLED_COLUMNS).select_from(_BILLED_FROM)
-            .where(CHARGES.c.posted_period == period,
+            .where(CHARGES.c.posted_month == _month(period),
                    JOBS.c.account.is_not_distinct_from(account))
             .order_by(*_STATEMENT_ORDER))
     if cluster is not None:
@@ -315,7 +336,7 @@ def period_billed_lines(session: Session, *, period: str, cluster: str | None = 
     same order; they add up to the report's total of the period."""
     check_period(period)
     stmt = (select(*_BILLED_COLUMNS).select_from(_BILLED_FROM)
-            .where(CHARGES.c.posted_period == period).order_by(*_STATEMENT_ORDER))
+            .where(CHARGES.c.posted_month == _month(period)).order_by(*_STATEMENT_ORDER))
     if cluster is not None:
         stmt = stmt.where(CHARGES.c.cluster == cluster)
     return _billed(_stream(session, stmt, yield_per))
@@ -328,7 +349,7 @@ def period_lines(session: Session, period: str, *,
     check_period(period)
     stmt = (select(*_BILLED_COLUMNS[:15])
             .select_from(CHARGES.join(_CARDS, _CARDS.c.id == CHARGES.c.rate_card_id))
-            .where(CHARGES.c.posted_period == period))
+            .where(CHARGES.c.posted_month == _month(period)))
     return (_charge_line(row) for row in _stream(session, stmt, yield_per))
 
 
@@ -336,11 +357,17 @@ def period_card_versions(session: Session, period: str,
                          cluster: str | None = None) -> set[str]:
     """The rate-card versions that priced the lines posted in ``period``."""
     check_period(period)
-    cond = [CHARGES.c.rate_card_id == _CARDS.c.id, CHARGES.c.posted_period == period]
+    cond = [CHARGES.c.rate_card_id == _CARDS.c.id, CHARGES.c.posted_month == _month(period)]
     if cluster is not None:
         cond.append(CHARGES.c.cluster == cluster)
     return set(session.execute(select(_CARDS.c.version).where(exists().where(*cond)))
                .scalars())
+
+
+def _month(period: str) -> date:
+    """The first day of a 'YYYY-MM' period: what the views' ``posted_month`` holds."""
+    check_period(period)
+    return date(int(period[:4]), int(period[5:7]), 1)
 
 
 def _utc(value: datetime | None) -> datetime | None:

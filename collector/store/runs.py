@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, cast
 
-from psycopg2.extras import execute_values
 from sqlalchemy import extract, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import CursorResult
@@ -258,8 +257,12 @@ def _opt(value: str | None) -> str | None:
     return None if value is None else _clean(value)
 
 
+# One statement per page of 1,000 records: the columns go as arrays (psycopg 3 binds
+# them server-side; ``unnest`` zips them back into rows, in order).
 _SQL_QUARANTINE = (
-    "INSERT INTO quarantine (run_id, cluster, source, line_no, job_id, reason, raw) VALUES %s")
+    "INSERT INTO quarantine (run_id, cluster, source, line_no, job_id, reason, raw)"
+    " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::text[],"
+    " %s::text[], %s::text[])")
 _QUARANTINE_PAGE = 1_000
 
 
@@ -267,7 +270,7 @@ def add_quarantined(session: Session, run_id: int, records: Iterable[Quarantined
                     cluster: str | None) -> int:
     """Store quarantined records of run ``run_id``; returns how many were stored.
 
-    Bulk (psycopg2 ``execute_values``, one statement per 1,000 records) and streaming:
+    Bulk (one ``unnest`` statement per 1,000 records) and streaming:
     ``records`` may be a generator of any length. Text is stored verbatim (tabs,
     newlines, ``\\x1f``, backslashes: parameters are not COPY-escaped) except NUL, which
     PostgreSQL text cannot hold (see ``_clean``).
@@ -285,7 +288,7 @@ def add_quarantined(session: Session, run_id: int, records: Iterable[Quarantined
             ]
             if not page:
                 break
-            execute_values(cur, _SQL_QUARANTINE, page, page_size=_QUARANTINE_PAGE)
+            cur.execute(_SQL_QUARANTINE, [list(column) for column in zip(*page, strict=True)])
             stored += len(page)
     return stored
 

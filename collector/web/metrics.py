@@ -308,7 +308,7 @@ class _DatabaseCollector(Collector):
                     ok = False
                     log.warning("metrics: reading %s failed: %s: %s", name, type(exc).__name__,
                                 str(exc).splitlines()[0] if str(exc) else "")
-                    if getattr(getattr(exc, "orig", None), "pgcode", None) != _QUERY_CANCELED:
+                    if getattr(getattr(exc, "orig", None), "sqlstate", None) != _QUERY_CANCELED:
                         return False   # the database is gone: do not try every read
             return ok
         finally:

@@ -179,8 +179,8 @@ def test_verify_fails_after_an_update_to_a_closed_periods_line_with_triggers_off
     uc_periods.close_period(rt, PERIOD)
     # Directly in the database, past every trigger (the rollup triggers included).
     _sql(collected, "SET session_replication_role = replica",
-         "UPDATE charge_lines SET amount = amount + 0.01 "
-         "WHERE resource = 'gpu:h100' AND job_id_raw = 101")
+         "UPDATE charge_rows l SET amount_micro = amount_micro + 10000 FROM prices p"
+         " WHERE p.id = l.price_id AND p.resource = 'gpu:h100' AND l.job_id_raw = 101")
     report = uc.verify(rt)
     assert not report.ok
     assert report.problem.where == f"period {PERIOD}"
@@ -190,8 +190,8 @@ def test_verify_fails_after_an_update_to_a_closed_periods_line_with_triggers_off
 def test_verify_fails_after_a_deleted_line_or_a_moved_one(collected, sessions, trail, rt):
     uc_periods.close_period(rt, PERIOD)
     _sql(collected, "SET session_replication_role = replica",
-         "UPDATE charge_lines SET posted_period = '2026-12' WHERE job_id_raw = 104 "
-         "AND resource = 'cpu'")
+         "UPDATE charge_rows l SET posted_month = '2026-12-01' FROM prices p"
+         " WHERE p.id = l.price_id AND l.job_id_raw = 104 AND p.resource = 'cpu'")
     report = uc.verify(rt)
     assert report.problem.where == f"period {PERIOD}"
     assert "now 8 lines" in report.problem.reason

@@ -92,8 +92,13 @@ def replace(session: Session, jobs: list[JobRecord], lines: list[ChargeLine],
                            rate_card_ids=cards)
 
 
-def versions(session: Session) -> dict[int, tuple[str, int | None]]:
-    rows = session.execute(text("SELECT id, xmin::text, run_id FROM charge_lines"))
+def versions(session: Session) -> dict[str, tuple[str, int | None]]:
+    """Each stored line (by its physical place: lines are never updated, only deleted and
+    inserted, 0011) -> (xmin, the line's run: its job's last_run_id)."""
+    rows = session.execute(text(
+        "SELECT l.tableoid::text || ':' || l.ctid::text, l.xmin::text, j.last_run_id"
+        " FROM charge_rows l LEFT JOIN job_rows j ON j.cluster_id = l.cluster_id"
+        " AND j.job_id_raw = l.job_id_raw AND j.submit_time = l.submit_time"))
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
@@ -115,8 +120,9 @@ def test_migration_0002_up_down_and_matches_models(fresh_database_url: str):
         with Session(engine) as session:
             # A row as revision 0001 stored it (the writer always targets the head schema).
             j = job(1)
+            # (two statements: psycopg 3 binds parameters server-side, one statement each)
+            session.execute(text("INSERT INTO clusters (name) VALUES (:c)"), {"c": j.cluster})
             session.execute(text(
-                "INSERT INTO clusters (name) VALUES (:c);"
                 "INSERT INTO jobs (cluster, job_id_raw, submit_time, job_id, state, state_raw,"
                 " elapsed_s, nodes, cpus, mem_bytes, final, content_hash)"
                 " VALUES (:c, :raw, :submit, :id, :state, :state, 3600, 1, 8, :mem, true, 'x')"),
@@ -134,10 +140,13 @@ def test_migration_0002_up_down_and_matches_models(fresh_database_url: str):
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "compare_server_default": True})
             assert compare_metadata(context, Base.metadata) == []
-            fks = {fk["name"]: fk for fk in inspect(conn).get_foreign_keys("charge_lines")}
-            assert fks["fk_charge_lines_cluster_jobs"]["options"] == {"ondelete": "CASCADE"}
-            assert fks["fk_charge_lines_cluster_jobs"]["constrained_columns"] == [
-                "cluster", "job_id_raw", "submit_time"]
+            # Since 0011 (issue 19) the lines live in charge_rows, without a foreign key or
+            # trigger; charge_lines is a view over it.
+            assert inspect(conn).get_foreign_keys("charge_rows") == []
+            assert "charge_lines" in inspect(conn).get_view_names()
+            assert conn.execute(text("SELECT count(*) FROM pg_trigger t JOIN pg_class c"
+                                     " ON c.oid = t.tgrelid WHERE c.relname IN"
+                                     " ('charge_rows', 'job_rows')")).scalar() == 0
         with Session(engine) as session:
             ensure_rate_card(session, version=CARD, currency="EUR", text="", source="x")
             assert replace(session, [job(1)], [line(job(1))]) == ChargeCounts(0, 1, 0)
@@ -161,17 +170,17 @@ def test_migration_0002_up_down_and_matches_models(fresh_database_url: str):
 
 
 def test_check_constraints_guard_the_table(session, card_id):
+    # Since 0011 kind and basis live in the prices dimension, periods are dates.
     store_jobs(session, [job(1)])
-    for column, value in (("kind", "'refund'"), ("posted_period", "'2026-13'"),
-                          ("basis", "'peak'")):
-        with pytest.raises(Exception, match="ck_charge_lines"), session.begin_nested():
+    for column, value in (("kind", "'refund'"), ("basis", "'peak'")):
+        with pytest.raises(Exception, match="ck_prices"), session.begin_nested():
             session.execute(text(
-                "INSERT INTO charge_lines (cluster, job_id_raw, submit_time, usage_period,"
-                " posted_period, resource, quantity, unit, rate, amount, currency, rule,"
-                " rate_card_id, basis, kind) SELECT cluster, job_id_raw, submit_time,"
-                " '2026-11', '2026-11', 'cpu', 1, 'core_hour', 1, 1, 'EUR', 'r', :card,"
-                " 'allocated', 'charge' FROM jobs").bindparams(card=card_id))
-            session.execute(text(f"UPDATE charge_lines SET {column} = {value}"))
+                "INSERT INTO prices (rate_card_id, rule, resource, unit, basis, kind, rate,"
+                " currency) VALUES (:card, 'r', 'cpu', 'core_hour', 'allocated', 'charge', 1,"
+                " 'EUR')").bindparams(card=card_id))
+            session.execute(text(f"UPDATE prices SET {column} = {value}"))
+    with pytest.raises(Exception, match="out of range"), session.begin_nested():
+        session.execute(text("SELECT to_date('2026-13', 'YYYY-MM')::date"))
 
 
 # --------------------------------------------------------------------------- rate cards
@@ -223,7 +232,8 @@ def test_replace_round_trip_is_exact(session, card_id):
         assert got.submit.utcoffset() == timedelta(0)
         assert isinstance(got.amount, Decimal) and isinstance(got.quantity, Decimal)
         assert got.rate_card == CARD
-    assert {r[1] for r in versions(session).values()} == {42}
+    # (since 0011 a line shows its job's run, not the run_id given here)
+    assert len(versions(session)) == 7
     assert job_charges(session, ("alpha", 999, T0)) == []
 
 
@@ -287,7 +297,7 @@ def test_re_replacing_unchanged_lines_writes_nothing(session, card_id):
     shuffled = [dataclasses.replace(x, amount=x.amount.quantize(Q6)) for x in shuffled]
     assert replace(session, jobs, shuffled, run_id=2) == ChargeCounts(0, 0, 5)
     session.commit()
-    assert versions(session) == before  # same ids, same xmin, run_id still 1
+    assert versions(session) == before  # same lines, same xmin
 
     # One changed line rewrites that job's open lines only; a dropped duplicate counts.
     changed = [dataclasses.replace(x, rule="special") if x.job_id_raw == 3 and
@@ -297,7 +307,7 @@ def test_re_replacing_unchanged_lines_writes_nothing(session, card_id):
     after = versions(session)
     kept = {i: v for i, v in after.items() if i in before}
     assert kept == {i: v for i, v in before.items() if i in after}
-    assert len(kept) == 9 and {v[1] for i, v in after.items() if i not in before} == {3}
+    assert len(kept) == 9 and len(after) - len(kept) == 6
     assert sort_lines([x for j in jobs for x in job_charges(session, key(j))]) == (
         sort_lines(changed))
 
@@ -337,7 +347,8 @@ def test_closed_period_lines_are_never_changed(session, card_id):
     session.commit()
     before = versions(session)
     frozen_ids = set(session.execute(text(
-        "SELECT id FROM charge_lines WHERE posted_period = '2026-10'")).scalars())
+        "SELECT tableoid::text || ':' || ctid::text FROM charge_rows"
+        " WHERE posted_month = '2026-10-01'")).scalars())
 
     # Repricing posts corrections in the open period; October stays as it was.
     correction = line(a, "cpu", "0", "0.1", "0.5", usage="2026-10", posted="2026-11",
@@ -576,15 +587,16 @@ def test_budgets_used_fraction(session, card_id):
 
 # ------------------------------------------------------------------------- jobs and range
 
-def test_deleting_a_job_cascades_to_its_lines(session, card_id):
+def test_lines_of_a_job_that_is_not_stored_are_refused(session, card_id):
+    # No foreign key since 0011 (engine.md §4): the writer itself refuses lines whose job
+    # is not stored, before anything is committed.
     a, b = job(1), job(2)
-    store_jobs(session, [a, b])
-    replace(session, [a, b], [line(a), line(a, "mem"), line(b)])
-    session.execute(text("DELETE FROM jobs WHERE job_id_raw = 1"))
-    assert session.execute(text("SELECT job_id_raw FROM charge_lines")).scalars().all() == [2]
-    with pytest.raises(Exception, match="fk_charge_lines_cluster_jobs"):
+    store_jobs(session, [a])
+    with pytest.raises(ChargeValueError, match="not stored"):
         with session.begin_nested():
-            replace(session, [a], [line(a)])
+            replace(session, [a, b], [line(a), line(b)])
+    assert session.execute(text("SELECT count(*) FROM charge_rows")).scalar() == 0
+    assert replace(session, [a], [line(a)]) == ChargeCounts(0, 1, 0)
 
 
 def test_job_keys_in_range(session):

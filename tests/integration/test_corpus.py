@@ -265,7 +265,8 @@ def test_a_rate_card_that_matches_no_job_warns_with_counts_by_reason(db_url, ses
     # The same data with a card for its cluster: priced, no warning.
     card.write_text(CARD.format(cluster="c24"))
     with sessions() as s:
-        s.execute(text("TRUNCATE jobs, collector_runs RESTART IDENTITY CASCADE"))
+        s.execute(text("TRUNCATE job_rows, charge_rows, rollup_resource, rollup_jobs,"
+                       " collector_runs RESTART IDENTITY CASCADE"))
         s.commit()
     assert collect(db_url, "slurm-24.11-tres-extras-epoch-noconvert.psv", "--rates",
                    str(card)) == 0

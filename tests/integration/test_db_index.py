@@ -83,7 +83,8 @@ def test_u64_db_indexes_round_trip_through_postgresql(db_url, sessions, engine, 
     with engine.connect() as conn:
         column = conn.execute(text(
             "SELECT data_type, numeric_precision, numeric_scale FROM information_schema.columns"
-            " WHERE table_name = 'jobs' AND column_name = 'db_index'")).one()
+            " WHERE table_schema = 'public' AND table_name = 'jobs'"
+            " AND column_name = 'db_index'")).one()
         assert tuple(column) == ("numeric", 20, 0)
         assert conn.execute(text("SELECT db_index FROM jobs WHERE job_id_raw = 4")).scalar() \
             == 2**64 - 1
@@ -146,8 +147,8 @@ def test_the_table_refuses_a_db_index_outside_u64(db_url, sessions, value):
         writer.add(record)
         writer.flush()
         s.commit()
-    with sessions() as s, pytest.raises(IntegrityError, match="ck_jobs_db_index_u64"):
-        s.execute(text(f"UPDATE jobs SET db_index = {value}"))
+    with sessions() as s, pytest.raises(IntegrityError, match="ck_job_rows_db_index_u64"):
+        s.execute(text(f"UPDATE job_rows SET db_index = {value}"))
 
 
 def test_migration_0008_keeps_values_and_its_downgrade_refuses_to_truncate(fresh_database_url):
@@ -164,16 +165,17 @@ def test_migration_0008_keeps_values_and_its_downgrade_refuses_to_truncate(fresh
         store_db.migrate(engine)
         with engine.begin() as conn:
             assert conn.execute(text("SELECT db_index FROM jobs")).scalar() == 2**63 - 1
-            conn.execute(text("UPDATE jobs SET db_index = 9223372036854775808"))
+            conn.execute(text("UPDATE job_rows SET db_index = 9223372036854775808"))
         with pytest.raises(DBAPIError, match="downgrade refused"):
             store_db.downgrade(engine, "0007")
         with engine.begin() as conn:
             assert conn.execute(text("SELECT db_index FROM jobs")).scalar() == 2**63
-            conn.execute(text("UPDATE jobs SET db_index = 5"))
+            conn.execute(text("UPDATE job_rows SET db_index = 5"))
         store_db.downgrade(engine, "0007")
         with engine.connect() as conn:
             assert conn.execute(text(
-                "SELECT data_type FROM information_schema.columns WHERE table_name = 'jobs'"
+                "SELECT data_type FROM information_schema.columns WHERE table_schema = 'public'"
+                " AND table_name = 'jobs'"
                 " AND column_name = 'db_index'")).scalar() == "bigint"
             assert conn.execute(text("SELECT db_index FROM jobs")).scalar() == 5
     finally:

@@ -349,8 +349,9 @@ def test_audit_verify_passes_untouched_and_fails_after_an_update_to_a_closed_lin
     assert "audit trail verifies" in out and "1 closed period(s) match" in out
     # An UPDATE made directly in the database, with every trigger switched off.
     site.sql("SET session_replication_role = replica",
-             "UPDATE charge_lines SET amount = amount - 1.00 WHERE posted_period = '2026-11' "
-             "AND resource = 'gpu:h100' AND job_id_raw = 101")
+             "UPDATE charge_rows l SET amount_micro = amount_micro - 1000000 FROM prices p"
+             " WHERE p.id = l.price_id AND l.posted_month = '2026-11-01'"
+             " AND p.resource = 'gpu:h100' AND l.job_id_raw = 101")
     assert site.cli("audit", "verify") == 1
     out = capsys.readouterr().out
     assert "does NOT verify: period 2026-11: its charge lines changed since it was closed" in out

@@ -168,7 +168,8 @@ def test_a_closed_periods_digest_catches_an_update_of_its_lines(collected, sessi
     assert verify_periods(recorded, current) is None
     # An edit made directly in the database, as a trigger-less UPDATE would be:
     with engine.begin() as conn:
-        conn.execute(text("UPDATE charge_lines SET amount = amount + 1 "
-                          "WHERE resource = 'gpu:h100' AND job_id_raw = 101"))
+        conn.execute(text("UPDATE charge_rows l SET amount_micro = amount_micro + 1000000"
+                          " FROM prices p WHERE p.id = l.price_id"
+                          " AND p.resource = 'gpu:h100' AND l.job_id_raw = 101"))
     found = verify_periods(recorded, {PERIOD: [b.line for b in _billed(sessions)]})
     assert found is not None and found.where == "period 2026-11"

@@ -1,6 +1,7 @@
-"""The daily charge rollups (migration 0007) give exactly the report of the raw charge
-lines, after imports, re-imports with changed jobs, reprices, closed-period corrections
-and deletes; a write that did not refresh makes the report read the raw lines."""
+"""The monthly rollups (migration 0011) give exactly the report of the raw charge lines,
+and equal the aggregate of the lines, after imports, re-imports with changed jobs,
+reprices and closed-period corrections; a change made behind the writers' back is found
+by ``rollup verify`` and repaired by ``rollup rebuild``."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def scalar(sessions, sql):
 
 def assert_rollups_equal_raw(sessions):
     with sessions() as s:
-        assert s.execute(text("SELECT count(*) FROM charge_rollup_dirty")).scalar() == 0
+        check = store_rollups.verify(s)
+        assert check.ok and check.resource_buckets > 0, check
         periods = [p for (p,) in s.execute(text(
             "SELECT DISTINCT posted_period FROM charge_lines ORDER BY 1"))]
         assert periods
@@ -62,11 +64,11 @@ def assert_rollups_equal_raw(sessions):
 
 def test_rollups_equal_the_raw_report_through_every_kind_of_write(db_url, sessions, export, tmp_path):
     collect(db_url, export)
-    assert scalar(sessions, "SELECT count(*) FROM charge_rollup_daily") > 0
+    assert scalar(sessions, "SELECT count(*) FROM rollup_resource") > 0
     assert_rollups_equal_raw(sessions)
 
-    # A job moves to another account (its lines may not change at all): the jobs trigger
-    # marks its day, the refresh moves its amounts.
+    # A job moves to another account (its lines may not change at all): the writer moves
+    # its lines' amounts to the new account's buckets.
     lines = export.read_text().split("\n")
     header = lines[0].split("|")
     col_raw, col_account = header.index("JobIDRaw"), header.index("Account")
@@ -97,18 +99,26 @@ def test_rollups_equal_the_raw_report_through_every_kind_of_write(db_url, sessio
     assert_rollups_equal_raw(sessions)
 
 
-def test_a_write_without_a_refresh_makes_the_report_read_the_raw_lines(db_url, sessions, export):
+def test_verify_finds_a_change_behind_the_writers_back_and_rebuild_repairs_it(
+        db_url, sessions, export):
     collect(db_url, export)
+    assert run_cli("rollup", "verify", "--database-url", db_url) == 0
     with sessions() as s:
         period = s.execute(text("SELECT max(posted_period) FROM charge_lines")).scalar()
-        s.execute(text("DELETE FROM jobs WHERE job_id_raw IN (SELECT job_id_raw FROM jobs"
-                       " ORDER BY job_id_raw LIMIT 50)"))
-        assert s.execute(text("SELECT count(*) FROM charge_rollup_dirty")).scalar() > 0
-        raw = store_reports.charge_report_raw(s, period=period, group_by=["account"])
-        stale = store_reports.charge_report_rollup(s, period=period, group_by=["account"])
-        assert stale != raw                     # the rollups do not know yet ...
-        assert store_reports.charge_report(s, period=period, group_by=["account"]) == raw
-        assert store_rollups.refresh_rollups(s) > 0   # ... until a refresh
-        assert store_reports.charge_report_rollup(s, period=period, group_by=["account"]) == raw
+        s.execute(text("DELETE FROM charge_rows WHERE job_id_raw IN (SELECT job_id_raw"
+                       " FROM job_rows ORDER BY job_id_raw LIMIT 50)"))
         s.commit()
+    with sessions() as s:
+        raw = store_reports.charge_report_raw(s, period=period, group_by=["account"])
+        assert store_reports.charge_report_rollup(s, period=period, group_by=["account"]) != raw
+        check = store_rollups.verify(s, period)
+        assert not check.ok and check.resource_differing > 0 and check.jobs_differing > 0
+        # The API's one-month query reads the rollups too (stale here, by construction).
+        assert store_reports.report_range(s, periods=[period], group_by=["account"]) == \
+            store_reports.charge_report_rollup(s, period=period, group_by=["account"])
+    assert run_cli("rollup", "verify", "--period", period, "--database-url", db_url) == 1
+    assert run_cli("rollup", "rebuild", "--period", period, "--database-url", db_url) == 0
+    assert run_cli("rollup", "verify", "--database-url", db_url) == 0
+    with sessions() as s:
+        assert store_reports.charge_report_rollup(s, period=period, group_by=["account"]) == raw
     assert_rollups_equal_raw(sessions)

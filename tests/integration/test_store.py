@@ -75,7 +75,9 @@ def write(session: Session, records: list[JobRecord], run_id: int = 1,
 
 def row_versions(session: Session) -> dict[int, tuple[str, datetime, int, int]]:
     rows = session.execute(text(
-        "SELECT job_id_raw, xmin::text, updated_at, first_run_id, last_run_id FROM jobs"))
+        "SELECT v.job_id_raw, j.xmin::text, v.updated_at, v.first_run_id, v.last_run_id"
+        " FROM jobs v JOIN job_rows j ON j.job_id_raw = v.job_id_raw"
+        " AND j.submit_time = v.submit_time"))
     return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
 
 
@@ -112,10 +114,10 @@ def test_compare_metadata_notices_a_difference(fresh_database_url: str):
     try:
         store_db.migrate(engine)
         with engine.begin() as conn:
-            conn.execute(text("DROP INDEX ix_jobs_cluster_end_time"))
-            # db_index: a column no reporting view (0005) reads; a view pins the type of
-            # every column it reads.
-            conn.execute(text("ALTER TABLE jobs ALTER COLUMN db_index TYPE integer"))
+            conn.execute(text("DROP INDEX ix_job_rows_end_time"))
+            # rollup_jobs.jobs: a column no view reads; a view pins the type of every
+            # column it reads.
+            conn.execute(text("ALTER TABLE rollup_jobs ALTER COLUMN jobs TYPE integer"))
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             diffs = compare_metadata(context, Base.metadata)
         assert len(diffs) == 2

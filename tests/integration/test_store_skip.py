@@ -43,14 +43,14 @@ def test_reimport_skips_every_stored_job_and_picks_up_a_changed_line(sessions, e
     # A row edited behind the collector's back: a skipped job is never parsed again, so
     # the edit survives a re-import (this is what proves the skip happens before parsing).
     with sessions() as s:
-        s.execute(text("UPDATE jobs SET account = 'edited', content_hash = 'edited'"
+        s.execute(text("UPDATE job_rows SET name = 'edited'"
                        " WHERE job_id_raw = "
-                       "(SELECT max(job_id_raw) FROM jobs)"))
+                       "(SELECT max(job_id_raw) FROM job_rows)"))
         s.commit()
     again = _collect(sessions, export)
     assert (again.records_read, again.inserted, again.updated, again.unchanged) == (n, 0, 0, n)
     assert _scalar(sessions, f"SELECT count(*) FROM jobs WHERE last_run_id = {again.run_id}") == 0
-    assert _scalar(sessions, "SELECT count(*) FROM jobs WHERE account = 'edited'") == 1
+    assert _scalar(sessions, "SELECT count(*) FROM jobs WHERE name = 'edited'") == 1
 
     # One step line changes (its MaxRSS): that job alone is parsed, updated and re-digested.
     lines = export.read_text().split("\n")
@@ -72,7 +72,7 @@ def test_reimport_skips_every_stored_job_and_picks_up_a_changed_line(sessions, e
     # Without the skip every job is parsed and compared: the edited row is put right.
     full = _collect(sessions, export, skip_unchanged=False)
     assert (full.inserted, full.updated, full.unchanged) == (0, 1, n - 1)
-    assert _scalar(sessions, "SELECT count(*) FROM jobs WHERE account = 'edited'") == 0
+    assert _scalar(sessions, "SELECT count(*) FROM jobs WHERE name = 'edited'") == 0
 
 
 def test_a_skipped_reimport_stores_what_a_full_parse_stores(sessions, export, tmp_path):
@@ -81,7 +81,7 @@ def test_a_skipped_reimport_stores_what_a_full_parse_stores(sessions, export, tm
     with sessions() as s:
         skipped = list(store_jobs.list_jobs(s))
     with sessions() as s:
-        s.execute(text("TRUNCATE jobs CASCADE"))
+        s.execute(text("TRUNCATE job_rows, charge_rows, rollup_resource, rollup_jobs"))
         s.commit()
     _collect(sessions, export, skip_unchanged=False)
     with sessions() as s:

@@ -19,9 +19,15 @@ _WEB_INTERNALS = ("collector.web.api", "collector.web.probes", "collector.web.me
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "billing": ((), ("collector", "sqlalchemy", "flask", "prometheus_client", "subprocess",
                      "logging.config")),
-    "collector.slurm": (("billing.records", "pyslurm"),
+    # The columnar reader (engine.md §3) rolls fallback units up with billing.rollup.
+    "collector.slurm": (("billing.records", "billing.rollup", "pyslurm", "polars"),
                         ("collector.store", "collector.web", "collector.pipeline", "sqlalchemy")),
-    "collector.store": (("billing.records", "sqlalchemy", "alembic", "psycopg2", "psycopg"),
+    # The engine's vector pricer: billing's rules over the reader's frames (engine.md §3).
+    "collector.pricing": (("billing", "collector.slurm.columnar", "polars"),
+                          ("collector.store", "collector.web", "collector.pipeline",
+                           "sqlalchemy", "flask", *_ABOVE_RUNTIME)),
+    "collector.store": (("billing.records", "sqlalchemy", "alembic", "psycopg2", "psycopg",
+                         "polars", "pyarrow", "numpy"),
                         ("collector.slurm", "collector.web", "collector.pipeline")),
     # What a run did: a value the pipeline makes and health and metrics read.
     "collector.run_result": (("billing.records",),
@@ -41,8 +47,9 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "collector.pricer": (("billing", "collector.store", "collector.audit_trail"),
                          ("collector.slurm", "collector.web", "collector.pipeline", "flask",
                           *_ABOVE_RUNTIME)),
-    "collector.pipeline": (("billing", "collector.slurm.source", "collector.store",
-                            "collector.pricer", "collector.run_result"),
+    "collector.pipeline": (("billing", "collector.slurm.source", "collector.slurm.columnar",
+                            "collector.store", "collector.pricer", "collector.pricing",
+                            "collector.run_result", "polars"),
                            ("collector.web", "flask", "collector.sources", *_ABOVE_RUNTIME)),
     "collector.polling": (("billing", "collector.pipeline", "collector.pricer",
                            "collector.audit_trail",
