@@ -7,7 +7,7 @@ report < 1 s, API month queries < 300 ms).
 1. Generates a sacct export of ``--jobs`` job lines (no step lines: the report reads
    charges, and a year of job lines is what the store keeps), spread over the twelve
    months of 2026: ``--assocs`` associations (5,000 users, 500 accounts, 10 partitions,
-   5 QOS, as bench/engine_proto/report10m.py), ``--active`` of them active in a month,
+   5 QOS, as the prototype's report10m did, docs/design/engine.md §13), ``--active`` of them active in a month,
    a quarter of the partitions with GPUs (typed and untyped).
 2. Imports it with the production path (``poll_once``, file source, the demo card) into a
    scratch database: the production tables, rollups and indexes, filled by production

@@ -76,7 +76,7 @@ WHOLE_LINE_HAZARDS = (2, 3, 5, 6, 7, 8, 10)
 
 def _hazard(line: str, cols: dict[str, int], rng: random.Random,
             kinds: tuple[int, ...] | None = None) -> list[str]:
-    """One of the money check's hazard kinds (bench/engine_proto/hazards.py) on a line."""
+    """One of the money check's hazard kinds (the prototype's hazards, docs/design/engine.md §7) on a line."""
     f = line.rstrip("\n").split("|")
     if len(f) != len(cols):
         return [line]
