@@ -77,7 +77,6 @@ def test_slurmdbd_down_then_up_fails_polls_and_then_stores_everything_once(
     outage_job = None
     try:
         wait_for(lambda: any(o == "ok" for _, o, _ in _polls(db_url)), 60, "a first ok poll")
-        mark = watermark(db_url, lab.cluster)
         _stop_slurmdbd(lab)
         try:
             stopped = time.monotonic()
@@ -85,8 +84,14 @@ def test_slurmdbd_down_then_up_fails_polls_and_then_stores_everything_once(
             outage_job = lab.sbatch("-J", "during_outage", "-c1", "--mem=100M", "--wrap",
                                     "sleep 2")
             before = len(_polls(db_url))
-            wait_for(lambda: sum(o == "failed" for _, o, _ in _polls(db_url)[before:]) >= 2,
-                     120, "two failed polls")
+            wait_for(lambda: any(o == "failed" for _, o, _ in _polls(db_url)[before:]),
+                     120, "a failed poll")
+            # The watermark once polls fail: a poll whose sacct ran before slurmdbd stopped
+            # may still have committed (and moved it) after the stop (polls run every second).
+            mark = watermark(db_url, lab.cluster)
+            failing = len(_polls(db_url))
+            wait_for(lambda: sum(o == "failed" for _, o, _ in _polls(db_url)[failing:]) >= 2,
+                     120, "two more failed polls")
             failed_after = time.monotonic() - stopped
             failures = [(o, e) for _, o, e in _polls(db_url)[before:] if o == "failed"]
             assert all("sacct" in error for _, error in failures), failures
