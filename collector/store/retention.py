@@ -4,7 +4,7 @@
 - Node snapshots (``node_snapshots``) older than a cutoff are deleted.
 - Collector runs older than a cutoff are deleted, except a run that still has
   quarantined input nobody accepted (bad input is never hidden: accept it first,
-  ``hpc-billing quarantine accept``), and each cluster's newest run. A watermark's
+  ``hpc-billing quarantine --accept``), and each cluster's newest run. A watermark's
   ``run_id`` becomes NULL (its foreign key says so); jobs keep their run ids (no foreign
   key: ``jobs.updated_at`` becomes NULL).
 - ``ensure_partitions_ahead`` creates the partitions of ``job_rows`` and ``charge_rows``
