@@ -373,22 +373,34 @@ def jobs() -> Response:
                 "until": render.iso(until)})
 
 
-@bp.get("/jobs/<cluster>/<int:job_id_raw>")
-def job(cluster: str, job_id_raw: int) -> Response:
+def _check_job_path(cluster: str, job_id_raw: int) -> None:
+    """The path of one job's routes: a cluster name and a JobIDRaw that fit (400 if not)."""
     q = Query(())
     if not cluster or len(cluster) > MAX_TEXT or _CONTROL.search(cluster):
         q.fail("cluster", "must be a cluster name without control characters")
     if job_id_raw > MAX_BIGINT:
         q.fail("job_id_raw", f"must be at most {MAX_BIGINT}")
     q.check()
+
+
+def _visible_records(session: store_db.Session, cluster: str, job_id_raw: int) -> list[JobRecord]:
+    """The job's stored records the token may see (404 when none is stored, 403 when the
+    token may see none of them)."""
+    records: list[JobRecord] = store_jobs.jobs_by_raw_id(session, cluster, job_id_raw)
+    if not records:
+        raise ApiError(404, f"no job {job_id_raw} of cluster {cluster!r} is stored",
+                       type_=NOT_FOUND)
+    visible = [r for r in records if scope().allows(r.account)]
+    if not visible:
+        scope().require_account(records[0].account or "", name="job")
+    return visible
+
+
+@bp.get("/jobs/<cluster>/<int:job_id_raw>")
+def job(cluster: str, job_id_raw: int) -> Response:
+    _check_job_path(cluster, job_id_raw)
     with read() as session:
-        records: list[JobRecord] = store_jobs.jobs_by_raw_id(session, cluster, job_id_raw)
-        if not records:
-            raise ApiError(404, f"no job {job_id_raw} of cluster {cluster!r} is stored",
-                           type_=NOT_FOUND)
-        visible = [r for r in records if scope().allows(r.account)]
-        if not visible:
-            scope().require_account(records[0].account or "", name="job")
+        visible = _visible_records(session, cluster, job_id_raw)
         out = []
         for rec in visible:
             lines = store_charges.job_charges(session, (rec.cluster, rec.job_id_raw,
@@ -402,21 +414,9 @@ def job(cluster: str, job_id_raw: int) -> Response:
 @bp.get("/jobs/<cluster>/<int:job_id_raw>/explain")
 def job_explain(cluster: str, job_id_raw: int) -> Response:
     """Why each record of the job cost what it did (``hpc-billing explain``'s JSON)."""
-    q = Query(())
-    if not cluster or len(cluster) > MAX_TEXT or _CONTROL.search(cluster):
-        q.fail("cluster", "must be a cluster name without control characters")
-    if job_id_raw > MAX_BIGINT:
-        q.fail("job_id_raw", f"must be at most {MAX_BIGINT}")
-    q.check()
+    _check_job_path(cluster, job_id_raw)
     with read() as session:
-        records: list[JobRecord] = store_jobs.jobs_by_raw_id(session, cluster, job_id_raw)
-        if not records:
-            raise ApiError(404, f"no job {job_id_raw} of cluster {cluster!r} is stored",
-                           type_=NOT_FOUND)
-        visible = [r for r in records if scope().allows(r.account)]
-        if not visible:
-            scope().require_account(records[0].account or "", name="job")
-        docs = explain_records(session, visible)
+        docs = explain_records(session, _visible_records(session, cluster, job_id_raw))
     return _ok({"records": docs})
 
 

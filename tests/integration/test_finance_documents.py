@@ -86,15 +86,21 @@ def test_journal_and_focus_add_up_to_the_report(collected, sessions, capsys):
     assert {r["SkuId"] for r in rows} == {"cpu", "gpu", "gpu:a100", "gpu:h100"}
 
 
-@pytest.mark.skipif(not shutil.which("pdftotext"), reason="poppler-utils missing")
-def test_the_pdf_invoice_shows_the_reports_total(collected, sessions, capsys, tmp_path):
-    report = _report(collected, capsys)
+def _physics_invoice_pdf(sessions, tmp_path):
+    """The physics invoice of PERIOD from the stored lines, as a PDF file."""
     physics = [b for b in _billed(sessions) if b.account == "physics"]
     (inv,) = build_invoices(physics, account="physics", period=PERIOD,
                             site=InvoiceSite(name="Example HPC Centre"), issued=date(2026, 12, 5),
                             period_closed=False, scale=2, tz=UTC)
     path = tmp_path / "invoice.pdf"
     path.write_bytes(render_invoice_pdf(inv))
+    return path
+
+
+@pytest.mark.skipif(not shutil.which("pdftotext"), reason="poppler-utils missing")
+def test_the_pdf_invoice_shows_the_reports_total(collected, sessions, capsys, tmp_path):
+    report = _report(collected, capsys)
+    path = _physics_invoice_pdf(sessions, tmp_path)
     pdf_text = subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True,
                               capture_output=True, text=True, timeout=60).stdout
     lines = [" ".join(x.split()) for x in pdf_text.splitlines()]
@@ -112,12 +118,7 @@ def test_the_pdf_invoice_as_a_picture_reads_back_with_the_reports_total(
     """The first page rendered to a PNG (pdftoppm, 200 dpi) and read back by OCR
     (tesseract): what a person sees, not the PDF's text layer."""
     report = _report(collected, capsys)
-    physics = [b for b in _billed(sessions) if b.account == "physics"]
-    (inv,) = build_invoices(physics, account="physics", period=PERIOD,
-                            site=InvoiceSite(name="Example HPC Centre"), issued=date(2026, 12, 5),
-                            period_closed=False, scale=2, tz=UTC)
-    path = tmp_path / "invoice.pdf"
-    path.write_bytes(render_invoice_pdf(inv))
+    path = _physics_invoice_pdf(sessions, tmp_path)
     subprocess.run(["pdftoppm", "-r", "200", "-f", "1", "-l", "1", "-png", str(path),
                     str(tmp_path / "page")], check=True, timeout=60)
     (png,) = sorted(tmp_path.glob("page-*.png"))
