@@ -121,12 +121,25 @@ def _opt_str(c: pl.Expr) -> pl.Expr:
     return pl.when(c.is_in(SENT)).then(None).otherwise(c)
 
 
-def _dur_ms(c: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """[D-]HH:MM:SS[.f], [D-]MM:SS[.f], SS[.f] (f: 1-3 digits) -> ms; (value, matched)."""
-    g3 = c.str.extract_groups(
-        r"^(?:([0-9]{1,6})-)?([0-9]{1,6}):([0-9]{1,6}):([0-9]{1,6})(?:\.([0-9]{1,3}))?$")
-    g2 = c.str.extract_groups(r"^(?:([0-9]{1,6})-)?([0-9]{1,6}):([0-9]{1,6})(?:\.([0-9]{1,3}))?$")
-    g1 = c.str.extract_groups(r"^([0-9]{1,12})(?:\.([0-9]{1,3}))?$")
+_DUR3 = r"^(?:([0-9]{1,6})-)?([0-9]{1,6}):([0-9]{1,6}):([0-9]{1,6})(?:\.([0-9]{1,3}))?$"
+_DUR2 = r"^(?:([0-9]{1,6})-)?([0-9]{1,6}):([0-9]{1,6})(?:\.([0-9]{1,3}))?$"
+_DUR1 = r"^([0-9]{1,12})(?:\.([0-9]{1,3}))?$"
+_SIZE = r"^([0-9]{1,12})([KMGTPEkmgtpe]?)$"
+
+
+def _with_dur_ms(df: pl.DataFrame, src: pl.Expr, out: str) -> pl.DataFrame:
+    """``df`` with ``out`` (ms) and ``out_ok`` (matched) for the durations in ``src``:
+    [D-]HH:MM:SS[.f], [D-]MM:SS[.f], SS[.f] (f: 1-3 digits). Each form's regex runs once:
+    eager polars evaluates a repeated sub-expression again at every use, so the groups
+    become columns before the arithmetic reads them."""
+    c = pl.col
+    g3, g2, g1 = f"{out}__3", f"{out}__2", f"{out}__1"
+    df = df.with_columns(src.str.extract_groups(_DUR3).alias(g3),
+                         src.str.extract_groups(_DUR2).alias(g2),
+                         src.str.extract_groups(_DUR1).alias(g1))
+
+    def f(g: str, n: str) -> pl.Expr:
+        return c(g).struct.field(n)
 
     def i(e: pl.Expr) -> pl.Expr:
         return e.cast(pl.Int64, strict=False).fill_null(0)
@@ -134,28 +147,31 @@ def _dur_ms(c: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     def frac(e: pl.Expr) -> pl.Expr:
         return i(e.str.pad_end(3, "0"))
 
-    v3 = ((((i(g3.struct.field("1")) * 24 + i(g3.struct.field("2"))) * 60
-            + i(g3.struct.field("3"))) * 60 + i(g3.struct.field("4"))) * 1000
-          + frac(g3.struct.field("5")))
-    v2 = (((i(g2.struct.field("1")) * 24 * 60 + i(g2.struct.field("2"))) * 60
-           + i(g2.struct.field("3"))) * 1000 + frac(g2.struct.field("4")))
-    v1 = i(g1.struct.field("1")) * 1000 + frac(g1.struct.field("2"))
-    m3 = g3.struct.field("4").is_not_null()
-    # MM:SS without days only: duration_s refuses "D-MM:SS"? No: it takes it; but a
-    # days part with two fields is read as hours 0, so keep exactly its arithmetic.
-    m2 = g2.struct.field("3").is_not_null()
-    m1 = g1.struct.field("1").is_not_null()
-    return (pl.when(m3).then(v3).when(m2).then(v2).when(m1).then(v1),
-            m3 | m2 | m1)
+    v3 = ((((i(f(g3, "1")) * 24 + i(f(g3, "2"))) * 60 + i(f(g3, "3"))) * 60
+           + i(f(g3, "4"))) * 1000 + frac(f(g3, "5")))
+    # [D-]MM:SS: the days are whole days (fields.duration_s)
+    v2 = (((i(f(g2, "1")) * 24 * 60 + i(f(g2, "2"))) * 60 + i(f(g2, "3"))) * 1000
+          + frac(f(g2, "4")))
+    v1 = i(f(g1, "1")) * 1000 + frac(f(g1, "2"))
+    m3 = f(g3, "4").is_not_null()
+    m2 = f(g2, "3").is_not_null()
+    m1 = f(g1, "1").is_not_null()
+    return df.with_columns(
+        pl.when(m3).then(v3).when(m2).then(v2).when(m1).then(v1).alias(out),
+        (m3 | m2 | m1).alias(f"{out}_ok")).drop(g3, g2, g1)
 
 
-def _size(c: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """``NNN[KMGTPE]`` (bare number = bytes) -> bytes; (value, matched)."""
-    g = c.str.extract_groups(r"^([0-9]{1,12})([KMGTPEkmgtpe]?)$")
-    num = g.struct.field("1").cast(pl.Int64, strict=False)
-    unit = g.struct.field("2").str.to_uppercase().replace_strict(
+def _with_size(df: pl.DataFrame, src: pl.Expr, out: str) -> pl.DataFrame:
+    """``df`` with ``out`` (bytes) and ``out_ok`` (matched) for ``NNN[KMGTPE]`` sizes in
+    ``src`` (a bare number is bytes); the regex runs once (``_with_dur_ms``)."""
+    c = pl.col
+    g = f"{out}__g"
+    df = df.with_columns(src.str.extract_groups(_SIZE).alias(g))
+    num = c(g).struct.field("1").cast(pl.Int64, strict=False)
+    unit = c(g).struct.field("2").str.to_uppercase().replace_strict(
         _UNIT, default=None, return_dtype=pl.Int64)
-    return num * unit, num.is_not_null()
+    return df.with_columns((num * unit).alias(out),
+                           num.is_not_null().alias(f"{out}_ok")).drop(g)
 
 
 def _digest(salt_nl: bytes, text: str) -> bytes:
@@ -327,13 +343,14 @@ class ColumnarReader:
         texts = dict(good.group_by("grp").agg(c("line").str.join("\n").alias("text"))
                      .iter_rows())
         salt = self.salt_nl
-        asks: list[tuple[str, int, str]] = []
-        digest_of: dict[int, str] = {}
-        for g, raw, cl in groups.filter(c("cand")).select("grp", "raw", "cl").iter_rows():
-            hexd = _digest(salt, texts[g]).hex()
-            digest_of[g] = hexd
-            asks.append((cl, int(raw), hexd))
-        self._pre_digests = {g: bytes.fromhex(h) for g, h in digest_of.items()}
+        cand = groups.filter(c("cand"))
+        grps = cand["grp"].to_list()
+        digests = [_digest(salt, texts[g]) for g in grps]
+        hexes = [d.hex() for d in digests]
+        asks = list(zip(cand["cl"].to_list(), map(int, cand["raw"].to_list()), hexes,
+                        strict=True))
+        digest_of = dict(zip(grps, hexes, strict=True))
+        self._pre_digests = dict(zip(grps, digests, strict=True))
         stored = lookup.stored(asks)
         if not stored:
             return df, 0
@@ -445,7 +462,8 @@ class ColumnarReader:
                    .when(c("ElapsedRaw").is_in(SENT)).then(0))
         energy, energy_bad = _opt_int(c("ConsumedEnergyRaw"))
         dbi, dbi_bad = _opt_int(c("DBIndex"))
-        tot_ms, tot_ok = _dur_ms(c("TotalCPU"))
+        df = _with_dur_ms(df, c("TotalCPU"), "t_tot")
+        tot_ms, tot_ok = c("t_tot"), c("t_tot_ok")
         tot_sent = c("TotalCPU").is_in(SENT)
         cluster = pl.when(c("Cluster") == "").then(pl.lit(dc, pl.String)).otherwise(c("Cluster"))
         df = df.with_columns(
@@ -454,7 +472,7 @@ class ColumnarReader:
             cluster.alias("v_cluster"),
             (elapsed.is_null() | energy_bad | dbi_bad | (~tot_sent & ~tot_ok)
              | cluster.is_null()).alias("bad"),
-        )
+        ).drop("t_tot", "t_tot_ok")
 
         # State: today's read_state over the distinct values; an unknown state (counted,
         # kept, never final) is the per-record path's.
@@ -478,11 +496,17 @@ class ColumnarReader:
         step_name = pl.when(c("JobIDRaw").str.contains(".", literal=True)).then(
             c("JobIDRaw").str.split_exact(".", 1).struct.field("field_1")).otherwise(
             c("JobID").str.split_exact(".", 1).struct.field("field_1"))
-        rss, rss_ok = _size(c("MaxRSS"))
-        tres_mem_txt = c("TRESUsageInTot").str.extract(r"(?:^|,)mem=([^,]*)", 1)
-        tmem, tmem_ok = _size(tres_mem_txt)
-        tres_cpu_txt = c("TRESUsageInTot").str.extract(r"(?:^|,)cpu=([^,]*)", 1)
-        tcpu, tcpu_ok = _dur_ms(tres_cpu_txt)
+        df = df.with_columns(
+            c("TRESUsageInTot").str.extract(r"(?:^|,)mem=([^,]*)", 1).alias("t_mem_txt"),
+            c("TRESUsageInTot").str.extract(r"(?:^|,)cpu=([^,]*)", 1).alias("t_cpu_txt"))
+        df = _with_size(df, c("MaxRSS"), "t_rss")
+        df = _with_size(df, c("t_mem_txt"), "t_tmem")
+        df = _with_dur_ms(df, c("t_cpu_txt"), "t_tcpu")
+        rss, rss_ok = c("t_rss"), c("t_rss_ok")
+        tres_mem_txt = c("t_mem_txt")
+        tmem, tmem_ok = c("t_tmem"), c("t_tmem_ok")
+        tres_cpu_txt = c("t_cpu_txt")
+        tcpu, tcpu_ok = c("t_tcpu"), c("t_tcpu_ok")
         use_tres_cpu = (c("v_cpu_ms").is_null() & (c("TRESUsageInTot") != "")
                         & tres_cpu_txt.is_not_null())
         df = df.with_columns(
@@ -497,7 +521,9 @@ class ColumnarReader:
                 | (~c("MaxRSS").is_in(SENT) & ~rss_ok)
                 | ((c("TRESUsageInTot") != "") & tres_mem_txt.is_not_null() & ~tmem_ok)
                 | (use_tres_cpu & ~tcpu_ok))).alias("s_bad"),
-        ).with_columns((c("bad") | c("s_bad")).alias("bad"))
+        ).with_columns((c("bad") | c("s_bad")).alias("bad")).drop(
+            "t_mem_txt", "t_cpu_txt", "t_rss", "t_rss_ok", "t_tmem", "t_tmem_ok", "t_tcpu",
+            "t_tcpu_ok")
 
         # ---- job lines
         tl, tl_bad = _opt_int(c("TimelimitRaw"))
@@ -557,7 +583,10 @@ class ColumnarReader:
              | (pl.max_horizontal("a_cpus", "a_nodes", "a_gpu_n") > COUNT_MAX)
              ).alias("bad"))
 
-        df = pl.concat([jdf, df], how="diagonal_relaxed").sort("line_no")
+        # job lines first, then the other lines: within a group its job line comes first
+        # and its steps follow in input order (what the digests and roll-up read); the
+        # per-record units below are sorted back into input order
+        df = pl.concat([jdf, df], how="diagonal_relaxed")
 
         # ---- groups: clean = every line ok and readable, steps belong to the job line
         job_cols = df.filter(c("is_job")).select(
@@ -618,7 +647,7 @@ class ColumnarReader:
         # ---- the per-record path, unit by unit, in input order
         quarantined: list[QuarantinedRecord] = []
         fb_frames: list[pl.DataFrame] = []
-        fb = df.filter(c("grp_bad"))
+        fb = df.filter(c("grp_bad")).sort("line_no")
         nfb_groups = 0
         nfb_jobs = 0
         if fb.height:
@@ -659,21 +688,24 @@ class ColumnarReader:
         good = df.filter(~c("grp_bad") & ~c("blank"))
         self._remember(good, fb)
 
-        # ---- digests of the vector groups (the skip stage's, computed again here)
+        # ---- digests of the vector groups: the skip stage's for the same lines, the
+        # others (a group it did not ask about) from their lines here
         jobs_df = good.filter(c("is_job"))
-        grp_lines = good.group_by("grp", maintain_order=True).agg(
-            c("line").str.join("\n").alias("text"))
-        salt = self.salt_nl
-        with_digest = self._lookup is not None
-        pre = self._pre_digests          # the skip stage's, for the same lines
+        pre = dict(self._pre_digests)
         self._pre_digests = {}
-        dig = pl.DataFrame({"grp": grp_lines["grp"],
-                            "raw_digest": pl.Series([
-                                (pre.get(g) or _digest(salt, t)) if with_digest else None
-                                for g, t in zip(grp_lines["grp"].to_list(),
-                                                grp_lines["text"].to_list(), strict=True)],
-                                dtype=pl.Binary)})
-        jobs_df = jobs_df.join(dig, on="grp", how="left")
+        if self._lookup is not None:
+            groups = jobs_df["grp"].to_list()
+            missing = [g for g in groups if g not in pre]
+            if missing:
+                salt = self.salt_nl
+                for g, text in good.filter(c("grp").is_in(missing)).group_by(
+                        "grp", maintain_order=True).agg(
+                        c("line").str.join("\n")).iter_rows():
+                    pre[g] = _digest(salt, text)
+            digests = pl.Series("raw_digest", [pre[g] for g in groups], dtype=pl.Binary)
+        else:
+            digests = pl.Series("raw_digest", [None] * jobs_df.height, dtype=pl.Binary)
+        jobs_df = jobs_df.with_columns(digests)
 
         # ---- roll the steps up (steps sit right after their job line)
         steps = good.filter(c("is_step")).group_by("grp").agg(
