@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -186,6 +186,61 @@ def _tz_name(tz: tzinfo) -> str | None:
     return key if isinstance(key, str) else None
 
 
+class _History:
+    """The raw lines of the reader's last ``HISTORY_GROUPS`` groups, for a step whose job
+    line was in an earlier chunk (§8): the chunks' groups as frames (head, line_no, line),
+    oldest first, read only when such a step asks (rare). Like ``rollup_steps``' buffer
+    of the last 4,096 job records, it counts groups, not distinct JobIDRaws: a job is
+    found while its newest group is among the last ``HISTORY_GROUPS``."""
+
+    _SCHEMA = pl.Schema({"head": pl.Int64(), "line_no": pl.List(pl.Int64()),
+                         "line": pl.List(pl.String())})
+
+    def __init__(self) -> None:
+        self._frames: deque[pl.DataFrame] = deque()
+
+    def add(self, groups: pl.DataFrame) -> None:
+        frames = self._frames
+        frames.append(groups)
+        while len(frames) > 1 and sum(f.height for f in frames) - frames[0].height \
+                >= HISTORY_GROUPS:
+            frames.popleft()
+
+    def _newest(self, head: int, window: int = HISTORY_GROUPS) -> tuple[int, int] | None:
+        """(frame index, row) of ``head``'s newest group among the last ``window``."""
+        seen = 0
+        for i in range(len(self._frames) - 1, -1, -1):
+            if seen >= window:
+                return None
+            f = self._frames[i]
+            rows = f.with_row_index("_row").filter(
+                (pl.col("head") == head)
+                & (pl.col("_row") >= max(f.height - (window - seen), 0)))["_row"]
+            if rows.len():
+                return i, int(rows[-1])
+            seen += f.height
+        return None
+
+    def get(self, head: int, groups_since: int = 0) -> tuple[list[int], list[str]] | None:
+        """``head``'s newest group (line numbers, lines) if it is among the last
+        HISTORY_GROUPS groups, counting ``groups_since`` later ones not added yet."""
+        at = self._newest(head, HISTORY_GROUPS - groups_since)
+        if at is None:
+            return None
+        row = self._frames[at[0]].row(at[1], named=True)
+        return list(row["line_no"]), list(row["line"])
+
+    def replace(self, head: int, line_nos: list[int], lines: list[str]) -> None:
+        """``head``'s newest group now holds these lines (a late step joined it)."""
+        at = self._newest(head)
+        assert at is not None
+        i, r = at
+        f = self._frames[i]
+        new = pl.DataFrame({"head": [head], "line_no": [line_nos], "line": [lines]},
+                           schema=self._SCHEMA)
+        self._frames[i] = pl.concat([f.slice(0, r), new, f.slice(r + 1)])
+
+
 class ColumnarReader:
     """``sacct --parsable2`` lines -> Chunks (module docstring).
 
@@ -217,8 +272,8 @@ class ColumnarReader:
             seen.add(name)
             self.field_names.append(name)
         self.salt_nl = parser._digest_salt() + b"\n"
-        # Raw lines of the last groups, by JobIDRaw: (line numbers, lines) (§8).
-        self._history: OrderedDict[int, tuple[list[int], list[str]]] = OrderedDict()
+        # Raw lines of the last HISTORY_GROUPS groups (§8).
+        self._history = _History()
         self.vector_jobs = 0
         self.fallback_jobs = 0
         self.reemitted = 0
@@ -604,6 +659,7 @@ class ColumnarReader:
         grp_bad = df.group_by("grp").agg(c("line_bad").any().alias("grp_bad"))
         units: dict[int, int] = {}
         history_for: dict[int, int] = {}     # unit -> JobIDRaw whose old lines lead it
+        old_groups: dict[int, tuple[list[int], list[str]]] = {}   # JobIDRaw -> its lines
         if misplaced.height:
             # job lines, and lines that look like one (an over-long job line the parser
             # repairs into its free-text column)
@@ -615,9 +671,13 @@ class ColumnarReader:
                 if cands.height:
                     spans.append((int(cands["grp"].max()), g_step, None))  # type: ignore[arg-type]
                 else:
-                    spans.append((g_step, g_step,
-                                  head if head is not None and head in self._history
-                                  else None))
+                    # this chunk's groups above the step count toward the kept ones
+                    found = None if head is None else self._history.get(
+                        head, heads.filter((c("line_no") < ln)
+                                           & c("s_head").is_not_null()).height)
+                    if found is not None:
+                        old_groups[head] = found
+                    spans.append((g_step, g_step, head if found is not None else None))
             spans.sort(key=lambda s: (s[0], s[1]))
             merged: list[list[Any]] = []
             for g0, g1, hist in spans:
@@ -664,7 +724,7 @@ class ColumnarReader:
                 hist = history_for.get(int(u)) if isinstance(u, int) else None
                 nos = part["line_no"].to_list()
                 if hist is not None:
-                    old_nos, old_lines = self._history[hist]
+                    old_nos, old_lines = old_groups[hist]
                     # the old group first, then this unit: re-parsed without the skip
                     # stage, its job is emitted again with the late step attached
                     all_nos = old_nos + nos
@@ -673,7 +733,12 @@ class ColumnarReader:
                     q = [_renumber(x, all_nos) for x in q]
                     mine = set(nos)
                     q = [x for x in q if x.line_no is None or x.line_no in mine]
-                    self._history[hist] = (all_nos, old_lines + lines)
+                    # the job's group now holds its late steps (not the unit's other
+                    # jobs: a later step of this job re-parses only this job's lines)
+                    late = part.filter(c("is_step") & (c("s_head") == hist))
+                    old_groups[hist] = (old_nos + late["line_no"].to_list(),
+                                        old_lines + late["line"].to_list())
+                    self._history.replace(hist, *old_groups[hist])
                     self.reemitted += sum(1 for j in jobs if j.job_id_raw == hist)
                 else:
                     jobs, q = self._python_records(lines, first, ahead)
@@ -779,15 +844,9 @@ class ColumnarReader:
             pl.when(c("head_line")).then(c("JobIDRaw").cast(pl.Int64, strict=False))
             .alias("head"))
         g = allg.filter(c("hgrp") > 0).group_by("hgrp", maintain_order=True).agg(
-            c("head").first(), c("line_no"), c("line"))
-        hist = self._history
-        for _grp, head, nos, lines in g.iter_rows():
-            if head is None:
-                continue
-            hist.pop(head, None)
-            hist[head] = (list(nos), list(lines))
-            if len(hist) > HISTORY_GROUPS:
-                hist.popitem(last=False)
+            c("head").first(), c("line_no"), c("line")).filter(
+            c("head").is_not_null()).select("head", "line_no", "line")
+        self._history.add(g)
 
     def _time(self, col: pl.Expr, tz: str) -> tuple[pl.Expr, pl.Expr]:
         """(aware UTC value, bad) for a time column: epoch digits, sentinels,

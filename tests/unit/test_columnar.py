@@ -223,6 +223,44 @@ def test_a_step_far_below_its_job_is_attached_across_chunks(export):
     assert reader.reemitted == 1
 
 
+@pytest.mark.parametrize(("groups_later", "attached"), [(4000, True), (4200, False)])
+def test_a_late_step_finds_its_job_only_within_the_kept_groups(groups_later, attached):
+    """The reader keeps the last HISTORY_GROUPS (4,096) groups, as chunk frames read
+    back only when a late step asks: a step 4,000 groups below its job is attached (the
+    job re-emitted), one 4,200 groups below is what the per-record path makes of it."""
+    buf = io.StringIO()
+    generate(20_000, buf, seed=21)
+    lines = buf.getvalue().split("\n")
+    step = next(i for i, line in enumerate(lines) if ".batch|" in line)
+    moved = lines.pop(step)
+    jobs_below = [i for i, line in enumerate(lines)
+                  if i >= step and line and "." not in line.split("|", 2)[1]]
+    assert len(jobs_below) > groups_later + 1
+    lines.insert(jobs_below[groups_later + 1], moved)
+    reader = _same("\n".join(lines), chunk_lines=700)
+    assert reader.reemitted == (1 if attached else 0)
+
+
+@pytest.mark.parametrize("chunk_lines", [40, 2000])
+def test_two_late_steps_of_one_job_both_join_it(export, chunk_lines):
+    """Two steps of one job, each far below it in a different group (in one chunk, or
+    in two): the job is re-emitted with both, as the per-record path rolls it up."""
+    lines = export.split("\n")
+    heads = [i for i, line in enumerate(lines[1:], start=1)
+             if line and "." not in line.split("|", 2)[1]]
+    job = next(i for i, nxt in zip(heads, heads[1:], strict=False) if nxt - i >= 3)
+    first, second = lines[job + 1], lines[job + 2]
+    assert first.split("|", 1)[0].startswith(lines[job].split("|", 1)[0] + ".")
+    del lines[job + 1:job + 3]
+    below = [i for i, line in enumerate(lines) if i > job and line
+             and "." not in line.split("|", 2)[1]]
+    lines.insert(below[80], second)
+    lines.insert(below[30], first)
+    reader = _same("\n".join(lines), chunk_lines=chunk_lines)
+    # in one chunk with its job, a step is read with the groups down to it
+    assert reader.reemitted == (2 if chunk_lines == 40 else 0)
+
+
 def test_the_skip_stage_drops_what_the_per_record_path_skips(export):
     columns, delimiter, body, first = _split(_hostile(export, seed=4, rate=0.03))
     _p, first_jobs, _bad = _oracle(columns, delimiter, body, first, UTC, None, _Lookup(set()))
