@@ -17,17 +17,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any
 
 from collector.audit_trail import AuditTrail, load_trail
 from collector.cards import LoadedCard, load_card
 from collector.health import Health
-from collector.scheduler import Daemon
 from collector.settings import Settings, SettingsError
 from collector.store import db as store_db
-from collector.web.app import create_app
+
+if TYPE_CHECKING:
+    # The daemon's parts (Flask, the scheduler) are imported when a service is built:
+    # a one-off command (``collect --once``, reports) does not load them.
+    from flask import Flask
+
+    from collector.scheduler import Daemon
 
 log = logging.getLogger("hpc_billing")
 
@@ -212,6 +215,9 @@ def build_service(runtime: Runtime) -> Service:
     the WSGI entry hands it to gunicorn. The app's current billing period follows the
     configured card's zone.
     """
+    from collector.scheduler import Daemon
+    from collector.web.app import create_app
+
     settings = runtime.settings
     settings.check_for_collect()
     card = runtime.pricing_card()

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy import Engine as Engine  # re-exported: the type callers annotate with
 from sqlalchemy import exc as sa_exc
@@ -21,6 +17,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session as Session  # re-exported: the type callers annotate with
 from sqlalchemy.orm import sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -140,6 +139,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
     With ``connection``, migrations run on it (inside its transaction).
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -154,6 +155,8 @@ def _run(engine: Engine, fn: str, revision: str) -> None:
     with engine.begin() as connection:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                            {"key": _MIGRATE_LOCK_KEY})
+        from alembic import command
+
         getattr(command, fn)(alembic_config(connection), revision)
 
 
@@ -168,12 +171,31 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def schema_revision(connection: Connection) -> str | None:
-    """The revision the database is at, or None when it has never been migrated."""
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision the database is at, or None when it has never been migrated (what
+    Alembic's MigrationContext reads, without importing Alembic: a poll or a probe needs
+    only this row)."""
+    if connection.execute(text("SELECT to_regclass('alembic_version')")).scalar() is None:
+        return None
+    rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(rows) > 1:
+        raise RuntimeError(f"the database has {len(rows)} schema revisions: {sorted(rows)}")
+    return str(rows[0]) if rows else None
+
+
+# The newest migration's revision. Alembic (and the migration scripts it imports) is
+# loaded only to migrate; tests/unit/test_schema_head.py checks that this is Alembic's head.
+HEAD_REVISION = "0011"
 
 
 def head_revision() -> str:
     """The newest revision this code knows (what ``/readyz`` expects the database at)."""
+    return HEAD_REVISION
+
+
+def alembic_head_revision() -> str:
+    """The head of the migration scripts, as Alembic reads it (imports Alembic)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships migrations
         raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
