@@ -192,7 +192,9 @@ _SQL_APPLY = (
 _SQL_PENDING_COUNT = "SELECT count(*) FROM hpcb_rollup_pending"
 # Partitions never analyzed (reltuples < 0: new this poll) get statistics now: parents of
 # partitioned tables are never auto-analyzed, and a new month's partition would otherwise
-# be planned as empty until autovacuum comes by (a nested loop over a month of jobs).
+# be planned as empty until autovacuum comes by (a nested loop over a month of jobs). So
+# do the rollup tables after their first write (planned as empty, a year's range report
+# probed assocs once per rollup row: 854 ms instead of 504 ms at 200,000 jobs).
 _SQL_ANALYZE_NEW_PARTITIONS = """
 DO $analyze$
 DECLARE r record;
@@ -200,6 +202,11 @@ BEGIN
     FOR r IN SELECT c.oid::regclass AS part FROM pg_inherits i
              JOIN pg_class c ON c.oid = i.inhrelid
              WHERE i.inhparent IN ('public.job_rows'::regclass, 'public.charge_rows'::regclass)
+               AND c.reltuples < 0
+             UNION ALL
+             SELECT c.oid::regclass FROM pg_class c
+             WHERE c.oid IN ('public.rollup_resource'::regclass, 'public.rollup_jobs'::regclass,
+                             'public.rollup_reentries'::regclass)
                AND c.reltuples < 0 LOOP
         EXECUTE format('ANALYZE %s', r.part);
     END LOOP;
