@@ -311,7 +311,8 @@ def phase_report(url: str) -> dict:
                 check = store_rollups.verify(s)
                 s.rollback()
             verified = {"ok": check.ok, "resource_differing": check.resource_differing,
-                        "jobs_differing": check.jobs_differing}
+                        "jobs_differing": check.jobs_differing,
+                        "reentries_differing": getattr(check, "reentries_differing", 0)}
     finally:
         engine.dispose()
     return {"period": period, "charge_lines": lines, "jobs": jobs, "groups": len(from_rollup),
@@ -572,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         checks["rollup_verify"] = verified["ok"]
         rows.append(("rollup verify after both ingests", "0 differ" if verified["ok"] else "DIFFER",
                      "", f"{verified['resource_differing']} resource, "
-                         f"{verified['jobs_differing']} job buckets differ"))
+                         f"{verified['jobs_differing']} job, "
+                         f"{verified.get('reentries_differing', 0)} re-entry buckets differ"))
     if slurm:
         ratio = slurm["ratio_collect_to_sacct"]
         again = slurm["collect"]["again"]["seconds"] / slurm["sacct"]["seconds"]

@@ -509,8 +509,9 @@ def cmd_rollup(rt: Runtime, args: argparse.Namespace) -> int:
         rt, args.period)
     scope = f"period {check.period}" if check.period else "every period"
     print(f"rollups of {scope}: {check.resource_buckets} resource buckets,"
-          f" {check.job_buckets} job buckets; {check.resource_differing} resource and"
-          f" {check.jobs_differing} job buckets differ from the charge lines")
+          f" {check.job_buckets} job buckets, {check.reentry_buckets} re-entry buckets;"
+          f" {check.resource_differing} resource, {check.jobs_differing} job and"
+          f" {check.reentries_differing} re-entry buckets differ from the charge lines")
     if not check.ok:
         print("hpc-billing: the rollups do not match the charge lines; "
               "`hpc-billing rollup rebuild` rewrites them", file=sys.stderr)

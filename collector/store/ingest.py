@@ -364,10 +364,11 @@ class Store:
                     pl.lit(1, pl.Int16).alias("sign")), _DELTA_COLUMNS)
                 self._inserted += direct.height
                 self._lines += dl.height
+                # Folded now, on their own: these jobs are new, so their entries come
+                # from the delta alone (collector.store.rollups).
+                record_deltas(self._session, new_jobs=True)
             if staged.height:
                 self._staged(cur, staged, lrows.join(staged.select(*_KEY3), on=_KEY3))
-        if direct.height:
-            record_deltas(self._session)
 
     def _staged(self, cur: psycopg.Cursor[Any], jobs: pl.DataFrame, lines: pl.DataFrame) -> None:
         cur.execute(_SQL_CREATE_ROWS)

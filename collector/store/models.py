@@ -449,7 +449,8 @@ class ChargeRow(Base):
 
 class RollupResource(Base):
     """Charge lines summed per posted month, cluster, assoc, currency, resource and unit
-    (``jobs``: distinct jobs). Kept by the writers (collector.store.rollups)."""
+    (``jobs``: distinct jobs; ``jobs_entered``: those without lines in the bucket the month
+    before, 0012). Kept by the writers (collector.store.rollups)."""
 
     __tablename__ = "rollup_resource"
 
@@ -463,10 +464,12 @@ class RollupResource(Base):
     amount_micro: Mapped[Decimal] = mapped_column(Numeric(38, 0))
     lines: Mapped[int] = mapped_column(BigInteger)
     jobs: Mapped[int] = mapped_column(BigInteger)
+    jobs_entered: Mapped[int] = mapped_column(BigInteger)
 
 
 class RollupJobs(Base):
-    """Distinct jobs and amount per posted month, cluster, assoc and currency."""
+    """Distinct jobs and amount per posted month, cluster, assoc and currency
+    (``jobs_entered``: those without lines in the bucket the month before, 0012)."""
 
     __tablename__ = "rollup_jobs"
 
@@ -475,6 +478,25 @@ class RollupJobs(Base):
     assoc_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     currency: Mapped[str] = mapped_column(Text, primary_key=True)
     amount_micro: Mapped[Decimal] = mapped_column(Numeric(38, 0))
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    jobs_entered: Mapped[int] = mapped_column(BigInteger)
+
+
+class RollupReentry(Base):
+    """Jobs with lines in a bucket in ``posted_month``, none the month before, and lines
+    in ``prev_month`` (at least two months before; none in between): what a range of
+    months holding both must not count twice (0012). ``resource`` and ``unit`` are ''
+    on the rollup_jobs level."""
+
+    __tablename__ = "rollup_reentries"
+
+    posted_month: Mapped[date] = mapped_column(Date, primary_key=True)
+    prev_month: Mapped[date] = mapped_column(Date, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    assoc_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    currency: Mapped[str] = mapped_column(Text, primary_key=True)
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
+    unit: Mapped[str] = mapped_column(Text, primary_key=True)
     jobs: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -2,8 +2,9 @@
 
 ``charge_report`` sums one period's charges per group and currency, from the monthly
 rollups (``charge_report_rollup``; ``charge_report_raw`` computes the same from the lines);
-``report_range`` sums several periods (and can be limited to some accounts) from the
-lines. Both line-based reports are one query (``_report_from_lines``).
+``report_range`` sums consecutive periods (and can be limited to some accounts), also
+from the rollups, distinct jobs across months included (``report_range_raw``: from the
+lines). Both line-based reports are one query (``_report_from_lines``).
 ``billed_lines`` lists one account's lines of a period (its statement and invoice),
 ``period_billed_lines`` every account's (the GL journal, FOCUS), ``period_lines`` what a
 closed period's digest covers. See docs/design/store.md.
@@ -21,12 +22,15 @@ from sqlalchemy import (
     ColumnElement,
     Numeric,
     and_,
+    case,
     distinct,
     exists,
     func,
+    literal,
     literal_column,
     select,
     tuple_,
+    union_all,
 )
 from sqlalchemy.orm import Session
 
@@ -39,6 +43,7 @@ from collector.store.models import (
     Job,
     RateCard,
     RollupJobs,
+    RollupReentry,
     RollupResource,
     table_of,
 )
@@ -50,6 +55,7 @@ JOBS = table_of(Job)
 _CARDS = table_of(RateCard)
 _ROLLUP = table_of(RollupResource)
 _ROLLUP_JOBS = table_of(RollupJobs)
+_REENTRIES = table_of(RollupReentry)
 _ASSOCS = table_of(Assoc)
 _CLUSTERS = table_of(Cluster)
 
@@ -135,23 +141,46 @@ def charge_report_raw(session: Session, *, period: str, group_by: Sequence[str],
 def report_range(session: Session, *, periods: Sequence[str], group_by: Sequence[str],
                  cluster: str | None = None,
                  accounts: Collection[str] | None = None) -> list[ReportRow]:
-    """Charges POSTED in any of ``periods``, grouped like ``charge_report``.
+    """Charges POSTED in any of ``periods`` (consecutive months: the API's from..to),
+    grouped like ``charge_report``.
 
     Amounts and quantities are summed across the periods and ``jobs`` counts distinct
     jobs across them (a job with lines in two periods counts once). ``accounts``
     restricts the underlying lines to jobs of those accounts whatever ``group_by`` is
-    (an empty collection matches nothing). For one period it returns what
-    ``charge_report`` returns, read from the rollups (the API's month query); several
-    periods are read from the lines (distinct jobs across months do not add up).
+    (an empty collection matches nothing). Read from the monthly rollups: for one period
+    it is ``charge_report``; across months the job counts come from the entries
+    (``jobs_entered``, ``rollup_reentries``: docs/design/engine.md §13), which give
+    distinct jobs for a range of consecutive months only, so a gap in ``periods`` is
+    refused (``ValueError``). ``report_range_raw`` gives the same rows from the lines.
     """
+    first, last = _consecutive(periods)
+    return _report_from_rollups(session, first=first, last=last, group_by=group_by,
+                                cluster=cluster, accounts=_accounts(accounts))
+
+
+def report_range_raw(session: Session, *, periods: Sequence[str], group_by: Sequence[str],
+                     cluster: str | None = None,
+                     accounts: Collection[str] | None = None) -> list[ReportRow]:
+    """``report_range`` from the charge lines joined to their jobs (distinct jobs counted
+    from the lines of all those months; any set of periods)."""
     if isinstance(periods, str) or not periods:
         raise ValueError("periods must be a non-empty list of 'YYYY-MM'")
     wanted = sorted({check_period(p) for p in periods})
-    if len(wanted) == 1:
-        return charge_report_rollup(session, period=wanted[0], group_by=group_by,
-                                    cluster=cluster, accounts=_accounts(accounts))
     return _report_from_lines(session, periods=wanted, group_by=group_by, cluster=cluster,
                               accounts=_accounts(accounts))
+
+
+def _consecutive(periods: Sequence[str]) -> tuple[date, date]:
+    """The first and last month of ``periods``, which must be consecutive months."""
+    if isinstance(periods, str) or not periods:
+        raise ValueError("periods must be a non-empty list of 'YYYY-MM'")
+    months = sorted({_month(p) for p in periods})
+    first, last = months[0], months[-1]
+    span = (last.year - first.year) * 12 + last.month - first.month + 1
+    if span != len(months):
+        raise ValueError(f"periods must be consecutive months; {len(months)} periods given"
+                         f" from {first:%Y-%m} to {last:%Y-%m}")
+    return first, last
 
 
 def _accounts(accounts: Collection[str] | None) -> list[str] | None:
@@ -227,37 +256,67 @@ def charge_report_rollup(session: Session, *, period: str, group_by: Sequence[st
     its distinct counts add up across assocs within a month. ``accounts`` keeps the jobs
     of those accounts only (``report_range``). The transaction's pending deltas are
     applied first (a writer's report sees its own writes)."""
-    check_period(period)
+    month = _month(period)
+    return _report_from_rollups(session, first=month, last=month, group_by=group_by,
+                                cluster=cluster, accounts=accounts)
+
+
+def _report_from_rollups(session: Session, *, first: date, last: date,
+                         group_by: Sequence[str], cluster: str | None,
+                         accounts: list[str] | None) -> list[ReportRow]:
+    """The report of the posted months [first, last] from the rollups. Per bucket
+    (cluster x assoc x currency, x resource when grouping by it) the distinct jobs of
+    the range are ``jobs`` of the first month, plus ``jobs_entered`` of each later month,
+    minus the re-entries of those later months from a month inside the range (0012,
+    docs/design/engine.md §13); a job is in one bucket per currency (and resource), so
+    those add up across the buckets of a group as within one month."""
     refresh_rollups(session)
-    month = date(int(period[:4]), int(period[5:7]), 1)
     names = [name for name, _ in _group_columns(group_by)]
     by_resource = "resource" in names
     fine = _ROLLUP
     totals_table = fine if by_resource else _ROLLUP_JOBS
+    t = totals_table.c
+    bucket = [t.cluster_id, t.assoc_id, t.currency] + ([t.resource] if by_resource else [])
+    counted = (select(*bucket,
+                      case((t.posted_month == first, t.jobs), else_=t.jobs_entered)
+                      .label("jobs"), t.amount_micro)
+               .where(t.posted_month.between(first, last)))
+    if last > first:
+        g = _REENTRIES.c
+        again = (select(g.cluster_id, g.assoc_id, g.currency,
+                        *([g.resource] if by_resource else []), (-g.jobs).label("jobs"),
+                        literal(0, Numeric(38, 0)).label("amount_micro"))
+                 .where(g.posted_month > first, g.posted_month <= last,
+                        g.prev_month >= first,
+                        g.resource != "" if by_resource else g.resource == ""))
+        buckets = union_all(counted, again).subquery("buckets")
+    else:
+        buckets = counted.subquery("buckets")
     fine_exprs = [_rollup_group_by(fine)[n] for n in names]
-    total_exprs = [_rollup_group_by(totals_table)[n] for n in names]
+    total_exprs = [_rollup_group_by(buckets)[n] for n in names]
 
-    def scoped(stmt: Any, table: Any) -> Any:
+    def scoped(stmt: Any, table: Any, months: bool) -> Any:
         stmt = (stmt.join_from(table, _ASSOCS, _ASSOCS.c.id == table.c.assoc_id)
-                .join(_CLUSTERS, _CLUSTERS.c.id == table.c.cluster_id)
-                .where(table.c.posted_month == month))
+                .join(_CLUSTERS, _CLUSTERS.c.id == table.c.cluster_id))
+        if months:
+            stmt = stmt.where(table.c.posted_month.between(first, last))
         if accounts is not None:
             stmt = stmt.where(_ASSOCS.c.account.in_(accounts))
         return stmt.where(_CLUSTERS.c.name == cluster) if cluster is not None else stmt
 
-    t = totals_table.c
+    b = buckets.c
     totals = scoped(
-        select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), t.currency,
-               func.sum(t.jobs).label("jobs"), _money(t.amount_micro).label("amount"))
-        .group_by(*total_exprs, t.currency)
-        .order_by(*(e.asc().nulls_last() for e in total_exprs), t.currency), totals_table)
+        select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), b.currency,
+               func.sum(b.jobs).label("jobs"), _money(b.amount_micro).label("amount"))
+        .group_by(*total_exprs, b.currency)
+        .order_by(*(e.asc().nulls_last() for e in total_exprs), b.currency), buckets, False)
     f = fine.c
     per_resource = scoped(
         select(*(e.label(f"g{i}") for i, e in enumerate(fine_exprs)), f.currency, f.resource,
                f.unit, _money(f.quantity_micro).label("quantity"),
                _money(f.amount_micro).label("amount"))
         .group_by(*fine_exprs, f.currency, f.resource, f.unit)
-        .order_by(f.resource, f.unit), fine)
+        .order_by(f.resource, f.unit), fine, True)
     rows: dict[tuple[Any, ...], ReportRow] = {}
     for r in session.execute(totals):
         values = tuple(r[i] for i in range(len(names)))

@@ -4,7 +4,10 @@
 ``rollup_resource`` holds, per posted month x cluster x assoc x currency x resource x
 unit, the summed quantity and amount (integer millionths), the number of lines and of
 distinct jobs; ``rollup_jobs`` the amount and distinct jobs per posted month x cluster x
-assoc x currency. A line counts in the bucket of its job's CURRENT assoc.
+assoc x currency. A line counts in the bucket of its job's CURRENT assoc. Both also hold
+``jobs_entered`` (the jobs without lines in the bucket the month before) and
+``rollup_reentries`` the entries after a gap (migration 0012): what a range of months
+counts distinct jobs from (``_SQL_FOLD_ENTRIES``, docs/design/engine.md §13).
 
 Maintenance is set-based and computed from the rows actually inserted and deleted, in the
 writer's transaction:
@@ -15,6 +18,8 @@ writer's transaction:
    line counts, and the distinct-job delta ``count(DISTINCT job) FILTER (sign > 0) -
    count(DISTINCT job) FILTER (sign < 0)``, which is right per statement because a
    statement deletes ALL of a job's lines in a bucket before it inserts the new ones;
+   and the entry deltas, from each changed job's months with lines before and after the
+   statement (``_SQL_FOLD_ENTRIES``);
 2. ``refresh_rollups`` applies the summed pending deltas once (one upsert per rollup
    table, buckets a change emptied deleted). Writers call it before they commit; a
    ``before_commit`` hook applies what a caller forgot, so deltas are never lost.
@@ -47,14 +52,21 @@ _SQL_CREATE_PENDING = (
     "CREATE TEMP TABLE IF NOT EXISTS hpcb_rollup_pending (posted_month date NOT NULL,"
     " cluster_id smallint NOT NULL, assoc_id integer NOT NULL, currency text NOT NULL,"
     " resource text, unit text, quantity_micro numeric NOT NULL,"
-    " amount_micro numeric NOT NULL, lines bigint NOT NULL, jobs bigint NOT NULL)"
+    " amount_micro numeric NOT NULL, lines bigint NOT NULL, jobs bigint NOT NULL,"
+    " jobs_entered bigint NOT NULL DEFAULT 0) ON COMMIT DELETE ROWS")
+_SQL_CREATE_PENDING_GAPS = (
+    "CREATE TEMP TABLE IF NOT EXISTS hpcb_rollup_pending_gaps (posted_month date NOT NULL,"
+    " prev_month date NOT NULL, cluster_id smallint NOT NULL, assoc_id integer NOT NULL,"
+    " currency text NOT NULL, resource text, unit text, jobs bigint NOT NULL)"
     " ON COMMIT DELETE ROWS")
 _JOB = "(d.job_id_raw, d.submit_time)"
 _JOBS_DELTA = (f"count(DISTINCT {_JOB}) FILTER (WHERE d.sign > 0)"
                f" - count(DISTINCT {_JOB}) FILTER (WHERE d.sign < 0)")
 # Fine rows carry resource and unit; coarse rows (rollup_jobs) have them NULL.
+_PENDING_COLUMNS = ("posted_month, cluster_id, assoc_id, currency, resource, unit,"
+                    " quantity_micro, amount_micro, lines, jobs")
 _SQL_FOLD = (
-    "INSERT INTO hpcb_rollup_pending SELECT d.posted_month, d.cluster_id, d.assoc_id,"
+    f"INSERT INTO hpcb_rollup_pending ({_PENDING_COLUMNS}) SELECT d.posted_month, d.cluster_id, d.assoc_id,"
     " p.currency, p.resource, p.unit, sum(d.sign * d.quantity_micro::numeric),"
     f" sum(d.sign * d.amount_micro::numeric), sum(d.sign), {_JOBS_DELTA}"
     " FROM hpcb_rollup_delta d JOIN prices p ON p.id = d.price_id"
@@ -64,24 +76,107 @@ _SQL_FOLD = (
     f" sum(d.sign * d.amount_micro::numeric), 0, {_JOBS_DELTA}"
     " FROM hpcb_rollup_delta d JOIN prices p ON p.id = d.price_id"
     " GROUP BY d.posted_month, d.cluster_id, d.assoc_id, p.currency")
+
+# Entries (docs/design/engine.md §13): a job ENTERS a bucket in month m when it has lines
+# in the bucket in m and none in m - 1; a RE-ENTRY is an entry after lines in an earlier
+# month (``prev_month``, at least two months back). With jobs(m) the bucket's distinct
+# jobs, the distinct jobs of consecutive months [a, b] are exactly
+#     jobs(a) + sum of entries in (a, b] - re-entries in (a, b] with prev_month >= a
+# (a job's months in [a, b] form runs; each run starts at a or with an entry, and every
+# run after the first is a re-entry from inside the range). Entries depend on a job's
+# lines in OTHER months than the ones a statement changed, so they are folded from each
+# changed job's presence (job x month x currency x resource) before and after the
+# statement: after = its lines now; before = now minus what the statement inserted plus
+# what it deleted. The assoc before is that of the deleted rows (an assoc move deletes
+# every line from the old assoc and inserts it into the new one), after that of the
+# inserted rows; a statement that only inserts or only deletes keeps the job's assoc.
+_DELTA_WITH_PRICES = (
+    "SELECT d.cluster_id, d.job_id_raw, d.submit_time, d.posted_month, d.assoc_id,"
+    " p.currency, p.resource, p.unit, d.sign"
+    " FROM hpcb_rollup_delta d JOIN prices p ON p.id = d.price_id")
+_K = "cluster_id, job_id_raw, submit_time"
+_P = f"{_K}, posted_month, currency, resource, unit"
+_PRESENCE_CHANGED = (
+    f"d AS MATERIALIZED ({_DELTA_WITH_PRICES}),"
+    f" k AS MATERIALIZED (SELECT {_K},"
+    " coalesce(min(assoc_id) FILTER (WHERE sign < 0), min(assoc_id)) AS before_assoc,"
+    " coalesce(min(assoc_id) FILTER (WHERE sign > 0), min(assoc_id)) AS after_assoc"
+    f" FROM d GROUP BY {_K}),"
+    " after_lines AS (SELECT l.cluster_id, l.job_id_raw, l.submit_time, l.posted_month, p.currency,"
+    " p.resource, p.unit, count(*) AS n FROM k JOIN charge_rows l"
+    " ON l.cluster_id = k.cluster_id AND l.job_id_raw = k.job_id_raw"
+    " AND l.submit_time = k.submit_time JOIN prices p ON p.id = l.price_id"
+    " GROUP BY 1, 2, 3, 4, 5, 6, 7),"
+    f" net AS (SELECT {_P}, sum(sign) AS n FROM d GROUP BY {_P}),"
+    f" states AS (SELECT {_P}, coalesce(a.n, 0) AS after_n,"
+    f" coalesce(a.n, 0) - coalesce(net.n, 0) AS before_n"
+    f" FROM after_lines a FULL JOIN net USING ({_P})),"
+    f" presence AS (SELECT {_P}, 1 AS sign, k.after_assoc AS assoc_id FROM states s"
+    f" JOIN k USING ({_K}) WHERE s.after_n > 0"
+    f" UNION ALL SELECT {_P}, -1, k.before_assoc FROM states s JOIN k USING ({_K})"
+    " WHERE s.before_n > 0)")
+# New jobs (the ingest writer's direct COPY): no lines before, their inserted ones after.
+_PRESENCE_NEW = (
+    f"presence AS (SELECT DISTINCT d.{_P.replace(', ', ', d.')}, 1 AS sign, d.assoc_id"
+    f" FROM ({_DELTA_WITH_PRICES}) d)")
+_ENTERED = "(prev_month IS NULL OR prev_month < (posted_month - interval '1 month'))"
+_SQL_FOLD_ENTRIES = (
+    "WITH {presence},"
+    " fine AS (SELECT posted_month, cluster_id, assoc_id, currency, resource, unit, sign,"
+    f" lag(posted_month) OVER (PARTITION BY {_K}, sign, currency, resource, unit"
+    " ORDER BY posted_month) AS prev_month FROM presence),"
+    " coarse AS (SELECT posted_month, cluster_id, assoc_id, currency, sign,"
+    f" lag(posted_month) OVER (PARTITION BY {_K}, sign, currency ORDER BY posted_month)"
+    f" AS prev_month FROM (SELECT DISTINCT {_K}, posted_month, currency, sign, assoc_id"
+    " FROM presence) c),"
+    " entries AS MATERIALIZED (SELECT posted_month, cluster_id, assoc_id, currency, resource,"
+    f" unit, sign, prev_month FROM fine WHERE {_ENTERED}"
+    " UNION ALL SELECT posted_month, cluster_id, assoc_id, currency, NULL, NULL, sign,"
+    f" prev_month FROM coarse WHERE {_ENTERED}),"
+    " gaps AS (INSERT INTO hpcb_rollup_pending_gaps SELECT posted_month, prev_month,"
+    " cluster_id, assoc_id, currency, resource, unit, sum(sign) FROM entries"
+    " WHERE prev_month IS NOT NULL GROUP BY posted_month, prev_month, cluster_id, assoc_id,"
+    " currency, resource, unit)"
+    f" INSERT INTO hpcb_rollup_pending ({_PENDING_COLUMNS}, jobs_entered)"
+    " SELECT posted_month, cluster_id, assoc_id, currency, resource, unit, 0, 0, 0, 0,"
+    " sum(sign) FROM entries GROUP BY posted_month, cluster_id, assoc_id, currency, resource,"
+    " unit")
+_SQL_FOLD_ENTRIES_CHANGED = _SQL_FOLD_ENTRIES.format(presence=_PRESENCE_CHANGED)
+_SQL_FOLD_ENTRIES_NEW = _SQL_FOLD_ENTRIES.format(presence=_PRESENCE_NEW)
 _SQL_APPLY = (
     "INSERT INTO rollup_resource AS r (posted_month, cluster_id, assoc_id, currency, resource,"
-    " unit, quantity_micro, amount_micro, lines, jobs)"
+    " unit, quantity_micro, amount_micro, lines, jobs, jobs_entered)"
     " SELECT posted_month, cluster_id, assoc_id, currency, resource, unit,"
-    " sum(quantity_micro), sum(amount_micro), sum(lines), sum(jobs)"
+    " sum(quantity_micro), sum(amount_micro), sum(lines), sum(jobs), sum(jobs_entered)"
     " FROM hpcb_rollup_pending WHERE resource IS NOT NULL"
     " GROUP BY posted_month, cluster_id, assoc_id, currency, resource, unit"
     " ON CONFLICT (posted_month, cluster_id, assoc_id, currency, resource, unit) DO UPDATE"
     " SET quantity_micro = r.quantity_micro + excluded.quantity_micro,"
     " amount_micro = r.amount_micro + excluded.amount_micro,"
-    " lines = r.lines + excluded.lines, jobs = r.jobs + excluded.jobs",
+    " lines = r.lines + excluded.lines, jobs = r.jobs + excluded.jobs,"
+    " jobs_entered = r.jobs_entered + excluded.jobs_entered",
     "INSERT INTO rollup_jobs AS r (posted_month, cluster_id, assoc_id, currency, amount_micro,"
-    " jobs)"
-    " SELECT posted_month, cluster_id, assoc_id, currency, sum(amount_micro), sum(jobs)"
+    " jobs, jobs_entered)"
+    " SELECT posted_month, cluster_id, assoc_id, currency, sum(amount_micro), sum(jobs),"
+    " sum(jobs_entered)"
     " FROM hpcb_rollup_pending WHERE resource IS NULL"
     " GROUP BY posted_month, cluster_id, assoc_id, currency"
     " ON CONFLICT (posted_month, cluster_id, assoc_id, currency) DO UPDATE"
-    " SET amount_micro = r.amount_micro + excluded.amount_micro, jobs = r.jobs + excluded.jobs",
+    " SET amount_micro = r.amount_micro + excluded.amount_micro, jobs = r.jobs + excluded.jobs,"
+    " jobs_entered = r.jobs_entered + excluded.jobs_entered",
+    "INSERT INTO rollup_reentries AS r (posted_month, prev_month, cluster_id, assoc_id,"
+    " currency, resource, unit, jobs)"
+    " SELECT posted_month, prev_month, cluster_id, assoc_id, currency, coalesce(resource, ''),"
+    " coalesce(unit, ''), sum(jobs) FROM hpcb_rollup_pending_gaps"
+    " GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    " ON CONFLICT (posted_month, prev_month, cluster_id, assoc_id, currency, resource, unit)"
+    " DO UPDATE SET jobs = r.jobs + excluded.jobs",
+    "DELETE FROM rollup_reentries r USING (SELECT DISTINCT posted_month, prev_month,"
+    " cluster_id, assoc_id, currency, coalesce(resource, '') AS resource,"
+    " coalesce(unit, '') AS unit FROM hpcb_rollup_pending_gaps) k"
+    " WHERE r.posted_month = k.posted_month AND r.prev_month = k.prev_month"
+    " AND r.cluster_id = k.cluster_id AND r.assoc_id = k.assoc_id AND r.currency = k.currency"
+    " AND r.resource = k.resource AND r.unit = k.unit AND r.jobs = 0",
     # Buckets a change emptied (an account moved, a job no longer charged).
     "DELETE FROM rollup_resource r USING (SELECT DISTINCT posted_month, cluster_id, assoc_id,"
     " currency, resource, unit FROM hpcb_rollup_pending WHERE resource IS NOT NULL) k"
@@ -92,12 +187,14 @@ _SQL_APPLY = (
     " currency FROM hpcb_rollup_pending WHERE resource IS NULL) k"
     " WHERE r.posted_month = k.posted_month AND r.cluster_id = k.cluster_id"
     " AND r.assoc_id = k.assoc_id AND r.currency = k.currency AND r.jobs = 0",
-    "TRUNCATE hpcb_rollup_pending",
+    "TRUNCATE hpcb_rollup_pending, hpcb_rollup_pending_gaps",
 )
 _SQL_PENDING_COUNT = "SELECT count(*) FROM hpcb_rollup_pending"
 # Partitions never analyzed (reltuples < 0: new this poll) get statistics now: parents of
 # partitioned tables are never auto-analyzed, and a new month's partition would otherwise
-# be planned as empty until autovacuum comes by (a nested loop over a month of jobs).
+# be planned as empty until autovacuum comes by (a nested loop over a month of jobs). So
+# do the rollup tables after their first write (planned as empty, a year's range report
+# probed assocs once per rollup row: 854 ms instead of 504 ms at 200,000 jobs).
 _SQL_ANALYZE_NEW_PARTITIONS = """
 DO $analyze$
 DECLARE r record;
@@ -105,6 +202,11 @@ BEGIN
     FOR r IN SELECT c.oid::regclass AS part FROM pg_inherits i
              JOIN pg_class c ON c.oid = i.inhrelid
              WHERE i.inhparent IN ('public.job_rows'::regclass, 'public.charge_rows'::regclass)
+               AND c.reltuples < 0
+             UNION ALL
+             SELECT c.oid::regclass FROM pg_class c
+             WHERE c.oid IN ('public.rollup_resource'::regclass, 'public.rollup_jobs'::regclass,
+                             'public.rollup_reentries'::regclass)
                AND c.reltuples < 0 LOOP
         EXECUTE format('ANALYZE %s', r.part);
     END LOOP;
@@ -119,11 +221,20 @@ def mark_written(session: Session) -> None:
     session.info[_PENDING_FLAG] = True
 
 
-def record_deltas(session: Session) -> None:
-    """Fold ``hpcb_rollup_delta`` (what the caller's statement just deleted and inserted)
-    into the transaction's pending deltas, then empty it."""
+def _create_pending(session: Session) -> None:
     session.execute(text(_SQL_CREATE_PENDING))
+    session.execute(text(_SQL_CREATE_PENDING_GAPS))
+
+
+def record_deltas(session: Session, *, new_jobs: bool = False) -> None:
+    """Fold ``hpcb_rollup_delta`` (what the caller's statement just deleted and inserted)
+    into the transaction's pending deltas, then empty it. Call it right after the
+    statement: the entries are computed from the changed jobs' lines as they are now.
+    ``new_jobs``: every job in the delta was just inserted with all its lines (its lines
+    are the delta's: nothing is read back)."""
+    _create_pending(session)
     session.execute(text(_SQL_FOLD))
+    session.execute(text(_SQL_FOLD_ENTRIES_NEW if new_jobs else _SQL_FOLD_ENTRIES_CHANGED))
     session.execute(text(SQL_TRUNCATE_DELTA))
     mark_written(session)
 
@@ -133,7 +244,7 @@ def refresh_rollups(session: Session) -> int:
     commit); returns how many delta rows were applied."""
     if not session.info.pop(_PENDING_FLAG, False):
         return 0
-    session.execute(text(_SQL_CREATE_PENDING))
+    _create_pending(session)
     pending = int(session.execute(text(_SQL_PENDING_COUNT)).scalar_one())
     for statement in _SQL_APPLY:
         session.execute(text(statement))
@@ -154,51 +265,80 @@ def _forget_after_rollback(session: Session) -> None:
 
 # --------------------------------------------------------------- verify and rebuild
 
+# Each job's months with lines per bucket (its lines summed), and its month before with
+# lines in the bucket (``prev_month``, NULL: none). For one month (:month) only the jobs
+# with lines posted in it, and their lines up to it, are read.
+_SCOPE = ("(CAST(:month AS date) IS NULL OR (l.posted_month <= CAST(:month AS date)"
+          " AND (l.cluster_id, l.job_id_raw, l.submit_time) IN (SELECT cluster_id, job_id_raw,"
+          " submit_time FROM charge_rows WHERE posted_month = CAST(:month AS date))))")
+_PRESENCE = (
+    "SELECT b.*, lag(b.posted_month) OVER (PARTITION BY b.cluster_id, b.job_id_raw,"
+    " b.submit_time, b.currency{extra_b} ORDER BY b.posted_month) AS prev_month"
+    " FROM (SELECT l.posted_month, l.cluster_id, j.assoc_id, p.currency{extra_p},"
+    " l.job_id_raw, l.submit_time, sum(l.quantity_micro) AS quantity_micro,"
+    " sum(l.amount_micro) AS amount_micro, count(*) AS lines"
+    " FROM charge_rows l JOIN prices p ON p.id = l.price_id"
+    " JOIN job_rows j ON j.cluster_id = l.cluster_id AND j.job_id_raw = l.job_id_raw"
+    f" AND j.submit_time = l.submit_time WHERE {_SCOPE}"
+    " GROUP BY l.posted_month, l.cluster_id, j.assoc_id, p.currency{extra_p},"
+    " l.job_id_raw, l.submit_time) b")
+_PRESENCE_FINE = _PRESENCE.format(extra_b=", b.resource, b.unit",
+                                  extra_p=", p.resource, p.unit")
+_PRESENCE_COARSE = _PRESENCE.format(extra_b="", extra_p="")
+_IN_MONTH = "(CAST(:month AS date) IS NULL OR posted_month = CAST(:month AS date))"
+_GAP = "prev_month < (posted_month - interval '1 month')"
 _EXPECTED_FINE = (
-    "SELECT l.posted_month, l.cluster_id, j.assoc_id, p.currency, p.resource, p.unit,"
-    " sum(l.quantity_micro)::numeric AS quantity_micro,"
-    " sum(l.amount_micro)::numeric AS amount_micro, count(*) AS lines,"
-    " count(DISTINCT (l.job_id_raw, l.submit_time)) AS jobs"
-    " FROM charge_rows l JOIN prices p ON p.id = l.price_id"
-    " JOIN job_rows j ON j.cluster_id = l.cluster_id AND j.job_id_raw = l.job_id_raw"
-    " AND j.submit_time = l.submit_time"
-    " WHERE (CAST(:month AS date) IS NULL OR l.posted_month = CAST(:month AS date))"
-    " GROUP BY l.posted_month, l.cluster_id, j.assoc_id, p.currency, p.resource, p.unit")
+    "SELECT posted_month, cluster_id, assoc_id, currency, resource, unit,"
+    " sum(quantity_micro)::numeric AS quantity_micro, sum(amount_micro)::numeric AS amount_micro,"
+    " sum(lines)::bigint AS lines, count(*) AS jobs,"
+    f" count(*) FILTER (WHERE {_ENTERED}) AS jobs_entered"
+    f" FROM ({_PRESENCE_FINE}) x WHERE {_IN_MONTH}"
+    " GROUP BY posted_month, cluster_id, assoc_id, currency, resource, unit")
 _EXPECTED_COARSE = (
-    "SELECT l.posted_month, l.cluster_id, j.assoc_id, p.currency,"
-    " sum(l.amount_micro)::numeric AS amount_micro,"
-    " count(DISTINCT (l.job_id_raw, l.submit_time)) AS jobs"
-    " FROM charge_rows l JOIN prices p ON p.id = l.price_id"
-    " JOIN job_rows j ON j.cluster_id = l.cluster_id AND j.job_id_raw = l.job_id_raw"
-    " AND j.submit_time = l.submit_time"
-    " WHERE (CAST(:month AS date) IS NULL OR l.posted_month = CAST(:month AS date))"
-    " GROUP BY l.posted_month, l.cluster_id, j.assoc_id, p.currency")
+    "SELECT posted_month, cluster_id, assoc_id, currency,"
+    " sum(amount_micro)::numeric AS amount_micro, count(*) AS jobs,"
+    f" count(*) FILTER (WHERE {_ENTERED}) AS jobs_entered"
+    f" FROM ({_PRESENCE_COARSE}) x WHERE {_IN_MONTH}"
+    " GROUP BY posted_month, cluster_id, assoc_id, currency")
+_EXPECTED_GAPS = (
+    "SELECT posted_month, prev_month, cluster_id, assoc_id, currency, resource, unit,"
+    f" count(*) AS jobs FROM ({_PRESENCE_FINE}) x WHERE {_IN_MONTH} AND {_GAP}"
+    " GROUP BY posted_month, prev_month, cluster_id, assoc_id, currency, resource, unit"
+    " UNION ALL SELECT posted_month, prev_month, cluster_id, assoc_id, currency, '', '',"
+    f" count(*) FROM ({_PRESENCE_COARSE}) x WHERE {_IN_MONTH} AND {_GAP}"
+    " GROUP BY posted_month, prev_month, cluster_id, assoc_id, currency")
 _FINE_KEY = ("posted_month", "cluster_id", "assoc_id", "currency", "resource", "unit")
 _COARSE_KEY = ("posted_month", "cluster_id", "assoc_id", "currency")
+_GAPS_KEY = ("posted_month", "prev_month", "cluster_id", "assoc_id", "currency", "resource",
+             "unit")
 _SQL_VERIFY_FINE = (
     f"SELECT count(*) FROM ({_EXPECTED_FINE}) e FULL JOIN (SELECT * FROM rollup_resource"
-    " WHERE (CAST(:month AS date) IS NULL OR posted_month = CAST(:month AS date))) r"
-    f" USING ({', '.join(_FINE_KEY)})"
-    " WHERE (e.quantity_micro, e.amount_micro, e.lines, e.jobs)"
-    " IS DISTINCT FROM (r.quantity_micro, r.amount_micro, r.lines, r.jobs)")
+    f" WHERE {_IN_MONTH}) r USING ({', '.join(_FINE_KEY)})"
+    " WHERE (e.quantity_micro, e.amount_micro, e.lines, e.jobs, e.jobs_entered)"
+    " IS DISTINCT FROM (r.quantity_micro, r.amount_micro, r.lines, r.jobs, r.jobs_entered)")
 _SQL_VERIFY_COARSE = (
     f"SELECT count(*) FROM ({_EXPECTED_COARSE}) e FULL JOIN (SELECT * FROM rollup_jobs"
-    " WHERE (CAST(:month AS date) IS NULL OR posted_month = CAST(:month AS date))) r"
-    f" USING ({', '.join(_COARSE_KEY)})"
-    " WHERE (e.amount_micro, e.jobs) IS DISTINCT FROM (r.amount_micro, r.jobs)")
+    f" WHERE {_IN_MONTH}) r USING ({', '.join(_COARSE_KEY)})"
+    " WHERE (e.amount_micro, e.jobs, e.jobs_entered)"
+    " IS DISTINCT FROM (r.amount_micro, r.jobs, r.jobs_entered)")
+_SQL_VERIFY_GAPS = (
+    f"SELECT count(*) FROM ({_EXPECTED_GAPS}) e FULL JOIN (SELECT * FROM rollup_reentries"
+    f" WHERE {_IN_MONTH}) r USING ({', '.join(_GAPS_KEY)})"
+    " WHERE e.jobs IS DISTINCT FROM r.jobs")
 _SQL_COUNT_BUCKETS = (
-    "SELECT (SELECT count(*) FROM rollup_resource WHERE (CAST(:month AS date) IS NULL"
-    " OR posted_month = CAST(:month AS date))), (SELECT count(*) FROM rollup_jobs WHERE"
-    " (CAST(:month AS date) IS NULL OR posted_month = CAST(:month AS date)))")
+    f"SELECT (SELECT count(*) FROM rollup_resource WHERE {_IN_MONTH}),"
+    f" (SELECT count(*) FROM rollup_jobs WHERE {_IN_MONTH}),"
+    f" (SELECT count(*) FROM rollup_reentries WHERE {_IN_MONTH})")
 _SQL_REBUILD = (
-    "DELETE FROM rollup_resource WHERE (CAST(:month AS date) IS NULL"
-    " OR posted_month = CAST(:month AS date))",
-    "DELETE FROM rollup_jobs WHERE (CAST(:month AS date) IS NULL"
-    " OR posted_month = CAST(:month AS date))",
+    f"DELETE FROM rollup_resource WHERE {_IN_MONTH}",
+    f"DELETE FROM rollup_jobs WHERE {_IN_MONTH}",
+    f"DELETE FROM rollup_reentries WHERE {_IN_MONTH}",
     "INSERT INTO rollup_resource (posted_month, cluster_id, assoc_id, currency, resource, unit,"
-    f" quantity_micro, amount_micro, lines, jobs) {_EXPECTED_FINE}",
-    "INSERT INTO rollup_jobs (posted_month, cluster_id, assoc_id, currency, amount_micro, jobs)"
-    f" {_EXPECTED_COARSE}",
+    f" quantity_micro, amount_micro, lines, jobs, jobs_entered) {_EXPECTED_FINE}",
+    "INSERT INTO rollup_jobs (posted_month, cluster_id, assoc_id, currency, amount_micro, jobs,"
+    f" jobs_entered) {_EXPECTED_COARSE}",
+    "INSERT INTO rollup_reentries (posted_month, prev_month, cluster_id, assoc_id, currency,"
+    f" resource, unit, jobs) {_EXPECTED_GAPS}",
 )
 
 
@@ -212,10 +352,13 @@ class RollupCheck:
     job_buckets: int
     resource_differing: int
     jobs_differing: int
+    reentry_buckets: int = 0
+    reentries_differing: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.resource_differing == 0 and self.jobs_differing == 0
+        return (self.resource_differing == 0 and self.jobs_differing == 0
+                and self.reentries_differing == 0)
 
 
 def _month(period: str | None) -> date | None:
@@ -232,10 +375,12 @@ def verify(session: Session, period: str | None = None) -> RollupCheck:
     params: dict[str, Any] = {"month": _month(period)}
     fine = int(session.execute(text(_SQL_VERIFY_FINE), params).scalar_one())
     coarse = int(session.execute(text(_SQL_VERIFY_COARSE), params).scalar_one())
+    gaps = int(session.execute(text(_SQL_VERIFY_GAPS), params).scalar_one())
     buckets = session.execute(text(_SQL_COUNT_BUCKETS), params).one()
     return RollupCheck(period=period, resource_buckets=int(buckets[0]),
                        job_buckets=int(buckets[1]), resource_differing=fine,
-                       jobs_differing=coarse)
+                       jobs_differing=coarse, reentry_buckets=int(buckets[2]),
+                       reentries_differing=gaps)
 
 
 def rebuild(session: Session, period: str | None = None) -> RollupCheck:
