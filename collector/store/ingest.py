@@ -61,7 +61,7 @@ from collector.store.job_writer import (
     _SQL_TRUNCATE_ROWS,
 )
 from collector.store.periods import closed_periods
-from collector.store.rollups import SQL_CREATE_DELTA, mark_written, record_deltas
+from collector.store.rollups import SQL_CREATE_DELTA, fold_new_lines, mark_written, record_deltas
 
 MICRO = 1_000_000
 _BLOOM_BITS = 1 << 25
@@ -303,8 +303,11 @@ class Store:
                          kind, Decimal(rate), self._currencies[version]))
         pids = self._ids("prices", rows, _SQL_PRICES, _SQL_PRICE_IDS,
                          lambda rs: [list(col) for col in zip(*rs, strict=True)])
-        lines = lines.join(pkeys.with_columns(pl.Series("price_id", pids, pl.Int32)),
-                           on=["price_key", "kind"])
+        lines = lines.join(pkeys.with_columns(
+            pl.Series("price_id", pids, pl.Int32),
+            pl.Series("currency", [r[7] for r in rows], pl.String),
+            pl.Series("resource", [r[2] for r in rows], pl.String),
+            pl.Series("unit", [r[3] for r in rows], pl.String)), on=["price_key", "kind"])
         lines = lines.join(cluster_ids, on="cluster").with_columns(
             c("submit").alias("submit_time"), _month_date(c("usage_month")).alias("usage_month"),
             _month_date(c("posted_month")).alias("posted_month"))
@@ -357,16 +360,10 @@ class Store:
                 copy_frame(cur, _COPY_LINES, dl, LINE_COLUMNS)
                 # The chunk's rollup deltas are folded now (into the transaction's pending
                 # sums, applied once at the end): memory stays a chunk's, not the poll's.
-                cur.execute(SQL_CREATE_DELTA)
-                copy_frame(cur, _COPY_DELTA, dl.select(
-                    "posted_month", "cluster_id", "assoc_id", "price_id", "job_id_raw",
-                    "submit_time", "quantity_micro", "amount_micro",
-                    pl.lit(1, pl.Int16).alias("sign")), _DELTA_COLUMNS)
+                # These jobs are new, so their sums and entries come from these lines.
+                fold_new_lines(self._session, cur, dl)
                 self._inserted += direct.height
                 self._lines += dl.height
-                # Folded now, on their own: these jobs are new, so their entries come
-                # from the delta alone (collector.store.rollups).
-                record_deltas(self._session, new_jobs=True)
             if staged.height:
                 self._staged(cur, staged, lrows.join(staged.select(*_KEY3), on=_KEY3))
 
@@ -403,11 +400,6 @@ class Store:
         return WriteCounts(self._inserted, self._updated, self._unchanged, self._lines)
 
 
-_DELTA_COLUMNS: list[Column] = [
-    ("posted_month", "date"), ("cluster_id", "int2"), ("assoc_id", "int4"), ("price_id", "int4"),
-    ("job_id_raw", "int8"), ("submit_time", "ts"), ("quantity_micro", "int8"),
-    ("amount_micro", "int8"), ("sign", "int2")]
-_COPY_DELTA = copy_statement("hpcb_rollup_delta", [c for c, _ in _DELTA_COLUMNS])
 
 
 # ------------------------------------------------------------------- skip lookup

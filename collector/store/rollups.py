@@ -34,9 +34,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import polars as pl
+import psycopg
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
+from collector.store.bulk import Kind, copy_frame, copy_statement
 from collector.store.periods import check_period
 
 _PENDING_FLAG = "hpcb_rollup_pending"
@@ -115,10 +118,6 @@ _PRESENCE_CHANGED = (
     f" JOIN k USING ({_K}) WHERE s.after_n > 0"
     f" UNION ALL SELECT {_P}, -1, k.before_assoc FROM states s JOIN k USING ({_K})"
     " WHERE s.before_n > 0)")
-# New jobs (the ingest writer's direct COPY): no lines before, their inserted ones after.
-_PRESENCE_NEW = (
-    f"presence AS (SELECT DISTINCT d.{_P.replace(', ', ', d.')}, 1 AS sign, d.assoc_id"
-    f" FROM ({_DELTA_WITH_PRICES}) d)")
 _ENTERED = "(prev_month IS NULL OR prev_month < (posted_month - interval '1 month'))"
 _SQL_FOLD_ENTRIES = (
     "WITH {presence},"
@@ -142,7 +141,6 @@ _SQL_FOLD_ENTRIES = (
     " sum(sign) FROM entries GROUP BY posted_month, cluster_id, assoc_id, currency, resource,"
     " unit")
 _SQL_FOLD_ENTRIES_CHANGED = _SQL_FOLD_ENTRIES.format(presence=_PRESENCE_CHANGED)
-_SQL_FOLD_ENTRIES_NEW = _SQL_FOLD_ENTRIES.format(presence=_PRESENCE_NEW)
 _SQL_APPLY = (
     "INSERT INTO rollup_resource AS r (posted_month, cluster_id, assoc_id, currency, resource,"
     " unit, quantity_micro, amount_micro, lines, jobs, jobs_entered)"
@@ -226,16 +224,103 @@ def _create_pending(session: Session) -> None:
     session.execute(text(_SQL_CREATE_PENDING_GAPS))
 
 
-def record_deltas(session: Session, *, new_jobs: bool = False) -> None:
+def record_deltas(session: Session) -> None:
     """Fold ``hpcb_rollup_delta`` (what the caller's statement just deleted and inserted)
     into the transaction's pending deltas, then empty it. Call it right after the
-    statement: the entries are computed from the changed jobs' lines as they are now.
-    ``new_jobs``: every job in the delta was just inserted with all its lines (its lines
-    are the delta's: nothing is read back)."""
+    statement: the entries are computed from the changed jobs' lines as they are now
+    (new jobs written by the ingest writer are folded by ``fold_new_lines``)."""
     _create_pending(session)
     session.execute(text(_SQL_FOLD))
-    session.execute(text(_SQL_FOLD_ENTRIES_NEW if new_jobs else _SQL_FOLD_ENTRIES_CHANGED))
+    session.execute(text(_SQL_FOLD_ENTRIES_CHANGED))
     session.execute(text(SQL_TRUNCATE_DELTA))
+    mark_written(session)
+
+
+_NEW_PENDING: list[tuple[str, Kind]] = [
+    ("posted_month", "date"), ("cluster_id", "int2"), ("assoc_id", "int4"),
+    ("currency", "text"), ("resource", "text"), ("unit", "text"),
+    ("quantity_micro", "numeric"), ("amount_micro", "numeric"), ("lines", "int8"),
+    ("jobs", "int8"), ("jobs_entered", "int8")]
+_NEW_GAPS: list[tuple[str, Kind]] = [
+    ("posted_month", "date"), ("prev_month", "date"), ("cluster_id", "int2"),
+    ("assoc_id", "int4"), ("currency", "text"), ("resource", "text"), ("unit", "text"),
+    ("jobs", "int8")]
+_COPY_NEW_PENDING = copy_statement("hpcb_rollup_pending", [n for n, _ in _NEW_PENDING])
+_COPY_NEW_GAPS = copy_statement("hpcb_rollup_pending_gaps", [n for n, _ in _NEW_GAPS])
+_JOB_KEY = ["cluster_id", "job_id_raw", "submit_time"]
+_FINE = ["posted_month", "cluster_id", "assoc_id", "currency", "resource", "unit"]
+_COARSE = ["posted_month", "cluster_id", "assoc_id", "currency"]
+
+
+def _continued(presence: pl.DataFrame, part: list[str], bucket: list[str]
+               ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """For ``presence`` (one row per job x month x ``part``, only jobs with lines in more
+    than one month): (per bucket, the jobs that are NOT entries there: lines in the month
+    before; re-entries per bucket and prev_month). ``_SQL_FOLD_ENTRIES``' lag over a
+    frame sorted so that a job's months follow each other."""
+    c = pl.col
+    keys = [*_JOB_KEY, *part]
+    month = (c("posted_month").dt.year().cast(pl.Int32) * 12
+             + c("posted_month").dt.month().cast(pl.Int32))
+    x = presence.sort([*keys, "posted_month"]).with_columns(month.alias("_m"))
+    same = pl.all_horizontal([(c(k) == c(k).shift(1)).fill_null(False) for k in keys])
+    x = x.with_columns(pl.when(same).then(c("_m").shift(1)).alias("_prev"),
+                       pl.when(same).then(c("posted_month").shift(1)).alias("prev_month"))
+    continued = x.filter(c("_prev") == c("_m") - 1).group_by(bucket).agg(
+        pl.len().cast(pl.Int64).alias("_continued"))
+    gaps = x.filter(c("_prev") < c("_m") - 1).group_by(
+        ["posted_month", "prev_month", *bucket[1:]]).agg(pl.len().cast(pl.Int64).alias("jobs"))
+    return continued, gaps
+
+
+def fold_new_lines(session: Session, cur: psycopg.Cursor[Any], lines: pl.DataFrame) -> None:
+    """The pending deltas of NEW jobs, every line of each in ``lines`` (the ingest
+    writer's direct COPY: posted_month, cluster_id, assoc_id, currency, resource, unit,
+    job_id_raw, submit_time, quantity_micro, amount_micro), computed here instead of
+    copying the lines again into ``hpcb_rollup_delta`` for ``_SQL_FOLD`` and
+    ``_SQL_FOLD_ENTRIES``: the same sums, distinct jobs, entries and re-entries,
+    written to the pending tables with one or two COPYs (tests/integration/
+    test_rollups.py and ``rollup verify`` hold them to the lines). A job enters every
+    bucket it has lines in, except where it had lines the month before: only jobs with
+    lines in several months are looked at for that."""
+    if not lines.height:
+        return
+    c = pl.col
+    _create_pending(session)
+    job = pl.struct("job_id_raw", "submit_time")
+    fine = lines.group_by(_FINE).agg(
+        c("quantity_micro").cast(pl.Int128).sum(), c("amount_micro").cast(pl.Int128).sum(),
+        pl.len().cast(pl.Int64).alias("lines"), job.n_unique().cast(pl.Int64).alias("jobs"))
+    coarse = lines.group_by(_COARSE).agg(
+        c("amount_micro").cast(pl.Int128).sum(), job.n_unique().cast(pl.Int64).alias("jobs"),
+    ).with_columns(pl.lit(None, pl.String).alias("resource"),
+                   pl.lit(None, pl.String).alias("unit"),
+                   pl.lit(0, pl.Int128).alias("quantity_micro"),
+                   pl.lit(0, pl.Int64).alias("lines"))
+    multi = lines.join(lines.group_by(_JOB_KEY).agg(c("posted_month").n_unique().alias("_n"))
+                       .filter(c("_n") > 1).select(_JOB_KEY), on=_JOB_KEY, how="semi")
+    gaps: list[pl.DataFrame] = []
+    if multi.height:
+        f_cont, f_gaps = _continued(
+            multi.select(*_JOB_KEY, *_FINE[3:], "posted_month", "assoc_id").unique(),
+            _FINE[3:], _FINE)
+        c_cont, c_gaps = _continued(
+            multi.select(*_JOB_KEY, "currency", "posted_month", "assoc_id").unique(),
+            ["currency"], _COARSE)
+        fine = fine.join(f_cont, on=_FINE, how="left", nulls_equal=True)
+        coarse = coarse.join(c_cont, on=_COARSE, how="left")
+        gaps = [f_gaps, c_gaps.with_columns(pl.lit(None, pl.String).alias("resource"),
+                                            pl.lit(None, pl.String).alias("unit"))]
+    else:
+        fine = fine.with_columns(pl.lit(None, pl.Int64).alias("_continued"))
+        coarse = coarse.with_columns(pl.lit(None, pl.Int64).alias("_continued"))
+    names = [n for n, _ in _NEW_PENDING]
+    pending = pl.concat([fine, coarse], how="diagonal_relaxed").with_columns(
+        (c("jobs") - c("_continued").fill_null(0)).alias("jobs_entered")).select(names)
+    copy_frame(cur, _COPY_NEW_PENDING, pending, _NEW_PENDING)
+    gap_rows = pl.concat(gaps, how="diagonal_relaxed") if gaps else None
+    if gap_rows is not None and gap_rows.height:
+        copy_frame(cur, _COPY_NEW_GAPS, gap_rows.select([n for n, _ in _NEW_GAPS]), _NEW_GAPS)
     mark_written(session)
 
 
