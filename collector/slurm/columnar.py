@@ -361,6 +361,7 @@ class ColumnarReader:
                 peek = batch[cut]
                 df = df.slice(0, cut)
         consumed = df.height
+        self._batch, self._batch_first = batch, first_line_no
         chunk = self._groups(df, peek)
         return chunk, consumed
 
@@ -395,8 +396,21 @@ class ColumnarReader:
                        how="semi").filter(~c("blank"))
         if not good.height:
             return df, 0
-        texts = dict(good.group_by("grp").agg(c("line").str.join("\n").alias("text"))
-                     .iter_rows())
+        # a group's text is its lines joined: sliced from the chunk's list of lines
+        # when they are consecutive (no blank line among them), else joined here
+        spans = good.group_by("grp").agg(c("line_no").min().alias("a"),
+                                         c("line_no").max().alias("b"), pl.len().alias("n"))
+        batch, first = self._batch, self._batch_first
+        texts: dict[int, str] = {}
+        broken: list[int] = []
+        for g, a, b, n in spans.iter_rows():
+            if b - a + 1 == n:
+                texts[g] = "\n".join(batch[a - first:b - first + 1])
+            else:
+                broken.append(g)
+        if broken:
+            texts.update(good.filter(c("grp").is_in(broken)).group_by("grp").agg(
+                c("line").str.join("\n")).iter_rows())
         salt = self.salt_nl
         cand = groups.filter(c("cand"))
         grps = cand["grp"].to_list()
@@ -455,6 +469,8 @@ class ColumnarReader:
         return chunk
 
     _lookup: UnchangedLookup | None = None
+    _batch: list[str] = []                 # noqa: RUF012 - the chunk's lines, replaced per chunk
+    _batch_first = 1
     _pre_digests: dict[int, bytes] = {}    # noqa: RUF012 - replaced per chunk, never mutated
     _job_lines: pl.DataFrame = pl.DataFrame()
 
