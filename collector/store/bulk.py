@@ -279,27 +279,7 @@ def encode_rows(df: pl.DataFrame, columns: Sequence[Column]) -> memoryview:
         for b0 in range(0, n, step):
             _block(rec[b0:b0 + step], b0, template, writes, padded)
         return rec.view(np.uint8).data
-    fixed = _compact(n, dtype, template, writes, padded, masks, sent)
-    if not spills:
-        return fixed.data
-    # Text or bytea too uneven to pad: every value byte gets its place in the output (row
-    # start + the value's offset in the row + its offset in the value); the records'
-    # bytes fill the rest, in order.
-    starts = np.zeros(n, dtype=np.int64)
-    lengths = sent + sum(size for _, size, _ in spills)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    total = len(fixed) + sum(len(data) for _, _, data in spills)
-    out = np.empty(total, dtype=np.uint8)
-    is_fixed = np.ones(total, dtype=bool)
-    before = np.zeros(n, dtype=np.int64)  # spilled bytes of the row's earlier columns
-    for offset, size, data in spills:
-        first = np.cumsum(size) - size
-        where = np.repeat(starts + offset + before - first, size) + np.arange(len(data))
-        out[where] = data
-        is_fixed[where] = False
-        before += size
-    out[is_fixed] = fixed
-    return out.data
+    return _compact(n, dtype, template, writes, padded, masks, spills, sent).data
 
 
 def _block(rec: np.ndarray[Any, Any], b0: int, template: np.ndarray[Any, Any],
@@ -330,16 +310,21 @@ def _compact(n: int, dtype: np.dtype[Any], template: np.ndarray[Any, Any],
              padded: list[tuple[int, np.ndarray[Any, Any], np.ndarray[Any, Any],
                                 np.ndarray[Any, Any]]],
              masks: list[tuple[int, int, np.ndarray[Any, Any], bool]],
+             spills: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any],
+                                np.ndarray[Any, Any]]],
              sent: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """The records' bytes without NULLs' values and padding, block by block (one block's
-    records and mask reused: only the result is as large as the frame)."""
+    """The rows: the records' bytes without NULLs' values and padding, and the spilled
+    text, block by block (one block's records and mask reused: only the result is as
+    large as the frame)."""
     width = dtype.itemsize
     step = max(1, _BLOCK_BYTES // width)
     rec = np.empty(min(n, step), dtype=dtype)
     raw = rec.view(np.uint8)
     keep = np.empty((len(rec), width), dtype=bool)
-    ends = np.cumsum(sent)
+    lengths = sent + sum(size for _, size, _ in spills) if spills else sent
+    ends = np.cumsum(lengths)
     out = np.empty(int(ends[-1]), dtype=np.uint8)
+    firsts = [np.cumsum(size) - size for _, size, _ in spills]
     for b0 in range(0, n, step):
         m = min(step, n - b0)
         _block(rec[:m], b0, template, writes, padded)
@@ -351,7 +336,26 @@ def _compact(n: int, dtype: np.dtype[Any], template: np.ndarray[Any, Any],
             else:
                 keep[:m, at:at + size_width] = part > 0
         start = int(ends[b0 - 1]) if b0 else 0
-        out[start:int(ends[b0 + m - 1])] = raw[:m * width][keep[:m].reshape(-1)]
+        rows = raw[:m * width][keep[:m].reshape(-1)]
+        if not spills:
+            out[start:int(ends[b0 + m - 1])] = rows
+            continue
+        # Text or bytea too uneven to pad: each of its bytes goes to its place (the row's
+        # start + the value's offset in the row + its offset in the value); the records'
+        # bytes fill the rest, in order.
+        block = out[start:int(ends[b0 + m - 1])]
+        is_record = np.ones(len(block), dtype=bool)
+        row_at = ends[b0:b0 + m] - lengths[b0:b0 + m] - start
+        for (offset, size, data), first in zip(spills, firsts, strict=True):
+            part = size[b0:b0 + m]
+            lo = int(first[b0])
+            hi = int(first[b0 + m - 1] + part[-1])
+            where = (np.repeat(row_at + offset[b0:b0 + m] - (first[b0:b0 + m] - lo), part)
+                     + np.arange(hi - lo))
+            block[where] = data[lo:hi]
+            is_record[where] = False
+            row_at = row_at + part
+        block[is_record] = rows
     return out
 
 
