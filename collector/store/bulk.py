@@ -4,7 +4,7 @@ PostgreSQL's binary COPY format (docs: COPY, "Binary Format") is a header, then 
 big-endian int16 field count and, per field, a big-endian int32 length (-1 for NULL)
 followed by that many bytes of the type's binary "send" form, then a trailer (int16 -1).
 
-Built with numpy alone (no pyarrow: importing it cost the collector ~65 MiB of RSS). One
+Built with numpy alone (no pyarrow: importing it cost the collector ~30 MiB of RSS). One
 polars select gives every column's values as numpy takes them; each row is then a numpy
 structured record of a big-endian dtype: the field count, and per column its length word
 and value bytes (numbers big-endian in place; text and bytea padded to their column's

@@ -1,5 +1,5 @@
 """The Arrow binary COPY encoder that collector/store/bulk.py had before it was rewritten
-with numpy alone (pyarrow cost the collector ~65 MiB of RSS at import): the oracle the
+with numpy alone (pyarrow cost the collector ~30 MiB of RSS at import): the oracle the
 numpy encoder is compared with, byte for byte (tests/unit/test_bulk_encoder.py).
 
 Copied unchanged but for the imports; the PostgreSQL constants are restated so that a
