@@ -27,7 +27,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                           ("collector.store", "collector.web", "collector.pipeline",
                            "sqlalchemy", "flask", *_ABOVE_RUNTIME)),
     "collector.store": (("billing.records", "sqlalchemy", "alembic", "psycopg2", "psycopg",
-                         "polars", "pyarrow", "numpy"),
+                         "polars", "numpy"),
                         ("collector.slurm", "collector.web", "collector.pipeline")),
     # What a run did: a value the pipeline makes and health and metrics read.
     "collector.run_result": (("billing.records",),
