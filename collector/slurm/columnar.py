@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
+from itertools import islice
 from typing import Any
 
 import polars as pl
@@ -294,10 +295,7 @@ class ColumnarReader:
         while True:
             batch = carry
             want = len(batch) + self.chunk_lines
-            for text in it:
-                batch.append(text)
-                if len(batch) >= want:
-                    break
+            batch.extend(islice(it, self.chunk_lines))
             eof = len(batch) < want
             if not batch:
                 return

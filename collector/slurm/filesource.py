@@ -24,6 +24,8 @@ from collector.slurm.jsonparse import (
 from collector.slurm.parse import ParsableParser
 from collector.slurm.source import Item, SourceError, UnchangedLookup
 
+_BLOCK_CHARS = 1 << 20      # characters read at a time (lines are split per block)
+
 log = logging.getLogger(__name__)
 
 _KNOWN_HEADER_HINT = frozenset(name.lower() for name in REQUIRED_FIELDS)
@@ -209,14 +211,18 @@ class FileSource:
 
         def lines() -> Iterator[str]:
             # newline="\n": only "\n" ends a line, so a "\r" inside a field stays data;
-            # a CRLF export loses its "\r" here.
-            for raw in handle:
+            # a CRLF export loses its "\r" here (a last line without "\n" is kept as it
+            # is). Read in blocks: a Python step per line cost ~1 s per 1M lines.
+            tail = ""
+            while block := handle.read(_BLOCK_CHARS):
+                counters["chars"] += len(block)
+                parts = (tail + block).split("\n")
+                tail = parts.pop()
+                counters["lines"] += len(parts)
+                yield from [p[:-1] if p.endswith("\r") else p for p in parts]
+            if tail:
                 counters["lines"] += 1
-                counters["chars"] += len(raw)
-                line = raw
-                if line.endswith("\n"):
-                    line = line[:-1].removesuffix("\r")
-                yield line
+                yield tail
 
         def finish(quarantined: int) -> None:
             self._stats = FetchStats(lines=counters["lines"], bytes=counters["chars"],

@@ -276,11 +276,11 @@ class JobWriter:
 # batch of 1,000 keys at 50,000 jobs and growing with the table; the LATERAL subquery
 # (OFFSET 0 keeps it from being flattened into that join) takes 13 ms at any size.
 _SQL_STORED_DIGESTS = (
-    "SELECT encode(d.raw_digest, 'hex') FROM unnest(%s::text[], %s::bigint[])"
-    " AS k(cluster, job_id_raw) JOIN clusters c ON c.name = k.cluster"
+    "SELECT encode(d.raw_digest, 'hex') FROM clusters c"
+    " CROSS JOIN unnest(%s::bigint[]) AS k(job_id_raw)"
     " CROSS JOIN LATERAL (SELECT j.raw_digest FROM job_rows j"
     " WHERE j.cluster_id = c.id AND j.job_id_raw = k.job_id_raw"
-    " AND j.raw_digest IS NOT NULL OFFSET 0) AS d"
+    " AND j.raw_digest IS NOT NULL OFFSET 0) AS d WHERE c.name = %s"
 )
 
 
@@ -302,10 +302,16 @@ class UnchangedJobs:
     def stored(self, keys: list[tuple[str, int, str]]) -> set[str]:
         if not keys:
             return set()
-        pairs = sorted({(cluster, raw) for cluster, raw, _ in keys})
+        raws: dict[str, set[int]] = {}
+        for cluster, raw, _ in keys:
+            raws.setdefault(cluster, set()).add(raw)
+        found: set[str] = set()
         with raw_cursor(self._session, "UnchangedJobs") as cur:
-            cur.execute(_SQL_STORED_DIGESTS, ([c for c, _ in pairs], [r for _, r in pairs]))
-            found = {row[0] for row in cur.fetchall()}
+            for cluster, ids in raws.items():
+                # the ids as one array literal: psycopg adapts a list element by element
+                cur.execute(_SQL_STORED_DIGESTS,
+                            ("{" + ",".join(map(str, ids)) + "}", cluster))
+                found.update(row[0] for row in cur.fetchall())
         return {digest for _, _, digest in keys if digest in found}
 
     def skipped(self, cluster: str) -> None:
