@@ -713,10 +713,9 @@ class ColumnarReader:
         if self._lookup is not None:
             # the vector groups are met (not skipped): a later copy of one of them is
             # never skipped (ParsableParser.emitted_keys)
-            emitted = self.parser.emitted_keys
-            for cl, raw in df.filter(c("is_job") & ~c("grp_bad")).select(
-                    "v_cluster", "JobIDRaw").iter_rows():
-                emitted.add(hash((cl, raw)))
+            met = df.filter(c("is_job") & ~c("grp_bad"))
+            self.parser.emitted_keys.update(map(hash, zip(
+                met["v_cluster"].to_list(), met["JobIDRaw"].to_list(), strict=True)))
 
         # ---- the per-record path, unit by unit, in input order
         quarantined: list[QuarantinedRecord] = []
