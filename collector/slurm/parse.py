@@ -42,6 +42,7 @@ from collector.slurm.fields import (
     timelimit_min,
     tres_value,
 )
+from collector.slurm.keyset import KeySet
 from collector.slurm.source import Item, SourceError, UnchangedLookup
 
 T = TypeVar("T")
@@ -185,10 +186,10 @@ class ParsableParser:
         self.duplicates_skipped = 0
         # Hashes of the digests skipped so far in this input (one input per parser; the
         # columnar reader's skip stage adds to the same set).
-        self.skipped_digests: set[int] = set()
+        self.skipped_digests = KeySet()
         # Hashes of the (cluster, JobIDRaw) of the groups met and not skipped so far in
         # this input (the skip path; the columnar reader adds its vector groups).
-        self.emitted_keys: set[int] = set()
+        self.emitted_keys = KeySet()
 
         self._free = tuple(name.strip().lower() in _FREE_LOWER for name in self.columns)
         free_names = [name for name, free in zip(self.columns, self._free, strict=True) if free]

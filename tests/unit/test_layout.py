@@ -20,7 +20,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "billing": ((), ("collector", "sqlalchemy", "flask", "prometheus_client", "subprocess",
                      "logging.config")),
     # The columnar reader (engine.md §3) rolls fallback units up with billing.rollup.
-    "collector.slurm": (("billing.records", "billing.rollup", "pyslurm", "polars"),
+    "collector.slurm": (("billing.records", "billing.rollup", "pyslurm", "polars", "numpy"),
                         ("collector.store", "collector.web", "collector.pipeline", "sqlalchemy")),
     # The engine's vector pricer: billing's rules over the reader's frames (engine.md §3).
     "collector.pricing": (("billing", "collector.slurm.columnar", "polars"),
@@ -49,7 +49,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                           *_ABOVE_RUNTIME)),
     "collector.pipeline": (("billing", "collector.slurm.source", "collector.slurm.columnar",
                             "collector.store", "collector.pricer", "collector.pricing",
-                            "collector.run_result", "polars"),
+                            "collector.run_result", "polars", "numpy"),
                            ("collector.web", "flask", "collector.sources", *_ABOVE_RUNTIME)),
     "collector.polling": (("billing", "collector.pipeline", "collector.pricer",
                            "collector.audit_trail",
