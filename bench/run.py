@@ -57,7 +57,8 @@ TARGETS = {
     "bytes_per_job": 1000.0,
     "reingest_speedup": 3.0,
     "rss_growth": 1.5,
-    "rss_max_mib": 300,
+    # "peak RSS < 300 MB": megabytes, 286.1 MiB
+    "rss_max_mib": 300 * 10**6 / 2**20,
     "slurm_collect_vs_sacct": 1.25,
     "report_speedup": 20.0,
 }
@@ -563,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
          f"CPU {r['reingest']['collector_cpu_s']:.1f} + {r['reingest']['pg_cpu_s']:.1f} s"),
         (f"peak RSS at {args.small:,} lines", f"{figures['peak_rss_small_mib']:.0f} MiB", "", ""),
         (f"peak RSS at {lines:,} lines", f"{figures['peak_rss_mib']:.0f} MiB", "",
-         f"{figures['rss_growth']:.2f} x ({v(checks['rss'])}: <= 1.5 and < 300 MiB)"),
+         f"{figures['rss_growth']:.2f} x, {figures['peak_rss_mib'] * 2**20 / 10**6:.0f} MB"
+         f" ({v(checks['rss'])}: <= 1.5 and < 300 MB)"),
         (f"report {r['report']['period']} by account", f"{figures['report_rollup_s'] * 1000:.1f} ms",
          "", f"{r['report']['charge_lines']:,} lines of {r['report']['jobs']:,} jobs"
          + (f"; raw aggregate {figures['report_raw_s'] * 1000:.1f} ms" if figures["report_raw_s"] else "")),

@@ -427,22 +427,28 @@ class ColumnarReader:
             return df, 0
         skip: list[int] = []
         marks = self.parser.skipped_digests
-        emitted = self.parser.emitted_keys
+        grps_all = groups["grp"].to_list()
+        raws = groups["raw"].to_list()
+        cls = groups["cl"].to_list()
+        keys = [hash(k) for k in zip(cls, raws, strict=True)]
+        was_emitted = self.parser.emitted_keys.contains_many(keys)
+        found_all = [digest_of.get(g) for g in grps_all]
+        known_marks = marks.contains_many([hash(f) for f in found_all])
+        new_marks: set[int] = set()
         here: set[int] = set()            # keys of this chunk's groups that are not skipped
-        for g, raw, cl in groups.select("grp", "raw", "cl").iter_rows():
-            key = hash((cl, raw))
-            found = digest_of.get(g)
-            if (found is not None and found in stored and key not in emitted
-                    and key not in here):
+        for g, raw, cl, key, found, emitted, known in zip(
+                grps_all, raws, cls, keys, found_all, was_emitted, known_marks, strict=True):
+            if found is not None and found in stored and not emitted and key not in here:
                 skip.append(g)
                 lookup.skipped(cl)
                 mark = hash(found)
-                if mark in marks:
+                if known or mark in new_marks:
                     self.parser.duplicates_skipped += 1
                 else:
-                    marks.add(mark)
+                    new_marks.add(mark)
             elif raw is not None:
                 here.add(key)
+        marks.update(new_marks)
         if skip:
             df = df.filter(~c("grp").is_in(skip))
         return df, len(skip)

@@ -37,6 +37,21 @@ class KeySet:
         i = int(self._merged.searchsorted(key))
         return i < len(self._merged) and int(self._merged[i]) == key
 
+    def contains_many(self, keys: list[int]) -> list[bool]:
+        """``[k in self for k in keys]``, the merged part searched at once."""
+        if not keys:
+            return []
+        found = [k in self._recent for k in keys]
+        merged = self._merged
+        if len(merged):
+            arr = np.array(keys, dtype=np.int64)
+            pos = np.minimum(merged.searchsorted(arr), len(merged) - 1)
+            hit = (merged[pos] == arr).tolist()
+            gone = self._gone
+            found = [f or (h and k not in gone)
+                     for f, h, k in zip(found, hit, keys, strict=True)]
+        return found
+
     def add(self, key: int) -> None:
         self._gone.discard(key)
         self._recent.add(key)

@@ -26,6 +26,7 @@ def test_behaves_as_a_set(program):
             want.update(values)
         for v in values:
             assert (v in got) == (v in want)
+        assert got.contains_many(values) == [v in want for v in values]
     for v in want:
         assert v in got
 
