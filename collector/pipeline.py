@@ -122,7 +122,7 @@ class _SeenKeys:
         return met
 
 
-_SEEN_SEED = 19
+_SEEN_SEED = 19                 # polars' hash seed for the met keys (any fixed value)
 
 
 class _WriteBehind:

@@ -400,8 +400,6 @@ class Store:
         return WriteCounts(self._inserted, self._updated, self._unchanged, self._lines)
 
 
-
-
 # ------------------------------------------------------------------- skip lookup
 
 _SQL_CREATE_LOOKUP = ("CREATE TEMP TABLE IF NOT EXISTS hpcb_lookup (cluster text,"
