@@ -59,12 +59,12 @@ VECTOR_COLUMNS = (
     "AllocTRES", "TRESUsageInTot", "CPUTimeRAW", "TotalCPU", "MaxRSS",
     "ConsumedEnergyRaw", "NodeList", "DBIndex", "JobName")
 
-# Lines per chunk, and job groups whose raw lines are kept for a late step (§8).
 # Lines per chunk. Each chunk costs ~40 ms of fixed polars planning in the reader and the
 # pricer (about 60 eager calls), so larger chunks cost less CPU and more memory: at 1M
 # lines, 8,192 took 18 CPU-s and a 256 MiB peak, 12,288 15 CPU-s and 267 MiB, 16,384
 # 14 CPU-s and 290 MiB (over the 300 MB budget with the libraries' code).
 CHUNK_LINES = 12288
+# Job groups whose raw lines are kept for a step printed after a later chunk (§8).
 HISTORY_GROUPS = 4096
 
 _TS: pl.DataType = pl.Datetime("us", "UTC")
