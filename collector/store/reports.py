@@ -305,9 +305,12 @@ def _report_from_rollups(session: Session, *, first: date, last: date,
         return stmt.where(_CLUSTERS.c.name == cluster) if cluster is not None else stmt
 
     b = buckets.c
+    # A group's amount is the sum of its resources' amounts (the two rollups hold the
+    # same lines; ``rollup verify`` checks both): summing numeric amounts once, not
+    # twice, is half the time of a year's range (195 -> 102 ms for its totals).
     totals = scoped(
         select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), b.currency,
-               func.sum(b.jobs).label("jobs"), _money(b.amount_micro).label("amount"))
+               func.sum(b.jobs).label("jobs"))
         .group_by(*total_exprs, b.currency)
         .order_by(*(e.asc().nulls_last() for e in total_exprs), b.currency), buckets, False)
     f = fine.c
@@ -321,19 +324,24 @@ def _report_from_rollups(session: Session, *, first: date, last: date,
     # values, then the selected columns), not by name: ~5 us a row less, a third of a
     # 12,000-group report (484 -> 308 ms at 20,000 assocs).
     n = len(names)
-    rows: dict[tuple[Any, ...], ReportRow] = {}
+    jobs_of: dict[tuple[Any, ...], int] = {}
     for got in session.execute(totals).all():
-        values = tuple(got[:n])
-        currency, jobs, amount = got[n:]
-        rows[(values, currency)] = ReportRow(group=dict(zip(names, values, strict=True)),
-                                             currency=currency, jobs=int(jobs), amount=amount)
+        jobs_of[(tuple(got[:n]), got[n])] = int(got[n + 1])
+    resources: dict[tuple[Any, ...], dict[str, ResourceTotal]] = {k: {} for k in jobs_of}
     for got in session.execute(per_resource).all():
         currency, resource, unit, quantity, amount = got[n:]
-        row = rows[(tuple(got[:n]), currency)]
-        if resource in row.resources:  # pragma: no cover - replace_charges checks units
+        of_group = resources[(tuple(got[:n]), currency)]
+        if resource in of_group:  # pragma: no cover - replace_charges checks units
             raise RuntimeError(f"resource {resource!r} stored in two units")
-        row.resources[resource] = ResourceTotal(quantity, unit, amount)
-    return list(rows.values())
+        of_group[resource] = ResourceTotal(quantity, unit, amount)
+    return [ReportRow(group=dict(zip(names, values, strict=True)), currency=currency,
+                      jobs=jobs, resources=resources[(values, currency)],
+                      amount=sum((r.amount for r in resources[(values, currency)].values()),
+                                 _NO_AMOUNT))
+            for (values, currency), jobs in jobs_of.items()]
+
+
+_NO_AMOUNT = Decimal("0.000000")
 
 
 # A line with its job and card version: what finance documents read (BilledLine).
