@@ -263,7 +263,9 @@ def _continued(presence: pl.DataFrame, part: list[str], bucket: list[str]
     month = (c("posted_month").dt.year().cast(pl.Int32) * 12
              + c("posted_month").dt.month().cast(pl.Int32))
     x = presence.sort([*keys, "posted_month"]).with_columns(month.alias("_m"))
-    same = pl.all_horizontal([(c(k) == c(k).shift(1)).fill_null(False) for k in keys])
+    # NULL equals NULL here, as in the SQL's PARTITION BY (the first row's shift(1) is
+    # NULL too, but its _prev is then NULL: neither continued nor a gap)
+    same = pl.all_horizontal([c(k).eq_missing(c(k).shift(1)) for k in keys])
     x = x.with_columns(pl.when(same).then(c("_m").shift(1)).alias("_prev"),
                        pl.when(same).then(c("posted_month").shift(1)).alias("prev_month"))
     continued = x.filter(c("_prev") == c("_m") - 1).group_by(bucket).agg(
