@@ -13,14 +13,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
-_MIN_FLUSH = 1 << 16
+_MIN_MERGE = 1 << 16
 
 
 class KeySet:
     """``in``, ``add``, ``update`` and ``discard`` of Python ``int`` hashes (signed
     64-bit, as ``hash()`` returns)."""
 
-    def __init__(self, *, min_merge: int = _MIN_FLUSH) -> None:
+    def __init__(self, *, min_merge: int = _MIN_MERGE) -> None:
         self._min_merge = min_merge
         self._merged = np.empty(0, dtype=np.int64)
         self._recent: set[int] = set()
