@@ -30,6 +30,7 @@ from collector.pricer import Pricer
 from collector.pricing.frame import KEY, LINE_SCHEMA, OUTCOME_SCHEMA, VectorPricer, month_index
 from collector.run_result import CollectError, RunResult
 from collector.slurm.columnar import Chunk, chunks_from_items, frame_records
+from collector.slurm.keyset import KeySet
 from collector.slurm.source import Source, UnchangedLookup
 from collector.store import ingest as store_ingest
 from collector.store import job_writer as store_job_writer
@@ -101,24 +102,22 @@ _STOP: list[_Entry] = []        # the end of the chunks (compared by identity)
 
 
 class _SeenKeys:
-    """The job keys met in a run, as sorted 64-bit hashes: 8 bytes a key (a Python set of
-    the hashes took ~60, 14 MiB of a 1M-line poll's peak)."""
+    """The job keys met in a run, as 64-bit hashes in a KeySet (8 bytes a key; a Python
+    set of the hashes took ~60, 14 MiB of a 1M-line poll's peak)."""
 
     def __init__(self) -> None:
-        self._keys = np.empty(0, dtype=np.uint64)
+        self._keys = KeySet()
 
     def add(self, hashes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """Remember ``hashes``; returns which of them were met before (earlier in the
-        run, or earlier in ``hashes``)."""
+        """Remember ``hashes`` (uint64); returns which of them were met before (earlier
+        in the run, or earlier in ``hashes``)."""
         uniq, first = np.unique(hashes, return_index=True)
         met = np.ones(len(hashes), dtype=bool)
         met[first] = False
-        if len(self._keys) and len(uniq):
-            pos = np.minimum(np.searchsorted(self._keys, uniq), len(self._keys) - 1)
-            before = self._keys[pos] == uniq
-            met[first[before]] = True
-            uniq = uniq[~before]
-        self._keys = np.sort(np.concatenate([self._keys, uniq]), kind="stable")
+        keys = uniq.view(np.int64).tolist()
+        before = self._keys.contains_many(keys)
+        met[first[np.array(before, dtype=bool)]] = True
+        self._keys.update(k for k, b in zip(keys, before, strict=True) if not b)
         return met
 
 

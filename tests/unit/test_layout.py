@@ -48,6 +48,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                          ("collector.slurm", "collector.web", "collector.pipeline", "flask",
                           *_ABOVE_RUNTIME)),
     "collector.pipeline": (("billing", "collector.slurm.source", "collector.slurm.columnar",
+                            "collector.slurm.keyset",
                             "collector.store", "collector.pricer", "collector.pricing",
                             "collector.run_result", "polars", "numpy"),
                            ("collector.web", "flask", "collector.sources", *_ABOVE_RUNTIME)),
