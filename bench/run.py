@@ -368,7 +368,7 @@ def _run_phase(phase: str, path: str | None = None, url: str | None = None) -> d
 class Scratch:
     """A scratch database on the admin URL's server, migrated to head."""
 
-    def __init__(self, admin_url: str, name: str = "hpcb_bench") -> None:
+    def __init__(self, admin_url: str, name: str = "hpcb_bench", *, reuse: bool = False) -> None:
         import sqlalchemy as sa
 
         from collector.store import db
@@ -378,6 +378,13 @@ class Scratch:
         self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         self.url = sa.engine.make_url(admin_url).set(database=name).render_as_string(
             hide_password=False)
+        self.reused = False
+        if reuse:
+            with self.admin.connect() as conn:
+                self.reused = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                           {"n": name}).first() is not None
+            if self.reused:
+                return
         self.drop()
         with self.admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
