@@ -43,3 +43,29 @@ def audit_key_env(directory: Path, key: bytes = TEST_AUDIT_KEY) -> dict[str, str
     path.write_bytes(key + b"\n")
     path.chmod(0o600)
     return {"HPC_BILLING_AUDIT_KEY_FILE": str(path)}
+
+
+DEMO_CARD = Path(__file__).resolve().parents[1] / "collector" / "data" / "demo-rates.toml"
+
+
+def close_periods(db_url: str, tmp_path: Path, *periods: str) -> None:
+    """``period close`` each of ``periods`` (the audit trail on, its key in ``tmp_path``)."""
+    for period in periods:
+        assert run_cli("period", "close", period, "--database-url", db_url,
+                       env=audit_key_env(tmp_path)) == 0
+
+
+def reprice_2026(db_url: str, card: Path) -> None:
+    """``reprice`` the whole of 2026 with ``card``."""
+    assert run_cli("reprice", "--since", "2026-01-01", "--until", "2027-01-01", "--rates",
+                   str(card), "--database-url", db_url) == 0
+
+
+def demo_card_with(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    """The demo rate card with ``old`` replaced by ``new`` (which must be there), written
+    to ``tmp_path/name``; e.g. the CPU rate doubled for a reprice."""
+    text = DEMO_CARD.read_text()
+    assert old in text
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return path

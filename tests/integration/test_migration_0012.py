@@ -4,7 +4,6 @@ exactly what the writers keep; its downgrade drops them."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from sqlalchemy import inspect, text
 
@@ -12,10 +11,8 @@ from collector.store import db as store_db
 from collector.store import rollups as store_rollups
 from collector.store.db import Session
 from tests import spanning_jobs
-from tests.helpers import audit_key_env, run_cli
+from tests.helpers import DEMO_CARD, close_periods, demo_card_with, reprice_2026, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_CARD = ROOT / "collector" / "data" / "demo-rates.toml"
 DUMPS = ("SELECT * FROM rollup_resource ORDER BY posted_month, cluster_id, assoc_id, currency,"
          " resource, unit",
          "SELECT * FROM rollup_jobs ORDER BY posted_month, cluster_id, assoc_id, currency",
@@ -37,13 +34,9 @@ def test_0012_fills_the_entries_from_the_lines_and_its_downgrade_drops_them(
         export = spanning_jobs.write(tmp_path / "span.psv", spanning_jobs.jobs(600, seed=7))
         assert run_cli("collect", "--once", "--source", "file", "--input", str(export),
                        "--rates", str(DEMO_CARD), "--database-url", url) == 0
-        for period in ("2026-02", "2026-03", "2026-04"):
-            assert run_cli("period", "close", period, "--database-url", url,
-                           env=audit_key_env(tmp_path)) == 0
-        doubled = tmp_path / "doubled.toml"
-        doubled.write_text(DEMO_CARD.read_text().replace('cpu_hour = "36"', 'cpu_hour = "72"'))
-        assert run_cli("reprice", "--since", "2026-01-01", "--until", "2027-01-01", "--rates",
-                       str(doubled), "--database-url", url) == 0
+        close_periods(url, tmp_path, "2026-02", "2026-03", "2026-04")
+        reprice_2026(url, demo_card_with(tmp_path, "doubled.toml",
+                                         'cpu_hour = "36"', 'cpu_hour = "72"'))
         kept = dump(engine)
         assert kept[2] and any(row[-1] for row in kept[0])     # re-entries, entered jobs
 

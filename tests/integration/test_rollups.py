@@ -7,19 +7,19 @@ the writers' back is found by ``rollup verify`` and repaired by ``rollup rebuild
 from __future__ import annotations
 
 from itertools import combinations
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from bench.gen_sacct import generate
 from tests import spanning_jobs
-from tests.helpers import audit_key_env, run_cli
+from tests.helpers import DEMO_CARD, run_cli
+from tests.helpers import close_periods as close
+from tests.helpers import demo_card_with as card_with
+from tests.helpers import reprice_2026 as reprice
 from collector.store import reports as store_reports
 from collector.store import rollups as store_rollups
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_CARD = ROOT / "collector" / "data" / "demo-rates.toml"
 NAMES = ("account", "user", "partition", "qos", "cluster", "resource")
 GROUPINGS = [list(c) for n in (1, 2, 3) for c in combinations(NAMES, n)]
 
@@ -90,13 +90,8 @@ def test_rollups_equal_the_raw_report_through_every_kind_of_write(db_url, sessio
 
     # A reprice with another card, after closing the earliest period: new lines in open
     # periods, corrections posted into the first open one.
-    first = scalar(sessions, "SELECT min(posted_period) FROM charge_lines")
-    assert run_cli("period", "close", first, "--database-url", db_url,
-                   env=audit_key_env(tmp_path)) == 0
-    doubled = tmp_path / "doubled.toml"
-    doubled.write_text(DEMO_CARD.read_text().replace('cpu_hour = "36"', 'cpu_hour = "72"'))
-    assert run_cli("reprice", "--since", "2026-01-01", "--until", "2027-01-01", "--rates",
-                   str(doubled), "--database-url", db_url) == 0
+    close(db_url, tmp_path, scalar(sessions, "SELECT min(posted_period) FROM charge_lines"))
+    reprice(db_url, card_with(tmp_path, "doubled.toml", 'cpu_hour = "36"', 'cpu_hour = "72"'))
     assert scalar(sessions, "SELECT count(*) FROM charge_lines WHERE kind = 'correction'") > 0
     assert_rollups_equal_raw(sessions)
 
@@ -177,25 +172,6 @@ def assert_ranges_equal_lines(sessions) -> int:
                 assert sum(r.jobs for r in whole) <= monthly
                 shared += sum(r.jobs for r in whole) < monthly
         return shared
-
-
-def close(db_url, tmp_path, *periods):
-    for period in periods:
-        assert run_cli("period", "close", period, "--database-url", db_url,
-                       env=audit_key_env(tmp_path)) == 0
-
-
-def reprice(db_url, card):
-    assert run_cli("reprice", "--since", "2026-01-01", "--until", "2027-01-01", "--rates",
-                   str(card), "--database-url", db_url) == 0
-
-
-def card_with(tmp_path, name, old, new):
-    path = tmp_path / name
-    text_ = DEMO_CARD.read_text()
-    assert old in text_
-    path.write_text(text_.replace(old, new))
-    return path
 
 
 def spanning_database(db_url, sessions, tmp_path, n=900):
