@@ -57,7 +57,11 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                            "collector.run_result", "collector.cards", "collector.settings",
                            "collector.sources", "collector.store"),
                           ("collector.web", "flask", *_ABOVE_RUNTIME)),
+    # Pausing the cyclic GC while a large report is built (stdlib only).
+    "collector.gcpause": ((), ("billing", "collector.store", "collector.slurm", "collector.web",
+                               "collector.pipeline", *_ABOVE_RUNTIME)),
     "collector.web": (("collector.store", "collector.settings", "collector.render",
+                       "collector.gcpause",
                        "collector.health", "collector.run_result", "billing.records",
                        "billing.rates", "collector.explaining", "flask", "werkzeug",
                        "prometheus_client"),
@@ -96,7 +100,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                             "collector.run_result", "collector.settings", "collector.sources",
                             "collector.slurm", "collector.store", "collector.render",
                             "collector.web.auth", "collector.finance", "collector.audit_trail",
-                            "collector.explaining", "waitress"),
+                            "collector.explaining", "collector.gcpause", "waitress"),
                            ("collector.cli", "collector.web.app", *_WEB_INTERNALS)),
     # The CLI parses, calls one use case and prints: never the store, Slurm or the web.
     "collector.cli": (("collector.runtime", "collector.usecases", "collector.render",
