@@ -26,11 +26,9 @@ from sqlalchemy import (
     distinct,
     exists,
     func,
-    literal,
     literal_column,
     select,
     tuple_,
-    union_all,
 )
 from sqlalchemy.orm import Session
 
@@ -79,6 +77,7 @@ class ReportRow:
 
     ``group`` maps each requested group_by name to its value (None: the jobs had none),
     in the requested order. ``jobs`` counts distinct jobs with a line in the group.
+    ``resources`` is keyed by resource name in no particular order (renderers sort it).
     """
 
     group: dict[str, str | None]
@@ -269,57 +268,49 @@ def _report_from_rollups(session: Session, *, first: date, last: date,
     the range are ``jobs`` of the first month, plus ``jobs_entered`` of each later month,
     minus the re-entries of those later months from a month inside the range (0012,
     docs/design/engine.md §13); a job is in one bucket per currency (and resource), so
-    those add up across the buckets of a group as within one month."""
+    those add up across the buckets of a group as within one month.
+
+    Three statements, each over one table joined to assocs (and to clusters only when
+    grouping or filtering by cluster): the entries, the re-entries (ranges only) and
+    the per-resource sums. One UNION of entries and re-entries hid the tables' statistics
+    from the planner, which then sorted a year's 144,000 entries on disk (212 ms; 35 ms
+    now at 10M jobs, docs/design/engine.md §18)."""
     refresh_rollups(session)
     names = [name for name, _ in _group_columns(group_by)]
     by_resource = "resource" in names
+    with_clusters = "cluster" in names or cluster is not None
     fine = _ROLLUP
     totals_table = fine if by_resource else _ROLLUP_JOBS
-    t = totals_table.c
-    bucket = [t.cluster_id, t.assoc_id, t.currency] + ([t.resource] if by_resource else [])
-    counted = (select(*bucket,
-                      case((t.posted_month == first, t.jobs), else_=t.jobs_entered)
-                      .label("jobs"), t.amount_micro)
-               .where(t.posted_month.between(first, last)))
-    if last > first:
-        g = _REENTRIES.c
-        again = (select(g.cluster_id, g.assoc_id, g.currency,
-                        *([g.resource] if by_resource else []), (-g.jobs).label("jobs"),
-                        literal(0, Numeric(38, 0)).label("amount_micro"))
-                 .where(g.posted_month > first, g.posted_month <= last,
-                        g.prev_month >= first,
-                        g.resource != "" if by_resource else g.resource == ""))
-        buckets = union_all(counted, again).subquery("buckets")
-    else:
-        buckets = counted.subquery("buckets")
-    fine_exprs = [_rollup_group_by(fine)[n] for n in names]
-    total_exprs = [_rollup_group_by(buckets)[n] for n in names]
 
-    def scoped(stmt: Any, table: Any, months: bool) -> Any:
-        stmt = (stmt.join_from(table, _ASSOCS, _ASSOCS.c.id == table.c.assoc_id)
-                .join(_CLUSTERS, _CLUSTERS.c.id == table.c.cluster_id))
-        if months:
-            stmt = stmt.where(table.c.posted_month.between(first, last))
+    def scoped(stmt: Any, table: Any) -> Any:
+        stmt = stmt.join_from(table, _ASSOCS, _ASSOCS.c.id == table.c.assoc_id)
+        if with_clusters:
+            stmt = stmt.join(_CLUSTERS, _CLUSTERS.c.id == table.c.cluster_id)
+        if cluster is not None:
+            stmt = stmt.where(_CLUSTERS.c.name == cluster)
         if accounts is not None:
             stmt = stmt.where(_ASSOCS.c.account.in_(accounts))
-        return stmt.where(_CLUSTERS.c.name == cluster) if cluster is not None else stmt
+        return stmt
 
-    b = buckets.c
+    def grouped(table: Any, *columns: Any) -> tuple[list[Any], Any]:
+        exprs = [_rollup_group_by(table)[n] for n in names]
+        return exprs, select(*(e.label(f"g{i}") for i, e in enumerate(exprs)), *columns)
+
+    t = totals_table.c
+    exprs, stmt = grouped(totals_table, t.currency, func.sum(
+        case((t.posted_month == first, t.jobs), else_=t.jobs_entered)).label("jobs"))
+    totals = (scoped(stmt, totals_table).where(t.posted_month.between(first, last))
+              .group_by(*exprs, t.currency)
+              .order_by(*(e.asc().nulls_last() for e in exprs), t.currency))
     # A group's amount is the sum of its resources' amounts (the two rollups hold the
     # same lines; ``rollup verify`` checks both): summing numeric amounts once, not
     # twice, is half the time of a year's range (195 -> 102 ms for its totals).
-    totals = scoped(
-        select(*(e.label(f"g{i}") for i, e in enumerate(total_exprs)), b.currency,
-               func.sum(b.jobs).label("jobs"))
-        .group_by(*total_exprs, b.currency)
-        .order_by(*(e.asc().nulls_last() for e in total_exprs), b.currency), buckets, False)
     f = fine.c
-    per_resource = scoped(
-        select(*(e.label(f"g{i}") for i, e in enumerate(fine_exprs)), f.currency, f.resource,
-               f.unit, _money(f.quantity_micro).label("quantity"),
-               _money(f.amount_micro).label("amount"))
-        .group_by(*fine_exprs, f.currency, f.resource, f.unit)
-        .order_by(f.resource, f.unit), fine, True)
+    exprs, stmt = grouped(fine, f.currency, f.resource, f.unit,
+                          _money(f.quantity_micro).label("quantity"),
+                          _money(f.amount_micro).label("amount"))
+    per_resource = (scoped(stmt, fine).where(f.posted_month.between(first, last))
+                    .group_by(*exprs, f.currency, f.resource, f.unit))
     # Rows fetched at once (not one fetch per row) and read by position (the group
     # values, then the selected columns), not by name: ~5 us a row less, a third of a
     # 12,000-group report (484 -> 308 ms at 20,000 assocs).
@@ -327,6 +318,16 @@ def _report_from_rollups(session: Session, *, first: date, last: date,
     jobs_of: dict[tuple[Any, ...], int] = {}
     for got in session.execute(totals).all():
         jobs_of[(tuple(got[:n]), got[n])] = int(got[n + 1])
+    if last > first:
+        g = _REENTRIES.c
+        exprs, stmt = grouped(_REENTRIES, g.currency, func.sum(g.jobs).label("jobs"))
+        again = (scoped(stmt, _REENTRIES)
+                 .where(g.posted_month > first, g.posted_month <= last, g.prev_month >= first,
+                        g.resource != "" if by_resource else g.resource == "")
+                 .group_by(*exprs, g.currency))
+        for got in session.execute(again).all():
+            key = (tuple(got[:n]), got[n])
+            jobs_of[key] = jobs_of.get(key, 0) - int(got[n + 1])
     resources: dict[tuple[Any, ...], dict[str, ResourceTotal]] = {k: {} for k in jobs_of}
     for got in session.execute(per_resource).all():
         currency, resource, unit, quantity, amount = got[n:]

@@ -192,7 +192,10 @@ _SQL_PENDING_COUNT = "SELECT count(*) FROM hpcb_rollup_pending"
 # partitioned tables are never auto-analyzed, and a new month's partition would otherwise
 # be planned as empty until autovacuum comes by (a nested loop over a month of jobs). So
 # do the rollup tables after their first write (planned as empty, a year's range report
-# probed assocs once per rollup row: 854 ms instead of 504 ms at 200,000 jobs).
+# probed assocs once per rollup row: 854 ms instead of 504 ms at 200,000 jobs), and the
+# assocs and clusters the reports join (a 10M-job import is one transaction: autovacuum
+# had not analyzed its 20,000 assocs minutes after it, and the planner sized the account
+# x user report's hash aggregate for a third of its groups, which spilled to disk).
 _SQL_ANALYZE_NEW_PARTITIONS = """
 DO $analyze$
 DECLARE r record;
@@ -204,7 +207,8 @@ BEGIN
              UNION ALL
              SELECT c.oid::regclass FROM pg_class c
              WHERE c.oid IN ('public.rollup_resource'::regclass, 'public.rollup_jobs'::regclass,
-                             'public.rollup_reentries'::regclass)
+                             'public.rollup_reentries'::regclass, 'public.assocs'::regclass,
+                             'public.clusters'::regclass)
                AND c.reltuples < 0 LOOP
         EXECUTE format('ANALYZE %s', r.part);
     END LOOP;
