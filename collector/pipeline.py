@@ -9,14 +9,13 @@ second thread. Outcomes and the write path: docs/design/collection.md.
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -26,6 +25,7 @@ import polars as pl
 
 from billing.price import NO_RULE, PARTLY_PRICED
 from billing.records import ChargeLine, JobRecord, QuarantinedRecord, Window
+from collector.bulkgc import bulk_gc
 from collector.pricer import Pricer
 from collector.pricing.frame import KEY, LINE_SCHEMA, OUTCOME_SCHEMA, VectorPricer, month_index
 from collector.run_result import CollectError, RunResult
@@ -61,41 +61,7 @@ _Entry = _Frames | QuarantinedRecord
 
 
 
-_GC_LOCK = threading.Lock()
-_GC_USERS = [0]              # windows streaming now (the settings are process-wide)
-_GC_SAVED: list[int] = []    # the thresholds to restore after the last one
-# Allocations between young-generation collections while a window streams (default 700).
-BULK_GC_THRESHOLD = 100_000
-
-
-@contextmanager
-def bulk_gc() -> Iterator[None]:
-    """Fewer cyclic-GC passes while a window streams.
-
-    A window allocates millions of short-lived, acyclic objects (fields, records, lines);
-    with the default thresholds the collector spent about 15% of a 1,000,000-line import
-    in the cyclic GC, mostly re-traversing long-lived objects in full collections. For
-    the duration, the objects alive before it are frozen (never traversed) and young
-    collections run every BULK_GC_THRESHOLD allocations; both are undone afterwards.
-    Reference counting still frees everything as usual; memory stays bounded by a batch.
-    """
-    with _GC_LOCK:
-        _GC_USERS[0] += 1
-        if _GC_USERS[0] == 1:
-            _GC_SAVED[:] = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(max(_GC_SAVED[0], BULK_GC_THRESHOLD), *_GC_SAVED[1:])
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _GC_USERS[0] -= 1
-            if _GC_USERS[0] == 0:
-                gc.set_threshold(*_GC_SAVED)
-                gc.unfreeze()
-
-
-# Chunks (one reader chunk each: about 8,000 lines) that may wait for the writing thread
+# Chunks (one reader chunk each: CHUNK_LINES lines) that may wait for the writing thread
 # (bounded memory: engine.md §2's queue of depth 2).
 WRITE_DEPTH = 2
 _STOP: list[_Entry] = []        # the end of the chunks (compared by identity)

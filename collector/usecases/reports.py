@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.gcpause import cyclic_gc_paused
+from collector.bulkgc import bulk_gc
 from collector.runtime import Runtime
 from collector.settings import SettingsError
 from collector.store import reports as store_reports
@@ -24,6 +24,6 @@ def parse_group_by(text: str) -> list[str]:
 def report(runtime: Runtime, period: str, group_by: list[str]) -> list[ReportRow]:
     """Charges POSTED in ``period``, per group and currency (the configured cluster only,
     when one is set)."""
-    with cyclic_gc_paused(), runtime.database.sessions() as session:
+    with bulk_gc(), runtime.database.sessions() as session:
         return store_reports.charge_report(session, period=period, group_by=group_by,
                                            cluster=runtime.settings.cluster)
