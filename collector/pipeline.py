@@ -59,8 +59,6 @@ class _Frames:
 _Entry = _Frames | QuarantinedRecord
 
 
-
-
 # Chunks (one reader chunk each: CHUNK_LINES lines) that may wait for the writing thread
 # (bounded memory: engine.md §2's queue of depth 2).
 WRITE_DEPTH = 2

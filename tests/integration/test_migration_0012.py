@@ -4,7 +4,6 @@ exactly what the writers keep; its downgrade drops them."""
 
 from __future__ import annotations
 
-
 from sqlalchemy import inspect, text
 
 from collector.store import db as store_db
