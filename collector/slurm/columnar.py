@@ -59,10 +59,11 @@ VECTOR_COLUMNS = (
     "AllocTRES", "TRESUsageInTot", "CPUTimeRAW", "TotalCPU", "MaxRSS",
     "ConsumedEnergyRaw", "NodeList", "DBIndex", "JobName")
 
-# Lines per chunk. Each chunk costs ~40 ms of fixed polars planning in the reader and the
-# pricer (about 60 eager calls), so larger chunks cost less CPU and more memory: at 1M
-# lines, 8,192 took 18 CPU-s and a 256 MiB peak, 12,288 15 CPU-s and 267 MiB, 16,384
-# 14 CPU-s and 290 MiB (over the 300 MB budget with the libraries' code).
+# Lines per chunk. Each chunk costs a fixed ~60 ms of CPU (reader ~18, pricer ~15: their
+# polars operations, not planning alone; the writer's statements the rest; engine.md
+# §18), so larger chunks cost less CPU and more memory: at 1M lines, 12,288 took 12.4
+# CPU-s and a 264 MiB peak, 16,384 11.2 and 289 MiB (over the 300 MB budget), 20,480
+# 10.4 and 306 MiB (measured on the machine of §18).
 CHUNK_LINES = 12288
 # Job groups whose raw lines are kept for a step printed after a later chunk (§8).
 HISTORY_GROUPS = 4096
