@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 
 from collector.store.bulk import BulkValueError, Column, Kind
 
+# The wire format restated here on purpose, not imported from collector.store.bulk: an
+# oracle that shared the encoder's epochs, widths and limits could not catch them wrong.
 PG_EPOCH_US = 946_684_800 * 1_000_000
 PG_EPOCH_DAYS = 10_957
 _NULL_CELL = b"\xff\xff\xff\xff"
