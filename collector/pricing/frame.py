@@ -6,7 +6,8 @@ docs/design/engine.md §7).
   ``billing.price._price``'s order; "final" is ``is_final_record`` on the distinct
   (state, has End) of the batch.
 - Rule: ``RateCard.select_rule`` on the distinct (cluster, partition, account, qos, user,
-  local day of Start) of the batch, joined back.
+  span of local days of Start between the card's ``from``/``until`` dates) of the batch,
+  memoised for the poll, joined back.
 - Lines a rule asks for: ``billing.price._specs`` itself on the distinct (rule, GPU mix,
   has billing, has energy), joined back.
 - Quantity: the exact integer ratio of ``billing.price._raw_quantity`` (``max``: by
@@ -91,6 +92,21 @@ class _Match:
     user: str | None
 
 
+@dataclass(frozen=True)
+class _Exprs:
+    """The pricer's column expressions, built once per pricer (they depend on the card and
+    ``as_of`` only; building them took ~3 ms of Python a chunk)."""
+
+    prepare: tuple[pl.Expr, ...]       # t_start, t_end0, gpu_total, no_end
+    classify: tuple[pl.Expr, ...]      # outcome, p_elapsed, p_end
+    months: tuple[pl.Expr, ...]        # m0, m1, day0
+    one: pl.Expr                       # one period, inside the integer guards
+    quantity: pl.Expr                  # q
+    amount: pl.Expr                    # a
+    too_big: pl.Expr
+    line: tuple[pl.Expr, ...]          # LINE_SCHEMA's columns
+
+
 def month_index(period: str) -> int:
     return (int(period[:4]) - 2000) * 12 + int(period[5:7]) - 1
 
@@ -135,7 +151,15 @@ class VectorPricer:
         self.outcomes: Counter[str] = Counter()
         self.python_jobs = 0
         self._rules: dict[tuple[Any, ...], int] = {}
+        # The days on which some rule starts or ends: between two of them every rule is
+        # in effect or not, so ``select_rule``'s answer for a job depends on the day only
+        # through which of these spans holds it (its index: how many lie on or before it).
+        self._bounds = pl.Series("bounds", sorted(
+            {r.valid_from for r in card.rules}
+            | {r.valid_until for r in card.rules if r.valid_until is not None}),
+            dtype=pl.Date())
         self._specs: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        self._x = self._expressions() if self.vector else None
 
     def price_key(self, rule: str, resource: str, basis: str, rate: Decimal) -> str:
         key = "\x1f".join((self.card.version, rule, resource, basis, str(rate)))
@@ -147,27 +171,19 @@ class VectorPricer:
 
     # ------------------------------------------------------------------ per batch
 
-    def price(self, jobs: pl.DataFrame) -> Priced:
-        """The lines and outcomes of ``jobs`` (every row is priced; duplicates too)."""
+    def _expressions(self) -> _Exprs:
         c = pl.col
         card = self.card
-        if not jobs.height:
-            return Priced(pl.DataFrame(schema=LINE_SCHEMA), pl.DataFrame(schema=OUTCOME_SCHEMA))
-        if not self.vector:
-            return self._python(jobs)
+        tz = self.tzname
+        assert tz is not None
         as_of_s = int(bprice._whole_seconds(self.as_of).timestamp())
         gpu_n = c("gpus").str.extract_all(r"=([0-9]+)").list.eval(
             pl.element().str.slice(1).cast(pl.Int64)).list.sum()
-        fin = jobs.select("state", c("end").is_null().alias("no_end")).unique()
-        fin = fin.with_columns(pl.Series("p_final", [
-            is_final_record(s, None if ne else self.as_of) for s, ne in fin.iter_rows()],
-            dtype=pl.Boolean()))
-        df = jobs.with_columns(
-            c("start").dt.epoch("s").alias("t_start"),
-            c("end").dt.epoch("s").alias("t_end0"),
-            gpu_n.fill_null(0).alias("gpu_total"),
-            c("end").is_null().alias("no_end"),
-        ).join(fin, on=["state", "no_end"], how="left", nulls_equal=True)
+        prepare = (c("start").dt.epoch("s").alias("t_start"),
+                   c("end").dt.epoch("s").alias("t_end0"),
+                   gpu_n.fill_null(0).alias("gpu_total"),
+                   c("end").is_null().alias("no_end"))
+        # Outcome, in billing.price._price's order (module docstring).
         has_alloc = ((c("cpus") != 0) | (c("mem_bytes") != 0) | (c("nodes") != 0)
                      | (c("gpu_total") != 0) | (c("billing").fill_null(0) != 0))
         exempt = c("state").is_in(sorted(card.exempt_states))
@@ -180,129 +196,37 @@ class VectorPricer:
                .otherwise(pl.lit(as_of_s)))
         elapsed = (pl.when(c("p_final")).then(c("elapsed_s")).when(accr_end_is_job)
                    .then(c("elapsed_s")).otherwise(pl.lit(as_of_s) - c("t_start")))
-        df = df.with_columns(
+        classify = (
             pl.when(exempt).then(pl.lit(bprice.EXEMPT))
             .when(not_started).then(pl.lit(bprice.NOT_STARTED))
             .when(running).then(pl.lit(bprice.RUNNING))
             .when(elapsed <= 0).then(pl.lit(bprice.ZERO_ELAPSED)).alias("outcome"),
-            elapsed.alias("p_elapsed"), pl.max_horizontal(end, c("t_start")).alias("p_end"),
-        )
-        outcomes = [df.filter(c("outcome").is_not_null()).select(*KEY, "outcome")]
-        df = df.filter(c("outcome").is_null())
-        lines: list[pl.DataFrame] = [pl.DataFrame(schema=LINE_SCHEMA)]
-        if df.height:
-            tz = self.tzname
-            assert tz is not None
+            elapsed.alias("p_elapsed"), pl.max_horizontal(end, c("t_start")).alias("p_end"))
 
-            def local(epoch_s: pl.Expr) -> pl.Expr:
-                return ((epoch_s * 1_000_000).cast(pl.Datetime("us"))
-                        .dt.replace_time_zone("UTC").dt.convert_time_zone(tz))
+        def local(epoch_s: pl.Expr) -> pl.Expr:
+            return ((epoch_s * 1_000_000).cast(pl.Datetime("us"))
+                    .dt.replace_time_zone("UTC").dt.convert_time_zone(tz))
 
-            def midx(epoch_s: pl.Expr) -> pl.Expr:
-                loc = local(epoch_s)
-                return ((loc.dt.year() - 2000) * 12 + loc.dt.month() - 1).cast(pl.Int32)
+        def midx(epoch_s: pl.Expr) -> pl.Expr:
+            loc = local(epoch_s)
+            return ((loc.dt.year() - 2000) * 12 + loc.dt.month() - 1).cast(pl.Int32)
 
-            df = df.with_columns(
-                midx(c("t_start")).alias("m0"),
-                pl.when(c("p_end") > c("t_start")).then(midx(c("p_end") - 1))
-                .otherwise(midx(c("t_start"))).alias("m1"),
-                local(c("t_start")).dt.date().alias("day0"),
-            )
-            # Integer guards: inputs whose products could leave Int128 go per record,
-            # as do jobs spanning periods.
-            small = ((c("mem_bytes") < 2 ** 50) & (c("p_elapsed") < 2 ** 40)
-                     & (c("energy_j").fill_null(0) < 2 ** 60)
-                     & (c("cpu_used_ms").fill_null(0) < 2 ** 60)
-                     & (c("mem_used_byte_s").fill_null(0).cast(I128) < _lit(2 ** 90))
-                     & (c("cpus") < 2 ** 31) & (c("nodes") < 2 ** 31)
-                     & (c("gpu_total") < 2 ** 31)
-                     & (c("billing").fill_null(0) < 2 ** 40))
-            one = (c("m1") == c("m0")) & small
-            multi = df.filter(~one)
-            single = df.filter(one)
-            if single.height:
-                got = self._single(single)
-                lines.append(got.lines)
-                outcomes.append(got.outcomes)
-            if multi.height:
-                got = self._python(multi)
-                lines.append(got.lines)
-                outcomes.append(got.outcomes)
-        out = pl.concat([o.cast(OUTCOME_SCHEMA) for o in outcomes], how="vertical")
-        self.outcomes.update(dict(out.group_by("outcome").len().iter_rows()))
-        return Priced(pl.concat(lines, how="vertical"), out)
+        months = (midx(c("t_start")).alias("m0"),
+                  pl.when(c("p_end") > c("t_start")).then(midx(c("p_end") - 1))
+                  .otherwise(midx(c("t_start"))).alias("m1"),
+                  local(c("t_start")).dt.date().alias("day0"))
+        # Integer guards: inputs whose products could leave Int128 go per record, as do
+        # jobs spanning periods.
+        small = ((c("mem_bytes") < 2 ** 50) & (c("p_elapsed") < 2 ** 40)
+                 & (c("energy_j").fill_null(0) < 2 ** 60)
+                 & (c("cpu_used_ms").fill_null(0) < 2 ** 60)
+                 & (c("mem_used_byte_s").fill_null(0).cast(I128) < _lit(2 ** 90))
+                 & (c("cpus") < 2 ** 31) & (c("nodes") < 2 ** 31)
+                 & (c("gpu_total") < 2 ** 31)
+                 & (c("billing").fill_null(0) < 2 ** 40))
+        one = (c("m1") == c("m0")) & small
 
-    # ------------------------------------------------------------------ rules and specs
-
-    def _rule_index(self, single: pl.DataFrame) -> pl.DataFrame:
-        keys = single.select("cluster", "partition", "account", "qos", "user", "day0").unique()
-        rows = []
-        card = self.card
-        rules = card.rules
-        for cl, part, acct, qos, user, day in keys.iter_rows():
-            k = (cl, part, acct, qos, user, day)
-            idx = self._rules.get(k)
-            if idx is None:
-                if len(self._rules) >= 20_000:    # bounded, like RateCard's memo
-                    self._rules.clear()
-                assert isinstance(day, date)
-                # noon of the local day: select_rule looks at the local date only
-                at = datetime(day.year, day.month, day.day, 12, tzinfo=card.tz)
-                rule = card.select_rule(cast(JobRecord, _Match(cl, part, acct, qos, user)), at)
-                idx = -1 if rule is None else rules.index(rule)
-                self._rules[k] = idx
-            rows.append((*k, idx))
-        rdf = pl.DataFrame(rows, schema={"cluster": pl.String(), "partition": pl.String(),
-                                         "account": pl.String(), "qos": pl.String(),
-                                         "user": pl.String(), "day0": pl.Date(),
-                                         "rule_idx": pl.Int32()}, orient="row")
-        return single.join(rdf, on=["cluster", "partition", "account", "qos", "user", "day0"],
-                           how="left", nulls_equal=True)
-
-    def _spec_rows(self, rule_idx: int, gpus: str, has_billing: bool,
-                   has_energy: bool) -> list[tuple[Any, ...]]:
-        key = (rule_idx, gpus, has_billing, has_energy)
-        hit = self._specs.get(key)
-        if hit is not None:
-            return hit
-        rule = self.card.rules[rule_idx]
-        mix = gpus_tuple(gpus)
-        by_type = dict(mix)
-        fake = _MixJob(mix, 1 if has_billing else None, 1 if has_energy else None)
-        out: list[tuple[Any, ...]] = []
-        for n, spec in enumerate(bprice._specs(rule, cast(JobRecord, fake))):
-            r_int, k = _rate_parts(spec.rate)
-            gpu_n = sum(by_type.get(t, 0) for t in spec.gpu_types)
-            out.append((n, spec.resource, spec.basis, gpu_n, r_int, k,
-                        self.price_key(rule.name, spec.resource, spec.basis, spec.rate)))
-        if len(self._specs) >= 20_000:
-            self._specs.clear()
-        self._specs[key] = out
-        return out
-
-    # ------------------------------------------------------------------ one period
-
-    def _single(self, single: pl.DataFrame) -> Priced:
-        c = pl.col
-        card = self.card
-        df = self._rule_index(single)
-        outcomes = [df.filter(c("rule_idx") == -1).select(
-            *KEY, pl.lit(bprice.NO_RULE).alias("outcome"))]
-        df = df.filter(c("rule_idx") != -1).with_columns(
-            c("billing").is_not_null().alias("has_billing"),
-            c("energy_j").is_not_null().alias("has_energy"))
-        combos = df.select("rule_idx", "gpus", "has_billing", "has_energy").unique()
-        srows = []
-        for ri, gpus, hb, he in combos.iter_rows():
-            for row in self._spec_rows(ri, gpus, hb, he):
-                srows.append((ri, gpus, hb, he, *row))
-        sdf = pl.DataFrame(srows, schema={
-            "rule_idx": pl.Int32(), "gpus": pl.String(), "has_billing": pl.Boolean(),
-            "has_energy": pl.Boolean(), "spec_no": pl.Int32(), "resource": pl.String(),
-            "basis": pl.String(), "gpu_n": pl.Int64(), "rate_int": I128,
-            "rate_exp": pl.Int32(), "price_key": pl.String()}, orient="row")
-        x = df.join(sdf, on=["rule_idx", "gpus", "has_billing", "has_energy"], how="inner",
-                    nulls_equal=True)
+        # Quantity (exact ratio, rounded once to millionths) and amount.
         e = c("p_elapsed").cast(I128)
         hour = _lit(3600)
         gib_hour = _lit((1 << 30) * 3600)
@@ -334,16 +258,135 @@ class VectorPricer:
                .when(res == "energy").then(c("energy_j").fill_null(0).cast(I128)))
         den = (pl.when(res == "cpu").then(cpu_den).when(res == "mem").then(mem_den)
                .when(res == "energy").then(_lit(3_600_000)).otherwise(hour))
-        x = x.with_columns(_half_even(num * _lit(MICRO), den).alias("q"))
-        x = x.filter(c("q") != 0)
         scale = card.scale
         amount_scaled = _half_even(c("rate_int") * c("q") * _lit(10 ** scale),
                                    _lit(10).pow(c("rate_exp") + 6).cast(I128))
-        x = x.with_columns((amount_scaled * _lit(10 ** (6 - scale))).alias("a"))
-        # A quantity or amount past bigint millionths, or a rate so long that the product
-        # could leave Int128: that job goes per record.
-        too_big = x.filter((c("q") >= _lit(2 ** 62)) | (c("a") >= _lit(2 ** 62))
-                           | (c("rate_int") * _lit(10 ** scale) > _lit(10 ** 20)))
+        return _Exprs(
+            prepare=prepare, classify=classify, months=months, one=one,
+            quantity=_half_even(num * _lit(MICRO), den).alias("q"),
+            amount=(amount_scaled * _lit(10 ** (6 - scale))).alias("a"),
+            # A quantity or amount past bigint millionths, or a rate so long that the
+            # product could leave Int128: that job goes per record.
+            too_big=((c("q") >= _lit(2 ** 62)) | (c("a") >= _lit(2 ** 62))
+                     | (c("rate_int") * _lit(10 ** scale) > _lit(10 ** 20))),
+            line=(*map(c, KEY), c("m0").alias("usage_month"), c("price_key"),
+                  c("q").cast(pl.Int64).alias("quantity_micro"),
+                  c("a").cast(pl.Int64).alias("amount_micro")))
+
+    def price(self, jobs: pl.DataFrame) -> Priced:
+        """The lines and outcomes of ``jobs`` (every row is priced; duplicates too)."""
+        c = pl.col
+        if not jobs.height:
+            return Priced(pl.DataFrame(schema=LINE_SCHEMA), pl.DataFrame(schema=OUTCOME_SCHEMA))
+        x = self._x
+        if x is None:
+            return self._python(jobs)
+        fin = jobs.select("state", c("end").is_null().alias("no_end")).unique()
+        fin = fin.with_columns(pl.Series("p_final", [
+            is_final_record(s, None if ne else self.as_of) for s, ne in fin.iter_rows()],
+            dtype=pl.Boolean()))
+        df = jobs.with_columns(*x.prepare).join(fin, on=["state", "no_end"], how="left",
+                                                nulls_equal=True)
+        df = df.with_columns(*x.classify)
+        outcomes = [df.filter(c("outcome").is_not_null()).select(*KEY, "outcome")]
+        df = df.filter(c("outcome").is_null())
+        lines: list[pl.DataFrame] = [pl.DataFrame(schema=LINE_SCHEMA)]
+        if df.height:
+            df = df.with_columns(*x.months)
+            multi = df.filter(~x.one)
+            single = df.filter(x.one)
+            if single.height:
+                got = self._single(single)
+                lines.append(got.lines)
+                outcomes.append(got.outcomes)
+            if multi.height:
+                got = self._python(multi)
+                lines.append(got.lines)
+                outcomes.append(got.outcomes)
+        out = pl.concat([o.cast(OUTCOME_SCHEMA) for o in outcomes], how="vertical")
+        self.outcomes.update(dict(out.group_by("outcome").len().iter_rows()))
+        return Priced(pl.concat(lines, how="vertical"), out)
+
+    # ------------------------------------------------------------------ rules and specs
+
+    def _rule_index(self, single: pl.DataFrame) -> pl.DataFrame:
+        """``single`` with ``rule_idx`` (the card's rule, -1 for none): ``select_rule`` once
+        per distinct (match keys, span of days between the card's ``from``/``until``
+        dates) of the poll, joined back."""
+        match = ["cluster", "partition", "account", "qos", "user", "span"]
+        single = single.with_columns(
+            self._bounds.search_sorted(single["day0"], side="right").cast(pl.Int32)
+            .alias("span"))
+        keys = single.select(*match, "day0").unique(subset=match, keep="any")
+        rows = []
+        card = self.card
+        rules = card.rules
+        for cl, part, acct, qos, user, span, day in keys.iter_rows():
+            k = (cl, part, acct, qos, user, span)
+            idx = self._rules.get(k)
+            if idx is None:
+                if len(self._rules) >= 20_000:    # bounded, like RateCard's memo
+                    self._rules.clear()
+                assert isinstance(day, date)
+                # noon of a local day in the span: select_rule looks at the local date only
+                at = datetime(day.year, day.month, day.day, 12, tzinfo=card.tz)
+                rule = card.select_rule(cast(JobRecord, _Match(cl, part, acct, qos, user)), at)
+                idx = -1 if rule is None else rules.index(rule)
+                self._rules[k] = idx
+            rows.append((*k, idx))
+        rdf = pl.DataFrame(rows, schema={"cluster": pl.String(), "partition": pl.String(),
+                                         "account": pl.String(), "qos": pl.String(),
+                                         "user": pl.String(), "span": pl.Int32(),
+                                         "rule_idx": pl.Int32()}, orient="row")
+        return single.join(rdf, on=match, how="left", nulls_equal=True).drop("span")
+
+    def _spec_rows(self, rule_idx: int, gpus: str, has_billing: bool,
+                   has_energy: bool) -> list[tuple[Any, ...]]:
+        key = (rule_idx, gpus, has_billing, has_energy)
+        hit = self._specs.get(key)
+        if hit is not None:
+            return hit
+        rule = self.card.rules[rule_idx]
+        mix = gpus_tuple(gpus)
+        by_type = dict(mix)
+        fake = _MixJob(mix, 1 if has_billing else None, 1 if has_energy else None)
+        out: list[tuple[Any, ...]] = []
+        for n, spec in enumerate(bprice._specs(rule, cast(JobRecord, fake))):
+            r_int, k = _rate_parts(spec.rate)
+            gpu_n = sum(by_type.get(t, 0) for t in spec.gpu_types)
+            out.append((n, spec.resource, spec.basis, gpu_n, r_int, k,
+                        self.price_key(rule.name, spec.resource, spec.basis, spec.rate)))
+        if len(self._specs) >= 20_000:
+            self._specs.clear()
+        self._specs[key] = out
+        return out
+
+    # ------------------------------------------------------------------ one period
+
+    def _single(self, single: pl.DataFrame) -> Priced:
+        c = pl.col
+        df = self._rule_index(single)
+        outcomes = [df.filter(c("rule_idx") == -1).select(
+            *KEY, pl.lit(bprice.NO_RULE).alias("outcome"))]
+        df = df.filter(c("rule_idx") != -1).with_columns(
+            c("billing").is_not_null().alias("has_billing"),
+            c("energy_j").is_not_null().alias("has_energy"))
+        combos = df.select("rule_idx", "gpus", "has_billing", "has_energy").unique()
+        srows = []
+        for ri, gpus, hb, he in combos.iter_rows():
+            for row in self._spec_rows(ri, gpus, hb, he):
+                srows.append((ri, gpus, hb, he, *row))
+        sdf = pl.DataFrame(srows, schema={
+            "rule_idx": pl.Int32(), "gpus": pl.String(), "has_billing": pl.Boolean(),
+            "has_energy": pl.Boolean(), "spec_no": pl.Int32(), "resource": pl.String(),
+            "basis": pl.String(), "gpu_n": pl.Int64(), "rate_int": I128,
+            "rate_exp": pl.Int32(), "price_key": pl.String()}, orient="row")
+        xs = self._x
+        assert xs is not None
+        x = df.join(sdf, on=["rule_idx", "gpus", "has_billing", "has_energy"], how="inner",
+                    nulls_equal=True)
+        x = x.with_columns(xs.quantity).filter(c("q") != 0).with_columns(xs.amount)
+        too_big = x.filter(xs.too_big)
         extra: Priced | None = None
         if too_big.height:
             bad = too_big.select(KEY).unique()
@@ -351,12 +394,8 @@ class VectorPricer:
             again = df.join(bad, on=KEY, how="semi")
             df = df.join(bad, on=KEY, how="anti")
             extra = self._python(again)
-        lines = x.sort("spec_no", maintain_order=True).select(
-            *KEY, c("m0").alias("usage_month"), "price_key",
-            c("q").cast(pl.Int64).alias("quantity_micro"),
-            c("a").cast(pl.Int64).alias("amount_micro"))
+        lines = x.sort("spec_no", maintain_order=True).select(*xs.line)
         # A job row (duplicates included) is priced when any line of it is left.
-        df = df.with_columns(pl.int_range(pl.len()).alias("_row"))
         x_rows = x.select(*KEY).unique().with_columns(pl.lit(True).alias("_has"))
         oc = df.join(x_rows, on=KEY, how="left", nulls_equal=True).select(
             *KEY, pl.when(c("_has").fill_null(False)).then(pl.lit(bprice.PRICED))
