@@ -59,6 +59,18 @@ VECTOR_COLUMNS = (
     "AllocTRES", "TRESUsageInTot", "CPUTimeRAW", "TotalCPU", "MaxRSS",
     "ConsumedEnergyRaw", "NodeList", "DBIndex", "JobName")
 
+# The raw text columns a job line still needs once its values are read (the stored
+# text fields, NodeList for "ran", JobID/JobIDRaw for the groups); a step line needs
+# only JobID/JobIDRaw. The others are dropped as soon as they are read: every later
+# filter, join and concat carries fewer columns, and a chunk's peak holds less.
+_JOB_TEXT = ("JobID", "JobIDRaw", "State", "JobName", "User", "Group", "Account",
+             "Partition", "QOS", "WCKey", "Reservation", "ExitCode", "DerivedExitCode",
+             "NodeList")
+_EVERY_LINE_READ = ("ElapsedRaw", "ConsumedEnergyRaw", "DBIndex", "TotalCPU", "Cluster")
+_JOB_READ = tuple(n for n in VECTOR_COLUMNS if n not in _JOB_TEXT and n not in _EVERY_LINE_READ)
+_STEP_READ = tuple(n for n in VECTOR_COLUMNS
+                   if n not in ("JobID", "JobIDRaw") and n not in _EVERY_LINE_READ)
+
 # Lines per chunk. Each chunk costs a fixed ~60 ms of CPU (reader ~18, pricer ~15: their
 # polars operations, not planning alone; the writer's statements the rest; engine.md
 # §18), so larger chunks cost less CPU and more memory: at 1M lines, 12,288 took 12.4
@@ -275,6 +287,7 @@ class ColumnarReader:
                 name = f"_ignored{i}"
             seen.add(name)
             self.field_names.append(name)
+        self._ignored = [n for n in self.field_names if n.startswith("_ignored")]
         self.salt_nl = parser._digest_salt() + b"\n"
         # Raw lines of the last HISTORY_GROUPS groups (§8).
         self._history = _History()
@@ -471,6 +484,8 @@ class ColumnarReader:
         df = df.drop("p_jobid", "p_raw", "p_cluster").with_columns(
             c("line").str.split_exact(d, self.ncols - 1)
             .struct.rename_fields(self.field_names).alias("f")).unnest("f")
+        if self._ignored:
+            df = df.drop(self._ignored)
         chunk = self._vector(df, peek)
         chunk.skipped = skipped
         return chunk
@@ -550,7 +565,7 @@ class ColumnarReader:
             cluster.alias("v_cluster"),
             (elapsed.is_null() | energy_bad | dbi_bad | (~tot_sent & ~tot_ok)
              | cluster.is_null()).alias("bad"),
-        ).drop("t_tot", "t_tot_ok")
+        ).drop("t_tot", "t_tot_ok", *_EVERY_LINE_READ)
 
         # State: today's read_state over the distinct values; an unknown state (counted,
         # kept, never final) is the per-record path's.
@@ -601,7 +616,7 @@ class ColumnarReader:
                 | (use_tres_cpu & ~tcpu_ok))).alias("s_bad"),
         ).with_columns((c("bad") | c("s_bad")).alias("bad")).drop(
             "t_mem_txt", "t_cpu_txt", "t_rss", "t_rss_ok", "t_tmem", "t_tmem_ok", "t_tcpu",
-            "t_tcpu_ok")
+            "t_tcpu_ok", *_STEP_READ)
 
         # ---- job lines
         tl, tl_bad = _opt_int(c("TimelimitRaw"))
@@ -659,7 +674,7 @@ class ColumnarReader:
             (c("bad") | ~c("a_ok").fill_null(False)
              | (ran & ((c("a_cpus") == 0) | (c("a_nodes") == 0)))
              | (pl.max_horizontal("a_cpus", "a_nodes", "a_gpu_n") > COUNT_MAX)
-             ).alias("bad"))
+             ).alias("bad")).drop(*_JOB_READ)
 
         # job lines first, then the other lines: within a group its job line comes first
         # and its steps follow in input order (what the digests and roll-up read); the
