@@ -190,9 +190,17 @@ def _with_size(df: pl.DataFrame, src: pl.Expr, out: str) -> pl.DataFrame:
                            num.is_not_null().alias(f"{out}_ok")).drop(g)
 
 
-def _digest(salt_nl: bytes, text: str) -> bytes:
-    return hashlib.blake2b(salt_nl + text.encode("utf-8", "surrogatepass"), digest_size=16,
-                           person=_PERSON).digest()
+def _salted(salt_nl: bytes) -> hashlib.blake2b:
+    """blake2b-128 (person ``hpcb-raw``) that has read the salt and its newline: a
+    copy of it per group digests ``salt_nl + text`` without the concatenation, and
+    without building the hash's parameters again per group."""
+    return hashlib.blake2b(salt_nl, digest_size=16, person=_PERSON)
+
+
+def _digest(salted: hashlib.blake2b, text: str) -> bytes:
+    h = salted.copy()
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.digest()
 
 
 def _tz_name(tz: tzinfo) -> str | None:
@@ -288,7 +296,7 @@ class ColumnarReader:
             seen.add(name)
             self.field_names.append(name)
         self._ignored = [n for n in self.field_names if n.startswith("_ignored")]
-        self.salt_nl = parser._digest_salt() + b"\n"
+        self.salted = _salted(parser._digest_salt() + b"\n")
         # Raw lines of the last HISTORY_GROUPS groups (§8).
         self._history = _History()
         self.vector_jobs = 0
@@ -415,20 +423,21 @@ class ColumnarReader:
         spans = good.group_by("grp").agg(c("line_no").min().alias("a"),
                                          c("line_no").max().alias("b"), pl.len().alias("n"))
         batch, first = self._batch, self._batch_first
-        texts: dict[int, str] = {}
+        salted = self.salted
+        by_grp: dict[int, bytes] = {}
         broken: list[int] = []
         for g, a, b, n in spans.iter_rows():
             if b - a + 1 == n:
-                texts[g] = "\n".join(batch[a - first:b - first + 1])
+                by_grp[g] = _digest(salted, "\n".join(batch[a - first:b - first + 1]))
             else:
                 broken.append(g)
         if broken:
-            texts.update(good.filter(c("grp").is_in(broken)).group_by("grp").agg(
-                c("line").str.join("\n")).iter_rows())
-        salt = self.salt_nl
+            for g, text in good.filter(c("grp").is_in(broken)).group_by("grp").agg(
+                    c("line").str.join("\n")).iter_rows():
+                by_grp[g] = _digest(salted, text)
         cand = groups.filter(c("cand"))
         grps = cand["grp"].to_list()
-        digests = [_digest(salt, texts[g]) for g in grps]
+        digests = [by_grp[g] for g in grps]
         hexes = [d.hex() for d in digests]
         asks = list(zip(cand["cl"].to_list(), map(int, cand["raw"].to_list()), hexes,
                         strict=True))
@@ -799,11 +808,11 @@ class ColumnarReader:
             groups = jobs_df["grp"].to_list()
             missing = [g for g in groups if g not in pre]
             if missing:
-                salt = self.salt_nl
+                salted = self.salted
                 for g, text in good.filter(c("grp").is_in(missing)).group_by(
                         "grp", maintain_order=True).agg(
                         c("line").str.join("\n")).iter_rows():
-                    pre[g] = _digest(salt, text)
+                    pre[g] = _digest(salted, text)
             digests = pl.Series("raw_digest", [pre[g] for g in groups], dtype=pl.Binary)
         else:
             digests = pl.Series("raw_digest", [None] * jobs_df.height, dtype=pl.Binary)
