@@ -73,10 +73,11 @@ _STEP_READ = tuple(n for n in VECTOR_COLUMNS
 
 # Lines per chunk. Each chunk costs a fixed ~60 ms of CPU (reader ~18, pricer ~15: their
 # polars operations, not planning alone; the writer's statements the rest; engine.md
-# §18), so larger chunks cost less CPU and more memory: at 1M lines, 12,288 took 12.4
-# CPU-s and a 264 MiB peak, 16,384 11.2 and 289 MiB (over the 300 MB budget), 20,480
-# 10.4 and 306 MiB (measured on the machine of §18).
-CHUNK_LINES = 12288
+# §18), so larger chunks cost less CPU and more memory. Measured at 1M lines on the
+# machine of §19, after the raw columns were dropped early: 12,288 lines 12.1 CPU-s and
+# a 238 MiB peak, 16,384 10.5-10.9 and 257-266 MiB, 20,480 10.1 and 279 MiB (the 300 MB
+# budget is 286 MiB).
+CHUNK_LINES = 16384
 # Job groups whose raw lines are kept for a step printed after a later chunk (§8).
 HISTORY_GROUPS = 4096
 
