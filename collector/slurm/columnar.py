@@ -152,7 +152,7 @@ _SIZE = r"^([0-9]{1,12})([KMGTPEkmgtpe]?)$"
 def _with_dur_ms(df: pl.DataFrame, src: pl.Expr, out: str) -> pl.DataFrame:
     """``df`` with ``out`` (ms) and ``out_ok`` (matched) for the durations in ``src``:
     [D-]HH:MM:SS[.f], [D-]MM:SS[.f], SS[.f] (f: 1-3 digits). The regex runs once (one
-    pass with captures cost a fifth less than one per form): eager polars evaluates a
+    pass with captures costs ~15 % less than one per form): eager polars evaluates a
     repeated sub-expression again at every use, so the groups become a column before the
     arithmetic reads them."""
     c = pl.col
